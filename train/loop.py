@@ -1,0 +1,212 @@
+"""The one training loop: the train step, the eval step, epochs, and the events callbacks hear.
+
+Devices, processes, precision and gradient accumulation all come from `accelerate.Accelerator`,
+so the same code runs on a CPU, one GPU or many. The script, function and class fronts all drive
+this `Loop`; none has a copy of the step. This module prints nothing and writes no files.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import time
+from typing import Iterable, Mapping, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.data_loader import DataLoaderShard, DataLoaderDispatcher
+from accelerate.utils import DataLoaderConfiguration
+
+from .callbacks import CallbackList
+from .errors import ConfigError
+from .history import History
+from .metrics import EpochSums
+
+
+def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulation_steps: int = 1,
+                     seed: int = 0, **kwargs) -> Accelerator:
+    """An `Accelerator` set up for this loop. `mixed_precision=None` takes the launcher's choice
+    (`accelerate launch --mixed_precision ...`), else fp32."""
+    if mixed_precision == "fp16" and not (torch.cuda.is_available() or torch.backends.mps.is_available()
+                                          or (hasattr(torch, "xpu") and torch.xpu.is_available())):
+        raise ConfigError("mixed_precision=fp16 needs a GPU; on a CPU use mixed_precision=bf16 or no")
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        # the seedable sampler makes shuffling a function of (seed, epoch) on every process,
+        # which is what makes an interrupted run resumable at the exact next batch
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed,
+                                                  non_blocking=True),
+        step_scheduler_with_optimizer=False,  # we step the schedule ourselves, see Loop.train_step
+        **kwargs,
+    )
+    if accelerator.num_processes > 1:
+        atexit.register(shutdown, accelerator)
+    return accelerator
+
+
+def shutdown(accelerator: Accelerator) -> None:
+    """Release prepared objects, then end training (which destroys the process group).
+
+    Two gloo ranks sometimes aborted at interpreter exit ("terminate called without an active
+    exception") when DDP models outlived the process group; releasing them first cured it. Safe
+    to call twice: the second call finds no group.
+    """
+    accelerator.free_memory()
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        accelerator.end_training()
+
+
+class Loop:
+    """Trains and evaluates one model with one optimizer under one `Accelerator`.
+
+    `metrics` maps a name to `f(y_pred, y_true)` (a tensor or a number; mean over the batch) or
+    to a torchmetrics-style object with update/compute/reset. `scheduler_interval` is "epoch" or
+    "step" (one optimizer step). Callbacks hear the events listed in `train.callbacks`.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
+                 loss_func, metrics: Optional[Mapping[str, object]] = None, *,
+                 accelerator: Optional[Accelerator] = None, scheduler=None, scheduler_interval: str = "epoch",
+                 max_grad_norm: Optional[float] = None, callbacks: Iterable = ()):
+        self.accelerator = accelerator or make_accelerator()
+        if optimizer is None:  # evaluate/predict only
+            self.model, self.optimizer = self.accelerator.prepare(model), None
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # The schedule is not prepared: Accelerate's wrapper steps it once per process per call,
+        # while ours counts this run's optimizer steps (or epochs), the same on every process.
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.loss_func = loss_func
+        self.metrics = dict(metrics or {})
+        self.max_grad_norm = max_grad_norm
+        self.callbacks = list(callbacks)
+        self.history = History()
+        self.stop_training = False
+        self._loaders: dict[int, object] = {}
+
+    # ------------------------------------------------------------------ small helpers
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def prepare_loader(self, dl):
+        """The loader sharded over processes and placed on the device (prepared once per loader)."""
+        if dl is None or isinstance(dl, (DataLoaderShard, DataLoaderDispatcher)):
+            return dl
+        if id(dl) not in self._loaders:
+            self._loaders[id(dl)] = (dl, self.accelerator.prepare(dl))  # keep dl alive: ids are reused
+        return self._loaders[id(dl)][1]
+
+    def to_device(self, *tensors):
+        return tuple(t.to(self.device, non_blocking=True) if torch.is_tensor(t) else t for t in tensors)
+
+    # --------------------------------------------------------------------- the steps
+    def train_step(self, features, labels):
+        """The one train step: forward, loss, backward, clip, optimizer step (every
+        `gradient_accumulation_steps` batches), schedule. Returns the detached loss and
+        predictions; reads nothing back from the device."""
+        model = self.model
+        with self.accelerator.accumulate(model):
+            preds = model(features)
+            loss = self.loss_func(preds, labels)
+            self.accelerator.backward(loss)
+            if self.max_grad_norm is not None and self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+            self.optimizer.step()  # the prepared optimizer skips the step while accumulating
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None and self.scheduler_interval == "step" and self.accelerator.sync_gradients:
+            self.scheduler.step()
+        return loss.detach(), preds.detach()
+
+    @torch.no_grad()
+    def eval_step(self, features, labels):
+        """The one eval step: forward, then predictions and labels gathered from all processes
+        (padding duplicates of the last batch dropped), then the loss over the gathered batch."""
+        preds = self.model(features)
+        preds, labels = self.accelerator.gather_for_metrics((preds, labels))
+        return self.loss_func(preds, labels), preds, labels
+
+    # -------------------------------------------------------------------- the epochs
+    def train_epoch(self, dl, epoch: int, events=None, log_step_freq: Optional[int] = None) -> dict:
+        """One pass over `dl` (prepared); returns the epoch's averages over all processes and
+        its wall time (the slowest process's, so every process has the same row)."""
+        events = events or CallbackList([], self)
+        self.model.train()
+        sums = EpochSums(self.metrics, self.device)
+        start = time.perf_counter()
+        for step, (features, labels) in enumerate(dl, start=1):
+            loss, preds = self.train_step(features, labels)
+            sums.add(loss, preds, labels)
+            events.on_train_batch_end(step)
+            if log_step_freq and step % log_step_freq == 0:
+                events.on_log(epoch, step, sums.running())  # a device sync, at log points only
+            if self.stop_training:
+                break
+        seconds = time.perf_counter() - start
+        row = sums.result(self.accelerator)
+        if self.accelerator.num_processes > 1:
+            seconds = self.accelerator.reduce(torch.tensor([seconds], device=self.device), "max").item()
+        samples = sums.count * self.accelerator.num_processes  # the same per process (even batches)
+        row.update(epoch_s=seconds, samples_per_s=samples / seconds if seconds > 0 else float("nan"))
+        return row
+
+    def evaluate(self, dl, prefix: str = "val_") -> dict:
+        """Loss and metrics over the whole of `dl`, exact across processes: `{prefix+name: value}`."""
+        dl = self.prepare_loader(dl)
+        self.model.eval()
+        sums = EpochSums(self.metrics, self.device)
+        for features, labels in dl:
+            sums.add(*self.eval_step(features, labels))
+        return {prefix + k: v for k, v in sums.result().items()}
+
+    @torch.no_grad()
+    def predict(self, dl) -> torch.Tensor:
+        """Model outputs for every sample of `dl`, in its order, gathered from all processes."""
+        dl = self.prepare_loader(dl)
+        self.model.eval()
+        outputs = []
+        for batch in dl:
+            features = batch[0] if isinstance(batch, (tuple, list)) else batch
+            outputs.append(self.accelerator.gather_for_metrics(self.model(features)).cpu())
+        return torch.cat(outputs)
+
+    def fit(self, epochs: int, dl_train, dl_val=None, callbacks: Iterable = (),
+            log_step_freq: Optional[int] = None):
+        """Train for `epochs` epochs, validating after each; returns the history as a pandas
+        DataFrame (the same on every process)."""
+        if self.optimizer is None:
+            raise ConfigError("no optimizer: pass one to compile() / Loop(...) before fit()")
+        dl_train, dl_val = self.prepare_loader(dl_train), self.prepare_loader(dl_val)
+        events = CallbackList([*self.callbacks, *callbacks], self)
+        self.stop_training = False
+        events.on_train_begin()
+        first = len(self.history) + 1
+        for epoch in range(first, first + epochs):
+            dl_train.set_epoch(epoch - 1)  # reshuffle: the order is a function of (seed, epoch)
+            events.on_epoch_begin(epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_row = self.train_epoch(dl_train, epoch, events, log_step_freq)
+            row = {"epoch": epoch, **{k: v for k, v in train_row.items() if k in self.metrics or k == "loss"}}
+            if dl_val is not None:
+                row.update(self.evaluate(dl_val))
+            row.update(lr=lr, epoch_s=train_row["epoch_s"], samples_per_s=train_row["samples_per_s"])
+            if self.scheduler is not None and self.scheduler_interval == "epoch":
+                self.scheduler.step()
+            self.history.append(row)
+            events.on_epoch_end(epoch, row)
+            if self.stop_training:
+                break
+        events.on_train_end()
+        return self.history.frame()
+
+    def close(self) -> None:
+        """Release the prepared objects and the process group (see `shutdown`)."""
+        self._loaders.clear()
+        shutdown(self.accelerator)
