@@ -1,0 +1,25 @@
+# Two commands set everything up on a fresh machine: `make train` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.PHONY: train test bench clean
+
+# The virtual environment with the project installed (editable) and its test extras.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+## train: the main job (tutorial CNN on MNIST, configs/mnist.yaml) in one process; ARGS="epochs=1 ..."
+train: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" launch/one.sh $(ARGS)
+
+## test: the test suite (real processes, CPU only)
+test: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache
