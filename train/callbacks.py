@@ -93,3 +93,19 @@ class HistoryCSV(Callback):
         if self.loop.is_main_process:
             self.loop.history.to_csv(self.path)
 
+
+
+class SlowDataWarning(Callback):
+    """Says once when an epoch spent more than `threshold` of its time waiting for batches."""
+
+    def __init__(self, threshold: float = 0.2, print_fn=print):
+        self.threshold = threshold
+        self.print = print_fn
+        self.said = False
+
+    def on_epoch_end(self, epoch, row):
+        share = row.get("data_s", 0.0) / row["epoch_s"] if row.get("epoch_s") else 0.0
+        if share > self.threshold and not self.said and self.loop.is_main_process:
+            self.said = True
+            self.print(f"note: epoch {epoch} waited for data {share:.0%} of the time; raise data.num_workers "
+                       f"or keep the data in memory (data.in_memory_limit_mb)", flush=True)

@@ -61,6 +61,16 @@ class SchedulerConfig:
 
 
 @dataclass
+class TrackingConfig:
+    wandb: bool = False  # Weights & Biases (WANDB_MODE=offline works without network)
+    tensorboard: bool = False  # TensorBoard event files in <output_dir>/tensorboard
+    project: str = "train"
+    entity: Optional[str] = None
+    run_name: Optional[str] = None
+    tags: list = field(default_factory=list)
+
+
+@dataclass
 class Config:
     model: str = "tutorial_cnn"
     epochs: int = 3
@@ -71,11 +81,15 @@ class Config:
     gradient_accumulation_steps: int = 1
     max_grad_norm: Optional[float] = None  # clip gradients to this norm; None = no clipping
     log_step_freq: int = 100  # read running metrics back from the device every N steps
+    log_every_s: float = 30.0  # without a terminal: one progress line every N seconds
+    progress: Optional[bool] = None  # a progress bar; None = only when stdout is a terminal
+    preflight: bool = False  # a few batches, a checkpoint round trip, then exit (see train.preflight)
     loss: str = "cross_entropy"
     metrics: list = field(default_factory=lambda: ["accuracy"])
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -207,6 +221,8 @@ def validate(cfg: Config) -> None:
     for key in ("epochs", "data.train_size", "data.val_size", "data.num_workers"):
         if flat[key] is not None and flat[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]}")
+    if cfg.log_every_s <= 0:
+        raise ConfigError(f"config key 'log_every_s' must be > 0, got {cfg.log_every_s}")
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"config key 'optimizer.lr' must be > 0, got {cfg.optimizer.lr}")
     if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .files import atomic_write
 
-TIMING_COLUMNS = ("epoch_s", "samples_per_s")
+# columns that differ between two runs of the same computation
+TIMING_COLUMNS = ("epoch_s", "data_s", "compute_s", "samples_per_s", "flops_per_s")
 
 
 class History:

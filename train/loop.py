@@ -19,7 +19,7 @@ from accelerate.utils import DataLoaderConfiguration
 
 from .callbacks import CallbackList
 from .errors import ConfigError
-from .history import History
+from .history import TIMING_COLUMNS, History
 from .metrics import EpochSums
 
 
@@ -85,6 +85,11 @@ class Loop:
         self.callbacks = list(callbacks)
         self.history = History()
         self.stop_training = False
+        self.global_step = 0  # batches trained in this loop's life
+        self.flops_per_sample: Optional[float] = None  # measured on the first step
+        self.steps_per_epoch = 0
+        self.epochs_planned = (0, 0)  # first and last epoch of the current fit
+        self._sums: Optional[EpochSums] = None
         self._loaders: dict[int, object] = {}
 
     # ------------------------------------------------------------------ small helpers
@@ -135,14 +140,28 @@ class Loop:
 
     # -------------------------------------------------------------------- the epochs
     def train_epoch(self, dl, epoch: int, events=None, log_step_freq: Optional[int] = None) -> dict:
-        """One pass over `dl` (prepared); returns the epoch's averages over all processes and
-        its wall time (the slowest process's, so every process has the same row)."""
+        """One pass over `dl` (prepared); returns the epoch's averages over all processes, its
+        wall time split into waiting for data and computing (the slowest process's, so every
+        process has the same row), and samples/s."""
         events = events or CallbackList([], self)
         self.model.train()
-        sums = EpochSums(self.metrics, self.device)
+        self._sums = sums = EpochSums(self.metrics, self.device)
+        data_s, step = 0.0, 0
         start = time.perf_counter()
-        for step, (features, labels) in enumerate(dl, start=1):
-            loss, preds = self.train_step(features, labels)
+        batches = iter(dl)
+        while True:
+            wait = time.perf_counter()
+            try:
+                features, labels = next(batches)
+            except StopIteration:
+                break
+            data_s += time.perf_counter() - wait
+            step += 1
+            self.global_step += 1
+            if self.flops_per_sample is None:
+                loss, preds = self._counted_train_step(features, labels)
+            else:
+                loss, preds = self.train_step(features, labels)
             sums.add(loss, preds, labels)
             events.on_train_batch_end(step)
             if log_step_freq and step % log_step_freq == 0:
@@ -152,10 +171,28 @@ class Loop:
         seconds = time.perf_counter() - start
         row = sums.result(self.accelerator)
         if self.accelerator.num_processes > 1:
-            seconds = self.accelerator.reduce(torch.tensor([seconds], device=self.device), "max").item()
+            times = torch.tensor([seconds, data_s], device=self.device)
+            seconds, data_s = self.accelerator.reduce(times, "max").tolist()
         samples = sums.count * self.accelerator.num_processes  # the same per process (even batches)
-        row.update(epoch_s=seconds, samples_per_s=samples / seconds if seconds > 0 else float("nan"))
+        rate = samples / seconds if seconds > 0 else float("nan")
+        row.update(epoch_s=seconds, data_s=data_s, compute_s=seconds - data_s, samples_per_s=rate)
+        if self.flops_per_sample:
+            row["flops_per_s"] = self.flops_per_sample * rate
         return row
+
+    def _counted_train_step(self, features, labels):
+        """The first train step, run under torch's FLOP counter (forward and backward), once."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self.flops_per_sample = 0.0  # counted once, even if this step fails
+        with FlopCounterMode(display=False) as counter:  # ops it does not know count as 0
+            out = self.train_step(features, labels)
+        self.flops_per_sample = counter.get_total_flops() / max(1, len(labels))
+        return out
+
+    def running_logs(self) -> dict:
+        """This process's running averages in the current epoch (a device sync; for progress lines)."""
+        return self._sums.running() if self._sums is not None else {}
 
     def evaluate(self, dl, prefix: str = "val_") -> dict:
         """Loss and metrics over the whole of `dl`, exact across processes: `{prefix+name: value}`."""
@@ -186,8 +223,10 @@ class Loop:
         dl_train, dl_val = self.prepare_loader(dl_train), self.prepare_loader(dl_val)
         events = CallbackList([*self.callbacks, *callbacks], self)
         self.stop_training = False
-        events.on_train_begin()
         first = len(self.history) + 1
+        self.epochs_planned = (first, first + epochs - 1)
+        self.steps_per_epoch = len(dl_train)
+        events.on_train_begin()
         for epoch in range(first, first + epochs):
             dl_train.set_epoch(epoch - 1)  # reshuffle: the order is a function of (seed, epoch)
             events.on_epoch_begin(epoch)
@@ -196,7 +235,8 @@ class Loop:
             row = {"epoch": epoch, **{k: v for k, v in train_row.items() if k in self.metrics or k == "loss"}}
             if dl_val is not None:
                 row.update(self.evaluate(dl_val))
-            row.update(lr=lr, epoch_s=train_row["epoch_s"], samples_per_s=train_row["samples_per_s"])
+            row["lr"] = lr
+            row.update((k, train_row[k]) for k in TIMING_COLUMNS if k in train_row)
             if self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
             self.history.append(row)

@@ -69,56 +69,95 @@ def save_weights(accelerator, model, path: Path) -> None:
     accelerator.wait_for_everyone()
 
 
+class Job:
+    """Everything one run is made of, built from the config on every process."""
+
+    def __init__(self, cfg):
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        from train.data import make_loaders
+        from train.loop import Loop, make_accelerator
+        from train.metrics import metrics_by_name
+        from train.models import build_model
+        from train.tracking import start_trackers, tracker_names
+
+        resolve_paths(cfg)
+        self.cfg = cfg
+        self.output_dir = output_dir = Path(cfg.output_dir)
+        metrics = metrics_by_name(cfg.metrics)
+        self.accelerator = accelerator = make_accelerator(
+            cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed, log_with=tracker_names(cfg) or None,
+            project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                                logging_dir=str(output_dir / "tensorboard")))
+        if accelerator.is_main_process:
+            prepare_output_dir(output_dir)
+        accelerator.wait_for_everyone()
+        set_seed(cfg.seed)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        self.loaders = make_loaders(cfg, accelerator.device, local_processes, seed=cfg.seed)
+        in_channels = self.loaders.train.dataset[0][0].shape[0]
+        model = build_model(cfg.model, in_channels=in_channels, num_classes=cfg.data.num_classes)
+        optimizer = build_optimizer(cfg.optimizer, model.parameters())
+        self.steps_per_epoch = optimizer_steps_per_epoch(len(self.loaders.train), accelerator.num_processes,
+                                                         cfg.gradient_accumulation_steps)
+        scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, self.steps_per_epoch)
+        self.loop = Loop(model, optimizer, build_loss(cfg.loss), metrics, accelerator=accelerator,
+                         scheduler=scheduler, scheduler_interval=cfg.scheduler.interval,
+                         max_grad_norm=cfg.max_grad_norm)
+        self.trackers = {} if cfg.preflight else start_trackers(accelerator, cfg, output_dir)
+
+    def callbacks(self) -> list:
+        from train.callbacks import SlowDataWarning
+        from train.plots import HistoryPlot
+        from train.progress import progress_for
+        from train.tracking import Tracking
+
+        out = self.output_dir
+        return [progress_for(self.cfg.progress, self.cfg.log_every_s), EpochTable(), SlowDataWarning(),
+                HistoryCSV(out / "history.csv"), HistoryPlot(out / "history.png"),
+                *([Tracking()] if self.trackers else [])]
+
+    def close(self) -> None:
+        self.loop.close()
+
+
 def run(cfg):
     """Train as `cfg` says; returns the history DataFrame (the same on every process)."""
-    from accelerate.utils import set_seed
+    job = Job(cfg)
+    accelerator, output_dir = job.accelerator, job.output_dir
+    if cfg.preflight:
+        from train.preflight import preflight
 
-    from train.data import make_loaders
-    from train.loop import Loop, make_accelerator
-    from train.metrics import metrics_by_name
-    from train.models import build_model
-
-    resolve_paths(cfg)
-    output_dir = Path(cfg.output_dir)
-    metrics = metrics_by_name(cfg.metrics)
-    accelerator = make_accelerator(cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed)
-    if accelerator.is_main_process:
-        prepare_output_dir(output_dir)
-    set_seed(cfg.seed)
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    loaders = make_loaders(cfg, accelerator.device, local_processes, seed=cfg.seed)
-    in_channels = loaders.train.dataset[0][0].shape[0]
-    model = build_model(cfg.model, in_channels=in_channels, num_classes=cfg.data.num_classes)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    steps = optimizer_steps_per_epoch(len(loaders.train), accelerator.num_processes,
-                                      cfg.gradient_accumulation_steps)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps)
+        try:
+            return preflight(job)
+        finally:
+            job.close()
     if accelerator.is_main_process:
         save_config(cfg, output_dir / "config.yaml")
-        print_plan(cfg, accelerator, loaders, steps)
-    loop = Loop(model, optimizer, build_loss(cfg.loss), metrics, accelerator=accelerator, scheduler=scheduler,
-                scheduler_interval=cfg.scheduler.interval, max_grad_norm=cfg.max_grad_norm,
-                callbacks=[EpochTable(), HistoryCSV(output_dir / "history.csv")])
-    history = loop.fit(cfg.epochs, loaders.train, loaders.val)
-    save_weights(accelerator, loop.model, output_dir / "model.safetensors")
+        print_plan(job)
+    history = job.loop.fit(cfg.epochs, job.loaders.train, job.loaders.val, job.callbacks(), cfg.log_step_freq)
+    save_weights(accelerator, job.loop.model, output_dir / "model.safetensors")
     if accelerator.is_main_process:
-        print(f"wrote {output_dir}/history.csv, model.safetensors, config.yaml", flush=True)
-    loop.close()
+        print(f"wrote {output_dir}/: history.csv, history.png, model.safetensors, config.yaml", flush=True)
+    job.close()
     return history
 
 
-def print_plan(cfg, accelerator, loaders, steps_per_epoch: int) -> None:
+def print_plan(job) -> None:
     """What will happen, said once before training."""
+    cfg, accelerator = job.cfg, job.accelerator
     world = accelerator.num_processes
     accumulation = cfg.gradient_accumulation_steps
     print(f"plan: {cfg.model} on {accelerator.device} x {world} process(es) "
           f"({accelerator.distributed_type.value}), precision {accelerator.mixed_precision}", flush=True)
     print(f"  batch {cfg.batch_size} per process x {world} x accumulation {accumulation} = global batch "
-          f"{cfg.batch_size * world * accumulation}; {steps_per_epoch} optimizer steps per epoch; "
+          f"{cfg.batch_size * world * accumulation}; {job.steps_per_epoch} optimizer steps per epoch; "
           f"{cfg.epochs} epoch(s)", flush=True)
-    for note in loaders.notes:
+    for note in job.loaders.notes:
         print(f"  data: {note}", flush=True)
-    print(f"  outputs: {cfg.output_dir}/", flush=True)
+    print(f"  outputs: {cfg.output_dir}/ (config.yaml, history.csv, history.png, model.safetensors)", flush=True)
+    for name, where in job.trackers.items():
+        print(f"  tracking: {name} -> {where}", flush=True)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,140 @@
+"""What a person sees: W&B offline runs, log files, the terminal bar, history.png, preflight."""
+
+import fcntl
+import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import MNIST, ROOT
+
+MAIN = ROOT / "train" / "main.py"
+SMALL = ["data.train_size=1024", "data.val_size=500", f"data.path={MNIST}"]
+
+
+def run_main(*args, **env):
+    return subprocess.run([sys.executable, str(MAIN), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, **env))
+
+
+def wandb_history(run_dir) -> list[dict]:
+    """History records of an offline run, read back with `wandb leet inspect --json`."""
+    wandb = str(os.path.join(os.path.dirname(sys.executable), "wandb"))
+    out = subprocess.run([wandb, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]
+
+
+def test_wandb_offline_run_equals_history_csv(tmp_path):
+    out = tmp_path / "run"
+    env = dict(WANDB_MODE="offline")
+    result = run_main("tracking.wandb=true", "epochs=2", "log_step_freq=4", f"output_dir={out}", *SMALL, **env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    run_id = (out / "wandb_run_id").read_text().strip()
+    assert runs[0].name.endswith(run_id)
+
+    history = pd.read_csv(out / "history.csv")
+    epochs = [item for item in wandb_history(runs[0]) if "val_loss" in item]
+    assert [e["epoch"] for e in epochs] == history["epoch"].tolist() == [1, 2]
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        assert [e[column] for e in epochs] == pytest.approx(history[column].tolist(), rel=1e-12)
+    steps = [item for item in wandb_history(runs[0]) if "train/loss" in item]
+    assert len(steps) == 4  # 8 steps an epoch, logged every 4
+
+    # the same output folder continues the same W&B run id
+    again = run_main("tracking.wandb=true", "epochs=1", f"output_dir={out}", *SMALL, **env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    ids = {p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*")}
+    assert ids == {run_id}
+
+
+def test_tensorboard_events(tmp_path):
+    result = run_main("tracking.tensorboard=true", "epochs=1", f"output_dir={tmp_path}", *SMALL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_log_file_of_a_full_epoch_is_plain_and_small(tmp_path):
+    """stdout to a file (not a terminal): no carriage returns, a line every log_every_s."""
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        result = subprocess.run([sys.executable, str(MAIN), "epochs=1", "data.val_size=1000", "log_every_s=2",
+                                 f"output_dir={tmp_path}"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                timeout=600)
+    text = log.read_text()
+    assert result.returncode == 0, text[-2000:]
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if line.startswith("epoch 1/1 step ")]
+    assert lines and "samples/s eta " in lines[0] and "loss " in lines[0]
+    assert log.stat().st_size < 20_000
+
+
+def test_terminal_gets_a_progress_bar(tmp_path):
+    """Under a pseudo-terminal the bar redraws in place with carriage returns."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
+    proc = subprocess.Popen([sys.executable, str(MAIN), "epochs=1", "log_step_freq=2", f"output_dir={tmp_path}",
+                             *SMALL], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=300) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    redraws = re.findall(r"\r(?!\n)", screen)  # carriage returns that are not the tty's \r\n
+    assert len(redraws) >= 2 and "epoch 1/1" in screen and "step/s" in screen
+
+
+def png_size(path):
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_history_png_has_a_panel_per_quantity(tmp_path):
+    result = run_main("epochs=2", f"output_dir={tmp_path}", *SMALL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    width, height = png_size(tmp_path / "history.png")
+    assert (width, height) == (2 * 450, 350)  # loss and accuracy, 4.5 x 3.5 inches each at 100 dpi
+
+
+def test_preflight_passes_on_a_good_config(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "train.preflight", f"output_dir={tmp_path}", *SMALL],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "preflight ok: 2 training and 2 validation batches" in result.stdout
+    assert "checkpoint round trip ok" in result.stdout and "estimated epoch" in result.stdout
+    assert not (tmp_path / "history.csv").exists() and not (tmp_path / ".preflight-checkpoint").exists()
+
+
+def test_preflight_fails_clearly_on_a_model_that_does_not_fit_the_labels(tmp_path, capsys):
+    from train import main as main_module
+    from train.models import MODELS
+
+    MODELS["three_classes"] = lambda in_channels, num_classes: torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 3))
+    try:
+        code = main_module.main(["preflight=true", "model=three_classes", f"output_dir={tmp_path}", *SMALL])
+    finally:
+        del MODELS["three_classes"]
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("error: preflight failed at training batches: IndexError: Target")
+    assert "out of bounds" in err and len(err.splitlines()) == 1

@@ -1,0 +1,128 @@
+"""Preflight: prove a configuration works before spending an allocation on it.
+
+`accelerate launch train/main.py preflight=true ...` (or `python -m train.preflight ...` with the
+same arguments) runs two training and two validation batches on every process, checks that every
+process computes the same metric keys, does a checkpoint save/load round trip, and reports the
+estimated epoch time and peak memory. Exit 0 when all is well; otherwise exit 1 with one line
+that names the stage and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import sys
+import time
+
+import torch
+
+from .errors import UserError
+from .metrics import EpochSums
+
+
+class PreflightError(UserError):
+    exit_code = 1
+
+
+def _stage(name: str, fn):
+    try:
+        return fn()
+    except UserError:
+        raise
+    except Exception as e:  # any failure here is the finding preflight exists to report
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PreflightError(f"preflight failed at {name}: {type(e).__name__}: {reason}") from e
+
+
+def _batches(dl, n):
+    out = []
+    for batch in dl:
+        out.append(batch)
+        if len(out) == n:
+            break
+    return out
+
+
+def preflight(job) -> dict:
+    loop, acc = job.loop, job.accelerator
+    train_dl = loop.prepare_loader(job.loaders.train)
+    val_dl = loop.prepare_loader(job.loaders.val)
+    train_dl.set_epoch(0)
+    sums = EpochSums(loop.metrics, loop.device)
+
+    def train_batches():
+        loop.model.train()
+        times = []
+        for features, labels in _batches(train_dl, 2):
+            start = time.perf_counter()
+            loss, preds = loop.train_step(features, labels)
+            sums.add(loss, preds, labels)
+            value = float(loss)  # a sync, so the time includes the work
+            times.append(time.perf_counter() - start)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training loss is {value}")
+        return times
+
+    def val_batches():
+        loop.model.eval()
+        times = []
+        for features, labels in _batches(val_dl, 2):
+            start = time.perf_counter()
+            loss, _, _ = loop.eval_step(features, labels)
+            float(loss)
+            times.append(time.perf_counter() - start)
+        return times
+
+    def metric_keys():
+        keys = sorted(sums.result(acc))
+        every = [keys]
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            every = gather_object([keys])
+        if any(k != keys for k in every):
+            raise RuntimeError(f"processes computed different metric keys: {every}")
+        return keys
+
+    def checkpoint_round_trip():
+        folder = job.output_dir / ".preflight-checkpoint"
+        acc.save_state(str(folder))
+        acc.wait_for_everyone()  # the main process writes; nobody reads before it is done
+        saved = [p.detach().clone() for p in loop.model.parameters()]
+        features, labels = next(iter(train_dl))
+        loop.train_step(features, labels)  # move the weights, so that loading has something to undo
+        acc.load_state(str(folder))
+        same = all(torch.equal(a, b) for a, b in zip(saved, loop.model.parameters()))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(folder, ignore_errors=True)
+        if not same:
+            raise RuntimeError("weights after load_state differ from those saved")
+
+    train_times = _stage("training batches", train_batches)
+    val_times = _stage("validation batches", val_batches) if val_dl is not None else []
+    keys = _stage("metric keys", metric_keys)
+    _stage("checkpoint round trip", checkpoint_round_trip)
+
+    per_train = train_times[-1]  # the first batch pays for warm-up
+    per_val = val_times[-1] if val_times else 0.0
+    epoch_s = per_train * len(train_dl) + per_val * (len(val_dl) if val_dl is not None else 0)
+    if loop.device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(loop.device) / 2**20
+        where = "GPU memory"
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        where = "RSS"
+    report = dict(processes=acc.num_processes, metric_keys=keys, estimated_epoch_s=epoch_s, peak_mb=peak_mb)
+    if acc.is_main_process:
+        print(f"preflight ok: 2 training and {len(val_times)} validation batches on {acc.num_processes} "
+              f"process(es); metric keys {', '.join(keys)} on every process; checkpoint round trip ok; "
+              f"estimated epoch {epoch_s:.1f} s; peak {where} {peak_mb:.0f} MB per process", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    from .main import main
+
+    sys.exit(main([*sys.argv[1:], "preflight=true"]))

@@ -1,0 +1,72 @@
+"""Experiment tracking through Accelerate's trackers: Weights & Biases and TensorBoard.
+
+The resolved config is logged once, running metrics every `log_step_freq` steps and each epoch's
+history row, all by the global main process only (Accelerate hands other processes a dummy
+tracker, which this module never touches). The W&B run id is kept in `<output_dir>/wandb_run_id`
+so that a rerun in the same output folder continues the same run instead of starting a new one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .callbacks import Callback
+
+RUN_ID_FILE = "wandb_run_id"
+
+
+def tracker_names(cfg) -> list[str]:
+    return [name for name, on in (("wandb", cfg.tracking.wandb), ("tensorboard", cfg.tracking.tensorboard)) if on]
+
+
+def wandb_run_id(output_dir: Path) -> str:
+    """The run id of this output folder: read back if a run was started here before, else new."""
+    path = output_dir / RUN_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    import secrets
+
+    from .files import atomic_write_text
+
+    run_id = secrets.token_hex(4)  # W&B ids are [a-z0-9]; wandb's own generator is not public API
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def start_trackers(accelerator, cfg, output_dir: Path) -> dict:
+    """Start the configured trackers (all processes call this; only the main one logs).
+    Returns where each writes, for the plan."""
+    names = tracker_names(cfg)
+    if not names:
+        return {}
+    init_kwargs, where = {}, {}
+    if "wandb" in names:
+        run_id = wandb_run_id(output_dir) if accelerator.is_main_process else None
+        init_kwargs["wandb"] = dict(id=run_id, resume="allow", dir=str(output_dir), entity=cfg.tracking.entity,
+                                    name=cfg.tracking.run_name, tags=list(cfg.tracking.tags))
+        where["wandb"] = f"{output_dir}/wandb (run id {run_id}; offline runs: `wandb sync {output_dir}/wandb/offline-run-*`)"
+    if "tensorboard" in names:
+        where["tensorboard"] = f"{output_dir}/tensorboard/{cfg.tracking.project}"
+    accelerator.init_trackers(cfg.tracking.project, config=_flat(cfg.to_dict()), init_kwargs=init_kwargs)
+    return where
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:  # TensorBoard's hparams take scalars and strings only
+            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+class Tracking(Callback):
+    """Sends running metrics (`train/<name>`) at log points and each epoch's row to the trackers."""
+
+    def on_log(self, epoch, step, logs):
+        loop = self.loop
+        loop.accelerator.log({f"train/{k}": v for k, v in logs.items()} | {"epoch": epoch}, step=loop.global_step)
+
+    def on_epoch_end(self, epoch, row):
+        self.loop.accelerator.log(dict(row), step=self.loop.global_step)
