@@ -24,9 +24,11 @@ from .metrics import EpochSums
 
 
 def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulation_steps: int = 1,
-                     seed: int = 0, **kwargs) -> Accelerator:
+                     seed: Optional[int] = None, **kwargs) -> Accelerator:
     """An `Accelerator` set up for this loop. `mixed_precision=None` takes the launcher's choice
-    (`accelerate launch --mixed_precision ...`), else fp32."""
+    (`accelerate launch --mixed_precision ...`), else fp32. The shuffling order of each epoch is a
+    function of `seed` (None: torch's seed when the loader is prepared, as `torch.manual_seed` or
+    `set_seed` left it) and the epoch."""
     if mixed_precision == "fp16" and not (torch.cuda.is_available() or torch.backends.mps.is_available()
                                           or (hasattr(torch, "xpu") and torch.xpu.is_available())):
         raise ConfigError("mixed_precision=fp16 needs a GPU; on a CPU use mixed_precision=bf16 or no")
