@@ -246,7 +246,8 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
     `batch_size`, per process). Shuffling of the training set is seeded by `seed`."""
     device = torch.device(device)
     dcfg = cfg.data
-    train, val = load_split(dcfg, "train"), load_split(dcfg, "val")
+    train = load_split(dcfg, "train")
+    val = load_split(dcfg, "val") if dcfg.val_size != 0 else None  # val_size=0: no validation
     notes = []
     in_memory = isinstance(train, ArrayData)
     mean = std = None

@@ -148,7 +148,7 @@ class Loop:
         events = events or CallbackList([], self)
         self.model.train()
         self._sums = sums = EpochSums(self.metrics, self.device)
-        data_s, step = 0.0, 0
+        data_s, step, sample = 0.0, 0, None
         start = time.perf_counter()
         batches = iter(dl)
         while True:
@@ -160,10 +160,9 @@ class Loop:
             data_s += time.perf_counter() - wait
             step += 1
             self.global_step += 1
-            if self.flops_per_sample is None:
-                loss, preds = self._counted_train_step(features, labels)
-            else:
-                loss, preds = self.train_step(features, labels)
+            if self.flops_per_sample is None and sample is None:
+                sample = features[:1]  # for counting FLOPs once the timer has stopped
+            loss, preds = self.train_step(features, labels)
             sums.add(loss, preds, labels)
             events.on_train_batch_end(step)
             if log_step_freq and step % log_step_freq == 0:
@@ -171,6 +170,8 @@ class Loop:
             if self.stop_training:
                 break
         seconds = time.perf_counter() - start
+        if sample is not None:
+            self._count_flops(sample)
         row = sums.result(self.accelerator)
         if self.accelerator.num_processes > 1:
             times = torch.tensor([seconds, data_s], device=self.device)
@@ -182,15 +183,23 @@ class Loop:
             row["flops_per_s"] = self.flops_per_sample * rate
         return row
 
-    def _counted_train_step(self, features, labels):
-        """The first train step, run under torch's FLOP counter (forward and backward), once."""
+    def _count_flops(self, sample) -> None:
+        """FLOPs per training sample, counted once by torch's FLOP counter on a forward pass of
+        one sample in eval mode (no RNG drawn, no gradients, outside the epoch timer), times 3 for
+        forward + backward, the usual estimate. Ops the counter does not know count as 0."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        self.flops_per_sample = 0.0  # counted once, even if this step fails
-        with FlopCounterMode(display=False) as counter:  # ops it does not know count as 0
-            out = self.train_step(features, labels)
-        self.flops_per_sample = counter.get_total_flops() / max(1, len(labels))
-        return out
+        model = self.accelerator.unwrap_model(self.model)
+        self.flops_per_sample = 0.0
+        try:
+            with torch.no_grad(), self.accelerator.autocast(), FlopCounterMode(display=False) as counter:
+                model.eval()
+                model(sample)
+            self.flops_per_sample = 3.0 * counter.get_total_flops()
+        except Exception:  # a model the counter cannot trace (sharded, custom kernels): no figure
+            pass
+        finally:
+            model.train()
 
     def running_logs(self) -> dict:
         """This process's running averages in the current epoch (a device sync; for progress lines)."""
