@@ -235,7 +235,7 @@ def first_step(tmp: Path, reps: int) -> dict:
     an empty script launched the same way (`python FILE`)."""
     empty = tmp / "empty.py"
     empty.write_text("")
-    firsts, empties = [], []
+    firsts, empties, floors = [], [], []
     for i in range(reps):
         out = tmp / f"first{i}.json"
         env = dict(os.environ, BENCH_STOP_AFTER_FIRST_STEP="1")
@@ -244,8 +244,13 @@ def first_step(tmp: Path, reps: int) -> dict:
                         f"output_dir={tmp / f'first{i}'}"], check=True, capture_output=True, cwd=ROOT, env=env)
         firsts.append(job_records(out, 1)[0]["first_step"] - launched)
         empties.append(wall([PY, str(empty)]))
-    first, empty_s = statistics.median(firsts), statistics.median(empties)
-    return {"first_step_s": first, "empty_script_s": empty_s, "first_step_after_empty_s": first - empty_s}
+        launched = time.time()
+        out = subprocess.run([PY, str(ROOT / "bench" / "floor_first_step.py")], check=True, capture_output=True,
+                             text=True, cwd=ROOT).stdout
+        floors.append(json.loads(out)["first_step"] - launched)
+    first, empty_s, floor_s = (statistics.median(v) for v in (firsts, empties, floors))
+    return {"first_step_s": first, "empty_script_s": empty_s, "first_step_after_empty_s": first - empty_s,
+            "floor_script_first_step_s": floor_s, "first_step_after_floor_script_s": first - floor_s}
 
 
 def memory_and_two_processes(tmp: Path, samples: int) -> dict:
@@ -279,8 +284,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    names = [n for n in (args.only or CONTENDERS) if available(n)]
-    skipped = [n for n in CONTENDERS if n not in names]
+    wanted = args.only or list(CONTENDERS)
+    names = [n for n in wanted if available(n)]
+    skipped = [n for n in wanted if n not in names]  # peers that are not installed
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         work = Work(args.samples, device, tmp)
@@ -329,8 +335,9 @@ def print_table(r: dict) -> None:
         print(f"import train {i['import train']:.2f} s, import accelerate {i['import accelerate']:.2f} s "
               f"(ratio {r['import_ratio_train_to_accelerate']:.2f})")
         f = r["first_step"]
-        print(f"first optimizer step {f['first_step_s']:.2f} s after launch; empty script {f['empty_script_s']:.2f} s; "
-              f"difference {f['first_step_after_empty_s']:.2f} s")
+        print(f"first optimizer step {f['first_step_s']:.2f} s after launch; empty script {f['empty_script_s']:.2f} s "
+              f"(difference {f['first_step_after_empty_s']:.2f} s); a hand-written torch script's first step "
+              f"{f['floor_script_first_step_s']:.2f} s (difference {f['first_step_after_floor_script_s']:.2f} s)")
         p = r["processes"]
         print(f"peak RSS: one process {p['rss_one_process_mb']:.0f} MB, two processes {p['rss_two_processes_mb']:.0f} MB "
               f"(ratio {p['memory_ratio_two_to_one']:.2f}); samples/s one process "

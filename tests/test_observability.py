@@ -99,7 +99,7 @@ def test_terminal_gets_a_progress_bar(tmp_path):
     assert proc.wait(timeout=300) == 0
     screen = b"".join(chunks).decode(errors="replace")
     redraws = re.findall(r"\r(?!\n)", screen)  # carriage returns that are not the tty's \r\n
-    assert len(redraws) >= 2 and "epoch 1/1" in screen and "step/s" in screen
+    assert len(redraws) >= 2 and "epoch 1/1" in screen and "step/s" in screen and "samples/s=" in screen
 
 
 def png_size(path):

@@ -42,7 +42,11 @@ class ProgressBar(Callback):
 
     def on_log(self, epoch, step, logs):
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+            elapsed = self.bar.format_dict["elapsed"]
+            samples = self.loop._sums.count * self.loop.accelerator.num_processes
+            shown = {k: f"{v:.4f}" for k, v in logs.items()}
+            shown["samples/s"] = f"{samples / elapsed:.0f}" if elapsed > 0 else "-"
+            self.bar.set_postfix(shown, refresh=False)
 
     def on_epoch_end(self, epoch, row):
         if self.bar is not None:
