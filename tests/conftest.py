@@ -39,3 +39,15 @@ def small_cfg(tmp_path):
     return load_config(ROOT / "configs" / "mnist.yaml",
                        ["epochs=2", "data.train_size=2048", "data.val_size=1001", f"data.path={MNIST}",
                         f"output_dir={tmp_path / 'out'}"])
+
+
+@pytest.fixture
+def torchvision_root(tmp_path):
+    """torchvision's offline MNIST layout (root/MNIST/raw, uncompressed), filled from the shipped files."""
+    import gzip
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST.glob("*.gz"):
+        (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+    return tmp_path

@@ -93,12 +93,8 @@ def test_labels_outside_num_classes(small_cfg):
         make_loaders(small_cfg)
 
 
-def test_torchvision_source_reads_an_offline_root(tmp_path, small_cfg):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for f in MNIST.glob("*.gz"):
-        (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
-    small_cfg.data.source, small_cfg.data.name, small_cfg.data.path = "torchvision", "MNIST", str(tmp_path)
+def test_torchvision_source_reads_an_offline_root(torchvision_root, small_cfg):
+    small_cfg.data.source, small_cfg.data.name, small_cfg.data.path = "torchvision", "MNIST", str(torchvision_root)
     loaders = make_loaders(small_cfg)
     reference = make_loaders(small_cfg.__class__(data=small_cfg.data.__class__(train_size=2048, val_size=1001,
                                                                                path=str(MNIST))))

@@ -1,7 +1,5 @@
 """The tutorial's class-style cells, unchanged but for the import line (and the data subset)."""
 
-import gzip
-
 import pytest
 import torch
 import torchvision
@@ -11,17 +9,12 @@ from torchvision import transforms
 
 import train as torchkeras  # the one changed line: was `import torchkeras`
 
-from conftest import MNIST
-
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 
 @pytest.fixture
-def tutorial_loaders(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"  # torchvision's offline layout, filled from the shipped files
-    raw.mkdir(parents=True)
-    for f in MNIST.glob("*.gz"):
-        (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+def tutorial_loaders(torchvision_root):
+    tmp_path = torchvision_root
     transform = transforms.Compose([transforms.ToTensor()])
     ds_train = torchvision.datasets.MNIST(root=str(tmp_path), train=True, download=False, transform=transform)
     ds_valid = torchvision.datasets.MNIST(root=str(tmp_path), train=False, download=False, transform=transform)
