@@ -13,6 +13,7 @@ def test_defaults_and_overrides():
     assert (cfg.epochs, cfg.batch_size, cfg.optimizer.name) == (1, 128, "adam")
     assert cfg.data.train_size == 2048 and cfg.optimizer.lr == 0.02 and cfg.max_grad_norm == 1.0
     assert load_config(MNIST_YAML, ["data.train_size=null"]).data.train_size is None
+    assert load_config(MNIST_YAML, ["optimizer.lr=1e-3"]).optimizer.lr == 0.001  # YAML 1.1 reads 1e-3 as text
 
 
 def test_unknown_key_suggests_the_closest():

@@ -24,6 +24,9 @@ CHOICES = {
     "optimizer.name": ("adam", "adamw", "sgd"),
     "scheduler.name": ("none", "step", "cosine", "onecycle"),
     "scheduler.interval": ("epoch", "step"),
+    "nonfinite": ("stop", "skip"),
+    "checkpoint.mode": ("min", "max"),
+    "early_stopping.mode": ("min", "max"),
 }
 
 
@@ -71,6 +74,24 @@ class TrackingConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    enabled: bool = True  # checkpoints in <output_dir>/checkpoints (needed to resume)
+    every_steps: Optional[int] = None  # also every N batches within an epoch; None = at epoch ends only
+    keep_last: int = 2  # the N most recent are kept (plus the best)
+    monitor: Optional[str] = None  # history column that picks the best; None = val_loss, or loss without validation
+    mode: str = "min"  # min | max: whether a lower or a higher `monitor` is better
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: Optional[str] = None  # history column to watch (e.g. val_loss); None = no early stopping
+    mode: str = "min"
+    patience: int = 3  # epochs without an improvement of more than min_delta before stopping
+    min_delta: float = 0.0
+    restore_best: bool = False  # end with the weights of the best epoch instead of the last
+
+
+@dataclass
 class Config:
     model: str = "tutorial_cnn"
     epochs: int = 3
@@ -84,12 +105,16 @@ class Config:
     log_every_s: float = 30.0  # without a terminal: one progress line every N seconds
     progress: Optional[bool] = None  # a progress bar; None = only when stdout is a terminal
     preflight: bool = False  # a few batches, a checkpoint round trip, then exit (see train.preflight)
+    resume: Optional[str] = "auto"  # auto: continue from <output_dir>/checkpoints/latest if any; none; or a checkpoint path
+    nonfinite: str = "stop"  # a NaN/inf loss: stop (exit 3, last good checkpoint kept) or skip the step
     loss: str = "cross_entropy"
     metrics: list = field(default_factory=lambda: ["accuracy"])
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,6 +158,11 @@ def _coerce(key: str, value: Any, kind) -> Any:
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if kind is list and isinstance(value, str):
         value = [v for v in value.split(",") if v]
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
@@ -227,6 +257,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'optimizer.lr' must be > 0, got {cfg.optimizer.lr}")
     if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
         raise ConfigError(f"config key 'max_grad_norm' must be > 0 or null, got {cfg.max_grad_norm}")
+    if cfg.checkpoint.every_steps is not None and cfg.checkpoint.every_steps <= 0:
+        raise ConfigError(f"config key 'checkpoint.every_steps' must be > 0 or null, got {cfg.checkpoint.every_steps}")
+    if cfg.checkpoint.keep_last < 1:
+        raise ConfigError(f"config key 'checkpoint.keep_last' must be >= 1, got {cfg.checkpoint.keep_last} "
+                          f"(checkpoint.enabled=false turns checkpoints off)")
+    if cfg.early_stopping.patience < 0 or cfg.early_stopping.min_delta < 0:
+        raise ConfigError("config keys 'early_stopping.patience' and 'early_stopping.min_delta' must be >= 0")
+    if cfg.resume is None or str(cfg.resume).lower() in ("none", "null", "false", "no"):
+        cfg.resume = "none"
+    monitors = [("checkpoint.monitor", cfg.checkpoint.monitor), ("early_stopping.monitor", cfg.early_stopping.monitor)]
+    for key, column in monitors:
+        if column is not None and cfg.data.val_size == 0 and column.startswith("val_"):
+            raise ConfigError(f"config key '{key}' is '{column}' but there is no validation data (data.val_size=0); "
+                              f"monitor a training column such as '{column[4:]}' or give validation data")
 
 
 def save_config(cfg: Config, path: Path) -> None:

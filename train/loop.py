@@ -18,9 +18,13 @@ from accelerate.data_loader import DataLoaderShard, DataLoaderDispatcher
 from accelerate.utils import DataLoaderConfiguration
 
 from .callbacks import CallbackList
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteLoss, Preempted
 from .history import TIMING_COLUMNS, History
 from .metrics import EpochSums
+
+# Every this many batches all processes agree, in one small collective, on whether to stop (a
+# signal reached one of them) and whether a loss was NaN/inf. A device sync: not every step.
+STATUS_EVERY = 10
 
 
 def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulation_steps: int = 1,
@@ -66,12 +70,16 @@ class Loop:
     `metrics` maps a name to `f(y_pred, y_true)` (a tensor or a number; mean over the batch) or
     to a torchmetrics-style object with update/compute/reset. `scheduler_interval` is "epoch" or
     "step" (one optimizer step). Callbacks hear the events listed in `train.callbacks`.
+    `nonfinite` says what a NaN/inf loss does: "stop" raises `NonFiniteLoss` at the next status
+    check (every `STATUS_EVERY` batches, the epoch end, each checkpoint), naming the first bad
+    step; "skip" drops that optimizer step (one device sync per step) and counts it in the
+    history as `skipped_steps`.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
                  loss_func, metrics: Optional[Mapping[str, object]] = None, *,
                  accelerator: Optional[Accelerator] = None, scheduler=None, scheduler_interval: str = "epoch",
-                 max_grad_norm: Optional[float] = None, callbacks: Iterable = ()):
+                 max_grad_norm: Optional[float] = None, callbacks: Iterable = (), nonfinite: str = "stop"):
         self.accelerator = accelerator or make_accelerator()
         if optimizer is None:  # evaluate/predict only
             self.model, self.optimizer = self.accelerator.prepare(model), None
@@ -80,14 +88,29 @@ class Loop:
         # The schedule is not prepared: Accelerate's wrapper steps it once per process per call,
         # while ours counts this run's optimizer steps (or epochs), the same on every process.
         self.scheduler = scheduler
+        if hasattr(scheduler, "state_dict") and hasattr(scheduler, "load_state_dict"):
+            # so that save_state/load_state carry the schedule too
+            self.accelerator.register_for_checkpointing(scheduler)
         self.scheduler_interval = scheduler_interval
         self.loss_func = loss_func
         self.metrics = dict(metrics or {})
         self.max_grad_norm = max_grad_norm
         self.callbacks = list(callbacks)
+        self.nonfinite = nonfinite
         self.history = History()
+        self.events = CallbackList([], self)
         self.stop_training = False
-        self.global_step = 0  # batches trained in this loop's life
+        self.global_step = 0  # batches trained, counted across resumes
+        self.epoch = 0  # the epoch being trained
+        self.skipped_steps = 0  # optimizer steps of this epoch dropped for a non-finite loss
+        self.interrupted = False  # all processes agreed to stop (see check_status)
+        # a signal number, set from a signal handler (so: a plain assignment, nothing else);
+        # acted on at the next status check, where all processes agree on it
+        self.interrupt_requested: int = 0
+        self.interrupt_signal: Optional[str] = None  # its name, once all processes agreed
+        self._loss_window: list = []  # losses since the last status check, still on the device
+        self._status_step = -1
+        self._resume = None  # a mid-epoch checkpoint to continue from (train.checkpoint.Resume)
         self.flops_per_sample: Optional[float] = None  # measured on the first step
         self.steps_per_epoch = 0
         self.epochs_planned = (0, 0)  # first and last epoch of the current fit
@@ -119,16 +142,26 @@ class Loop:
         """The one train step: forward, loss, backward, clip, optimizer step (every
         `gradient_accumulation_steps` batches), schedule. Returns the detached loss and
         predictions; reads nothing back from the device."""
-        model = self.model
-        with self.accelerator.accumulate(model):
+        model, acc = self.model, self.accelerator
+        stepped = False
+        with acc.accumulate(model):
             preds = model(features)
             loss = self.loss_func(preds, labels)
-            self.accelerator.backward(loss)
-            if self.max_grad_norm is not None and self.accelerator.sync_gradients:
-                self.accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
-            self.optimizer.step()  # the prepared optimizer skips the step while accumulating
+            acc.backward(loss)
+            skip_check = self.nonfinite == "skip" and acc.scaler is None  # fp16's scaler skips by itself
+            norm = None
+            if acc.sync_gradients and (self.max_grad_norm is not None or skip_check):
+                norm = acc.clip_grad_norm_(model.parameters(), self.max_grad_norm or float("inf"))
+            if skip_check and norm is not None and not torch.isfinite(norm):
+                # the gradients are already summed over processes, so every process drops this step
+                self.skipped_steps += 1
+            else:
+                self.optimizer.step()  # the prepared optimizer skips the step while accumulating
+                stepped = acc.sync_gradients
+                if stepped and self.nonfinite == "skip" and getattr(self.optimizer, "step_was_skipped", False):
+                    self.skipped_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler is not None and self.scheduler_interval == "step" and self.accelerator.sync_gradients:
+        if self.scheduler is not None and self.scheduler_interval == "step" and stepped:
             self.scheduler.step()
         return loss.detach(), preds.detach()
 
@@ -145,10 +178,22 @@ class Loop:
         """One pass over `dl` (prepared); returns the epoch's averages over all processes, its
         wall time split into waiting for data and computing (the slowest process's, so every
         process has the same row), and samples/s."""
-        events = events or CallbackList([], self)
+        events = events or self.events
         self.model.train()
+        self.epoch = epoch
         self._sums = sums = EpochSums(self.metrics, self.device)
-        data_s, step, sample = 0.0, 0, None
+        self.skipped_steps = 0
+        self.epoch_lr = self.optimizer.param_groups[0]["lr"]  # the history's lr: the epoch's first
+        step, resume, self._resume = 0, self._resume, None
+        if resume is not None:  # continue the epoch a checkpoint interrupted, at its next batch
+            step = resume.position.step_in_epoch
+            dl = self.accelerator.skip_first_batches(dl, step)
+            dl.set_epoch(epoch - 1)
+            sums.load_state(resume.sums["sums"])
+            self.skipped_steps = resume.sums["skipped_steps"]
+            self.epoch_lr = resume.sums["lr"]
+        self._epoch_base_step = self.global_step - step
+        data_s, sample, seen = 0.0, None, 0
         start = time.perf_counter()
         batches = iter(dl)
         while True:
@@ -157,31 +202,97 @@ class Loop:
                 features, labels = next(batches)
             except StopIteration:
                 break
+            finally:
+                if resume is not None and resume.rng is not None:
+                    # the first `next` started the data iterator, which may draw from the global
+                    # RNG; the uninterrupted run drew that at the epoch's start. Put back the
+                    # states saved at the checkpoint, so dropout masks continue as they would have.
+                    from .checkpoint import restore_rng
+
+                    restore_rng(resume.rng)
+                    resume = None
             data_s += time.perf_counter() - wait
             step += 1
+            seen += labels.shape[0]
             self.global_step += 1
             if self.flops_per_sample is None and sample is None:
                 sample = features[:1]  # for counting FLOPs once the timer has stopped
             loss, preds = self.train_step(features, labels)
-            sums.add(loss, preds, labels)
+            if self.nonfinite == "skip":
+                if torch.isfinite(loss):  # a sync per step: the price of skipping
+                    sums.add(loss, preds, labels)
+            else:
+                sums.add(loss, preds, labels)
+                self._loss_window.append(loss)
             events.on_train_batch_end(step)
+            if step % STATUS_EVERY == 0 or step == self.steps_per_epoch:
+                self.check_status()
+            if self.interrupted:
+                events.on_interrupt(epoch, step)
+                raise Preempted(f"stopped by {self.interrupt_signal} at epoch {epoch} step {step}")
             if log_step_freq and step % log_step_freq == 0:
                 events.on_log(epoch, step, sums.running())  # a device sync, at log points only
             if self.stop_training:
                 break
         seconds = time.perf_counter() - start
+        self.check_status()
         if sample is not None:
             self._count_flops(sample)
         row = sums.result(self.accelerator)
         if self.accelerator.num_processes > 1:
             times = torch.tensor([seconds, data_s], device=self.device)
             seconds, data_s = self.accelerator.reduce(times, "max").tolist()
-        samples = sums.count * self.accelerator.num_processes  # the same per process (even batches)
+        # the same count on every process (even batches); a resumed epoch times its own part only
+        samples = seen * self.accelerator.num_processes
         rate = samples / seconds if seconds > 0 else float("nan")
-        row.update(epoch_s=seconds, data_s=data_s, compute_s=seconds - data_s, samples_per_s=rate)
+        row.update(lr=self.epoch_lr, epoch_s=seconds, data_s=data_s, compute_s=seconds - data_s, samples_per_s=rate)
         if self.flops_per_sample:
             row["flops_per_s"] = self.flops_per_sample * rate
+        if self.nonfinite == "skip":
+            row["skipped_steps"] = self.skipped_steps
         return row
+
+    def check_status(self) -> None:
+        """One collective at the same batch on every process: did a signal reach any of them,
+        and was any loss since the last check NaN or infinite? Raises `NonFiniteLoss` naming the
+        first such batch; sets `interrupted` for a signal. Reads back from the device."""
+        if self._status_step == self.global_step:
+            return
+        self._status_step = self.global_step
+        window, self._loss_window = self._loss_window, []
+        flag = torch.tensor(float(self.interrupt_requested), dtype=torch.float64, device=self.device)
+        first_bad = torch.tensor(-float("inf"), dtype=torch.float64, device=self.device)
+        if window:  # negated global step of the first non-finite loss, so that "max" finds the earliest
+            steps = torch.arange(self.global_step - len(window) + 1, self.global_step + 1,
+                                 dtype=torch.float64, device=self.device)
+            losses = torch.stack(window).to(torch.float64)
+            first_bad = torch.where(torch.isfinite(losses), -float("inf"), -steps).max()
+        status = torch.stack([flag, first_bad])
+        if self.accelerator.num_processes > 1:
+            status = self.accelerator.reduce(status, "max")
+        interrupt, first_bad = status.tolist()
+        if first_bad != -float("inf"):
+            bad = int(-first_bad)
+            raise NonFiniteLoss(f"the training loss became NaN or infinite at epoch {self.epoch} step "
+                                f"{bad - self._epoch_base_step} (global step {bad}); lower optimizer.lr, set "
+                                f"max_grad_norm, or set nonfinite=skip to drop such steps")
+        if interrupt:
+            import signal
+
+            self.interrupted = True
+            self.interrupt_signal = signal.Signals(int(interrupt)).name
+
+    def partial_epoch_state(self) -> dict:
+        """This process's share of the unfinished epoch, for a mid-epoch checkpoint."""
+        return {"sums": self._sums.state(), "skipped_steps": self.skipped_steps, "lr": self.epoch_lr}
+
+    def resume_from(self, resume) -> None:
+        """Continue where a checkpoint (train.checkpoint.Resume) left off: the history of the
+        finished epochs, the step counter and, for a mid-epoch checkpoint, the epoch's sums."""
+        self.history = History(resume.history)
+        self.global_step = resume.position.global_step
+        self._status_step = self.global_step
+        self._resume = resume if resume.position.step_in_epoch > 0 else None
 
     def _count_flops(self, sample) -> None:
         """FLOPs per training sample, counted once by torch's FLOP counter on a forward pass of
@@ -232,28 +343,29 @@ class Loop:
         if self.optimizer is None:
             raise ConfigError("no optimizer: pass one to compile() / Loop(...) before fit()")
         dl_train, dl_val = self.prepare_loader(dl_train), self.prepare_loader(dl_val)
-        events = CallbackList([*self.callbacks, *callbacks], self)
-        self.stop_training = False
+        self.events = events = CallbackList([*self.callbacks, *callbacks], self)
+        self.stop_training = self.interrupted = False
         first = len(self.history) + 1
         self.epochs_planned = (first, first + epochs - 1)
         self.steps_per_epoch = len(dl_train)
-        events.on_train_begin()
+        events.on_train_begin()  # may set stop_training (a resumed run that had already stopped early)
         for epoch in range(first, first + epochs):
+            if self.stop_training:
+                break
             dl_train.set_epoch(epoch - 1)  # reshuffle: the order is a function of (seed, epoch)
             events.on_epoch_begin(epoch)
-            lr = self.optimizer.param_groups[0]["lr"]
             train_row = self.train_epoch(dl_train, epoch, events, log_step_freq)
             row = {"epoch": epoch, **{k: v for k, v in train_row.items() if k in self.metrics or k == "loss"}}
             if dl_val is not None:
                 row.update(self.evaluate(dl_val))
-            row["lr"] = lr
+            row["lr"] = train_row["lr"]
+            if "skipped_steps" in train_row:
+                row["skipped_steps"] = train_row["skipped_steps"]
             row.update((k, train_row[k]) for k in TIMING_COLUMNS if k in train_row)
             if self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
             self.history.append(row)
             events.on_epoch_end(epoch, row)
-            if self.stop_training:
-                break
         events.on_train_end()
         return self.history.frame()
 

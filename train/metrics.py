@@ -82,6 +82,15 @@ class EpochSums:
         else:
             self.sums[idx] += stacked * n
 
+    def state(self) -> dict:
+        """The sums so far, on the CPU (for a mid-epoch checkpoint). Stateful metric objects are
+        not included: after a mid-epoch resume they cover the rest of the epoch only."""
+        return {"sums": self.sums.cpu(), "count": self.count}
+
+    def load_state(self, state: dict) -> None:
+        self.sums.copy_(state["sums"])
+        self.count = int(state["count"])
+
     def running(self) -> dict[str, float]:
         """This process's averages so far (a device sync: call at log points only)."""
         means = (self.sums / max(1, self.count)).tolist()

@@ -19,9 +19,15 @@ def tracker_names(cfg) -> list[str]:
     return [name for name, on in (("wandb", cfg.tracking.wandb), ("tensorboard", cfg.tracking.tensorboard)) if on]
 
 
-def wandb_run_id(output_dir: Path) -> str:
-    """The run id of this output folder: read back if a run was started here before, else new."""
+def wandb_run_id(output_dir: Path, from_checkpoint: str | None = None) -> str:
+    """The run id of this output folder: the one the resumed checkpoint names, else the one read
+    back if a run was started here before, else a new one."""
     path = output_dir / RUN_ID_FILE
+    if from_checkpoint:
+        from .files import atomic_write_text
+
+        atomic_write_text(path, from_checkpoint + "\n")
+        return from_checkpoint
     if path.is_file():
         return path.read_text().strip()
     import secrets
@@ -33,22 +39,25 @@ def wandb_run_id(output_dir: Path) -> str:
     return run_id
 
 
-def start_trackers(accelerator, cfg, output_dir: Path) -> dict:
+def start_trackers(accelerator, cfg, output_dir: Path, run_id: str | None = None) -> tuple[dict, str | None]:
     """Start the configured trackers (all processes call this; only the main one logs).
-    Returns where each writes, for the plan."""
+    `run_id` continues that W&B run (a resumed checkpoint's). Returns where each writes, for the
+    plan, and the W&B run id (None without W&B)."""
     names = tracker_names(cfg)
     if not names:
-        return {}
+        return {}, None
     init_kwargs, where = {}, {}
     if "wandb" in names:
-        run_id = wandb_run_id(output_dir) if accelerator.is_main_process else None
+        run_id = wandb_run_id(output_dir, run_id) if accelerator.is_main_process else None
         init_kwargs["wandb"] = dict(id=run_id, resume="allow", dir=str(output_dir), entity=cfg.tracking.entity,
                                     name=cfg.tracking.run_name, tags=list(cfg.tracking.tags))
         where["wandb"] = f"{output_dir}/wandb (run id {run_id}; offline runs: `wandb sync {output_dir}/wandb/offline-run-*`)"
     if "tensorboard" in names:
         where["tensorboard"] = f"{output_dir}/tensorboard/{cfg.tracking.project}"
+    else:
+        run_id = None
     accelerator.init_trackers(cfg.tracking.project, config=_flat(cfg.to_dict()), init_kwargs=init_kwargs)
-    return where
+    return where, run_id
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

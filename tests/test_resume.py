@@ -1,0 +1,201 @@
+"""Fault tolerance with real processes killed for real: exact resume after SIGKILL at a random
+step (one and two processes), a kill during a checkpoint save, and preemption by SIGUSR1/SIGTERM.
+
+Each test compares with an uninterrupted run of the same command: the final weights bit for bit
+and the history (timing columns aside). The tutorial CNN has Dropout2d, so the RNG states must
+come back in the right order for this to hold.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ACCELERATE, MNIST, PYTHON, ROOT, two_rank_env
+from train.history import TIMING_COLUMNS
+
+MAIN = ROOT / "train" / "main.py"
+# 2048 samples of batch 128: 16 batches per epoch on one process, 8 per rank on two
+SMOKE = ["epochs=2", "data.train_size=2048", "data.val_size=1001", f"data.path={MNIST}",
+         "checkpoint.every_steps=3", "progress=false"]
+TWO = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+       "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def one_process(out, *extra):
+    return [PYTHON, str(MAIN), *SMOKE, f"output_dir={out}", *extra], dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def two_processes(out, *extra):
+    return [*TWO, str(MAIN), *SMOKE, f"output_dir={out}", *extra], two_rank_env()
+
+
+def run(cmd_env, timeout=300) -> subprocess.CompletedProcess:
+    cmd, env = cmd_env
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start(cmd_env) -> subprocess.Popen:
+    cmd, env = cmd_env
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def latest_step(out: Path) -> int:
+    try:
+        return int((out / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def kill_group(proc: subprocess.Popen) -> str:
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank, as a node failure would
+    out, _ = proc.communicate(timeout=60)
+    return out
+
+
+def weights(out: Path) -> dict:
+    return load_file(str(out / "model.safetensors"))
+
+
+def assert_same_run(out: Path, reference: Path):
+    mine, ref = weights(out), weights(reference)
+    assert mine.keys() == ref.keys()
+    different = [k for k in ref if not torch.equal(mine[k], ref[k])]
+    assert not different, f"weights differ from the uninterrupted run: {different}"
+    assert_same_history(out, reference)
+
+
+def assert_same_history(out: Path, reference: Path):
+    def history(path):
+        frame = pd.read_csv(path / "history.csv")
+        return frame.drop(columns=[c for c in TIMING_COLUMNS if c in frame])
+
+    mine, ref = history(out), history(reference)
+    assert mine["epoch"].tolist() == [1, 2]  # each epoch exactly once
+    pd.testing.assert_frame_equal(mine, ref, check_exact=True)
+
+
+@pytest.fixture(scope="module")
+def reference_one(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted-one")
+    done = run(one_process(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_two(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted-two")
+    done = run(two_processes(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def test_sigkill_at_a_random_step_then_resume_is_exact_one_process(tmp_path, reference_one):
+    target = random.randint(3, 28)  # of 32 batches; a different one each run
+    proc = start(one_process(tmp_path))
+    wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target}")
+    time.sleep(random.uniform(0, 0.1))  # somewhere in the next batches, maybe inside a save
+    kill_group(proc)
+    killed_at = latest_step(tmp_path)
+    again = run(one_process(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {tmp_path}/checkpoints/step-" in again.stdout, (target, again.stdout)
+    assert_same_run(tmp_path, reference_one), f"killed after step {killed_at} (target {target})"
+
+
+def test_sigkill_at_a_random_step_then_resume_is_exact_two_processes(tmp_path, reference_two):
+    target = random.randint(3, 13)  # of 16 batches per rank
+    proc = start(two_processes(tmp_path))
+    wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target}")
+    time.sleep(random.uniform(0, 0.1))
+    kill_group(proc)
+    again = run(two_processes(tmp_path))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming from" in again.stdout, (target, again.stdout)
+    assert_same_run(tmp_path, reference_two)
+
+
+def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path, reference_one):
+    marker = tmp_path / "saving"
+    cmd, env = one_process(tmp_path / "out")
+    cmd[1] = str(ROOT / "tests" / "helpers" / "slow_save.py")
+    env.update(SLOW_SAVE_NUMBER="3", SLOW_SAVE_MARKER=str(marker))
+    proc = start((cmd, env))
+    wait_for(marker.exists, proc, "the third save")
+    kill_group(proc)
+    checkpoints = tmp_path / "out" / "checkpoints"
+    partial = checkpoints / ".tmp-step-00000009"
+    assert partial.is_dir() and (partial / "model.safetensors").exists() and not (partial / "loop.json").exists()
+    assert (checkpoints / "latest").read_text().strip() == "step-00000006"  # the previous, complete one
+    assert not (checkpoints / "step-00000009").exists()
+
+    again = run(one_process(tmp_path / "out"))
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {checkpoints}/step-00000006 (epoch 1, batch 6 of 16" in again.stdout
+    assert not list(checkpoints.glob(".tmp-*")), "the partial save was not cleaned up"
+    assert_same_run(tmp_path / "out", reference_one)
+
+
+def rank_pids(launcher_pid: int) -> list[int]:
+    """The training processes the launcher started (its children)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == launcher_pid:
+            pids.append(int(stat.parent.name))
+    return sorted(pids)
+
+
+@pytest.mark.parametrize("how", ["SIGUSR1 to one rank", "SIGTERM to the launcher"])
+def test_preemption_saves_exits_75_and_the_rerun_finishes(tmp_path, reference_two, how):
+    proc = start(two_processes(tmp_path))
+    wait_for(lambda: latest_step(tmp_path) >= 3 and len(rank_pids(proc.pid)) == 2, proc, "training to start")
+    if how.startswith("SIGUSR1"):
+        os.kill(rank_pids(proc.pid)[1], signal.SIGUSR1)  # rank 0 hears of it only through the collective
+    else:
+        os.kill(proc.pid, signal.SIGTERM)  # torchrun passes SIGTERM on to the ranks
+    out, _ = proc.communicate(timeout=120)
+    name = how.split()[0]
+    assert proc.returncode != 0, out
+    assert f"preempted: stopped by {name} at epoch" in out, out
+    if name == "SIGUSR1":  # torchrun reports the ranks' exit codes unless it was signalled itself
+        assert "exitcode  : 75" in out, out
+    step = latest_step(tmp_path)
+    assert f"checkpoints/step-{step:08d} saved; run the same command again to resume" in out
+
+    again = run(two_processes(tmp_path))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resuming from {tmp_path}/checkpoints/step-{step:08d}" in again.stdout
+    assert_same_run(tmp_path, reference_two)
+
+
+def test_exit_code_75_from_a_single_process(tmp_path):
+    proc = start(one_process(tmp_path, "epochs=3"))
+    wait_for(lambda: latest_step(tmp_path) >= 3, proc, "training to start")
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out
+    assert out.count("preempted: stopped by SIGUSR1") == 1
