@@ -39,8 +39,8 @@ class CallbackList:
         for cb in self.callbacks:
             cb.loop = loop
         for hook in HOOKS:
-            bound = tuple(getattr(cb, hook) for cb in self.callbacks
-                          if getattr(type(cb), hook, None) is not getattr(Callback, hook))
+            bound = tuple(getattr(cb, hook) for cb in self.callbacks  # subclasses and duck-typed objects
+                          if getattr(type(cb), hook, None) not in (None, getattr(Callback, hook)))
             setattr(self, hook, self._dispatch(bound))
 
     @staticmethod

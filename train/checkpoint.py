@@ -113,6 +113,8 @@ def find(resume: str, output_dir: Path) -> Optional[Path]:
         path = _pointer(path / "checkpoints", LATEST)  # an output_dir: its latest checkpoint
     elif path.is_dir() and not (path / LOOP_FILE).is_file() and _pointer(path, LATEST):
         path = _pointer(path, LATEST)  # a checkpoints folder
+    if not path.exists():
+        raise ConfigError(f"resume='{resume}': no such checkpoint; give an existing checkpoint folder, or resume=auto")
     if not (path / LOOP_FILE).is_file():
         raise ConfigError(f"resume='{resume}' is not a checkpoint (no {path / LOOP_FILE}); give a folder such as "
                           f"{Path(output_dir) / 'checkpoints' / 'step-00000100'}, or resume=auto")

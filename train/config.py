@@ -194,6 +194,9 @@ def _read_yaml(path: Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
+        context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and start:  # where the unclosed bracket or quote began
+            problem += f" ({context} at line {start.line + 1})"
         raise ConfigError(f"config file '{path}' has a YAML syntax error{where}: {problem}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(tree).__name__}")

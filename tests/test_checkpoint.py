@@ -1,0 +1,60 @@
+"""The checkpoint module in-process: the RNG order on a mid-epoch resume, rotation and `best`."""
+
+import torch
+from torch import nn
+
+from train import checkpoint
+from train.checkpoint import Checkpoint
+from train.loop import Loop, make_accelerator
+
+
+def build() -> Loop:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 32), nn.Dropout(0.5), nn.ReLU(), nn.Linear(32, 3))
+    return Loop(net, torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9), nn.functional.cross_entropy,
+                accelerator=make_accelerator(seed=1))
+
+
+def loader():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(64, 20, generator=g), torch.randint(0, 3, (64,), generator=g)
+    # no generator of its own: starting its iterator draws from the global RNG, the known trap
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
+
+
+def resumed_weights(path, put_rng_back=True):
+    loop = build()
+    resume = checkpoint.load(loop, path)
+    if not put_rng_back:
+        resume.rng = None
+    checkpoint.apply(loop, resume, [])
+    loop.fit(2 - len(resume.history), loader())
+    return loop.model.state_dict(), loop.history.rows
+
+
+def test_mid_epoch_resume_needs_the_rng_put_back_after_the_iterator_starts(tmp_path):
+    ref = build()
+    ref.fit(2, loader(), callbacks=[Checkpoint(tmp_path, every_steps=3, keep_last=10)])
+    mid_epoch_2 = tmp_path / "step-00000012"  # 8 batches per epoch: batch 4 of epoch 2
+    assert checkpoint._read_meta(mid_epoch_2)["position"] == dict(epoch=2, step_in_epoch=4, global_step=12,
+                                                                  processes=1)
+    weights, rows = resumed_weights(mid_epoch_2)
+    assert all(torch.equal(weights[k], v) for k, v in ref.model.state_dict().items())
+    assert [{k: r[k] for k in ("epoch", "loss", "lr")} for r in rows] == \
+           [{k: r[k] for k in ("epoch", "loss", "lr")} for r in ref.history.rows]
+
+    # restoring the RNG states before the iterator starts (what load_state alone does) is not exact
+    weights, _ = resumed_weights(mid_epoch_2, put_rng_back=False)
+    assert not all(torch.equal(weights[k], v) for k, v in ref.model.state_dict().items())
+
+
+def test_rotation_keeps_the_newest_and_the_best(tmp_path):
+    loop = build()
+    # a constant lr never beats epoch 1's: with mode=max the best is the first epoch's checkpoint
+    ck = Checkpoint(tmp_path, every_steps=2, keep_last=2, monitor="lr", mode="max")
+    loop.fit(3, loader(), callbacks=[ck])
+    names = sorted(p.name for p in tmp_path.glob("step-*"))
+    assert names == ["step-00000008", "step-00000022", "step-00000024"]
+    assert (tmp_path / "best").read_text().strip() == "step-00000008"
+    assert (tmp_path / "latest").read_text().strip() == "step-00000024"
+    assert not list(tmp_path.glob(".tmp-*"))

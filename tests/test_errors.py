@@ -1,0 +1,98 @@
+"""Bad input gets one clear line, its exit code, no traceback and no half-written output.
+
+Each case runs the script front's `main` as a user would (argv in, exit code out) and checks
+that stderr is exactly one `error: ...` line naming the problem, and that `output_dir` holds no
+file afterwards.
+"""
+
+import gzip
+import shutil
+
+import pytest
+
+from conftest import MNIST, ROOT, launch_two
+from train.main import main
+
+SMOKE = ["data.train_size=256", "data.val_size=128", f"data.path={MNIST}", "progress=false"]
+
+
+def files_in(folder):
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def other_shape_checkpoint(tmp_path_factory):
+    """A checkpoint of the tutorial CNN with 12 classes instead of 10 (a different last layer)."""
+    out = tmp_path_factory.mktemp("twelve")
+    assert main([*SMOKE, "epochs=1", "data.num_classes=12", f"output_dir={out}"]) == 0
+    return out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+
+
+def corrupt_copy(folder):
+    folder.mkdir()
+    for f in MNIST.glob("*.gz"):
+        shutil.copy(f, folder)
+    images = folder / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:5000])  # cut short, as an interrupted download would be
+    return folder
+
+
+CASES = {
+    "unknown key": (["optimizer.lrr=0.1"], "unknown config key 'optimizer.lrr'; did you mean 'optimizer.lr'?"),
+    "wrong type": (["epochs=three"], "config key 'epochs' expects int, got str 'three'"),
+    "YAML syntax": (["--config", "{bad_yaml}"], "YAML syntax error at line 4: expected ',' or ']', but got ':' (while parsing a flow sequence at line 3)"),
+    "missing config": (["--config", "{tmp}/nowhere.yaml"], "nowhere.yaml' not found; pass an existing file"),
+    "missing data": (["data.path={tmp}"], "train-images-idx3-ubyte.gz' not found"),
+    "corrupt data": (["data.path={corrupt}"], "train-images-idx3-ubyte.gz' is corrupt"),
+    "labels out of range": (["data.num_classes=5"], "labels range over 0..9 but data.num_classes=5"),
+    "batch size 0": (["batch_size=0"], "config key 'batch_size' must be > 0, got 0"),
+    "negative epochs": (["epochs=-1"], "config key 'epochs' must be >= 0, got -1"),
+    "unknown optimizer": (["optimizer.name=adamm"], "config key 'optimizer.name' must be one of adam, adamw, sgd"),
+    "unknown loss": (["loss=mse"], "config key 'loss' must be one of cross_entropy, nll; got 'mse'"),
+    "unknown scheduler": (["scheduler.name=linear"], "config key 'scheduler.name' must be one of none, step"),
+    "fp16 on a CPU": (["mixed_precision=fp16"], "mixed_precision=fp16 needs a GPU; on a CPU use"),
+    "resume from nothing": (["resume={tmp}/no-such-checkpoint"], "no-such-checkpoint': no such checkpoint"),
+    "resume another model": (["resume={other}"], "is of a different model (layers.9.bias: [12] saved, [10] now)"),
+    "output_dir not writable": (["output_dir={tmp}/a-file/out"], "is not writable (Not a directory)"),
+    "val monitor without validation": (["early_stopping.monitor=val_loss", "data.val_size=0"],
+                                       "'early_stopping.monitor' is 'val_loss' but there is no validation data"),
+    "monitor not a column": (["checkpoint.monitor=val_acc"], "not a history column; did you mean 'val_accuracy'?"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gives_one_line_and_leaves_nothing(case, tmp_path, capsys, request):
+    args, expected = CASES[case]
+    (tmp_path / "bad.yaml").write_text("epochs: 2\ndata:\n  path: [unclosed\nseed: 1\n")
+    (tmp_path / "a-file").write_text("")
+    places = dict(tmp=tmp_path, bad_yaml=tmp_path / "bad.yaml",
+                  corrupt=corrupt_copy(tmp_path / "corrupt") if case == "corrupt data" else "",
+                  other=request.getfixturevalue("other_shape_checkpoint") if case == "resume another model" else "")
+    out = tmp_path / "out"
+    argv = [a.format(**places) for a in [*SMOKE, f"output_dir={out}", *args]]
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0]
+    assert not files_in(out), f"left behind: {files_in(out)}"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown config key"):
+        main(["--debug", "optimizer.lrr=0.1", f"output_dir={tmp_path}"])
+
+
+def test_validation_set_smaller_than_the_processes(tmp_path):
+    out = tmp_path / "out"
+    done = launch_two(ROOT / "train" / "main.py", *SMOKE, "data.val_size=1", f"output_dir={out}")
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert ours == ["error: the validation set has 1 sample(s), fewer than the 2 processes; give data.val_size >= 2, "
+                    "or data.val_size=0 for no validation"], done.stderr  # said once, by rank 0
+    assert "Traceback" not in done.stderr.split("error: ")[0]
+    assert not files_in(out)
