@@ -236,7 +236,8 @@ def print_plan(job) -> None:
         print(f"  data: {note}", flush=True)
     if job.resume is not None:
         pos, left = job.resume.position, cfg.epochs - len(job.resume.history)
-        where = (f"epoch {pos.epoch}, batch {pos.step_in_epoch} of {len(job.loaders.train)}" if pos.step_in_epoch
+        batches = -(-len(job.loaders.train) // accelerator.num_processes)  # per process
+        where = (f"epoch {pos.epoch}, batch {pos.step_in_epoch} of {batches}" if pos.step_in_epoch
                  else f"the end of epoch {pos.epoch - 1}")
         then = f"training to epoch {cfg.epochs}" if left > 0 else f"all {cfg.epochs} epoch(s) done, nothing to train"
         print(f"  resuming from {job.resume.path} ({where}, global step {pos.global_step}); {then}", flush=True)

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Train on SLURM: sbatch slurm/train.sh [key=value ...]      (run from the project folder)
+# More nodes or GPUs, another time limit: sbatch --nodes=4 --gpus-per-node=8 --time=24:00:00 slurm/train.sh
+# On a cluster without GPUs: sbatch --gpus-per-node=0 slurm/train.sh (gloo processes on the CPUs).
+#
+#SBATCH --job-name=train
+#SBATCH --nodes=1
+# one task per node: each runs one `accelerate launch`, which starts one process per GPU of its node
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --time=04:00:00
+# USR1 to this batch shell (B:) 120 s before the time limit: enough to save a checkpoint and requeue
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+# one log per job, in the folder sbatch was called from; appended to across requeues
+#SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
+set -euo pipefail
+
+# sbatch runs a copy of this script from its spool folder: find the project from where it was submitted
+root=${TRAIN_ROOT:-${SLURM_SUBMIT_DIR:-$(pwd)}}
+cd "$root"
+[[ -f train/main.py ]] || { echo "slurm/train.sh: no train/main.py in $root; sbatch from the project folder or set TRAIN_ROOT" >&2; exit 2; }
+[[ -x .venv/bin/accelerate && -z "${VIRTUAL_ENV:-}" ]] && export PATH="$root/.venv/bin:$PATH"
+
+# A stable output folder per job (per array task), so that a requeued job finds its checkpoints and
+# resumes (resume=auto). An output_dir=... argument wins: later overrides replace earlier ones.
+job=${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}
+nodes=${SLURM_NNODES:-1}
+# rank 0's host is the first of the allocation; the port comes from the job id, so that two jobs
+# sharing a node do not collide
+main_addr=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+port=$(( 20000 + SLURM_JOB_ID % 20000 ))
+restarts=${SLURM_RESTART_COUNT:-0}
+echo "slurm/train.sh: job $SLURM_JOB_ID${SLURM_ARRAY_TASK_ID:+ (array task $SLURM_ARRAY_TASK_ID)}, $nodes node(s)," \
+     "main $main_addr:$port, SLURM_RESTART_COUNT=$restarts$( ((restarts > 0)) && echo ': resuming from the latest checkpoint')"
+
+preempted=0
+forward_usr1() {
+    # the time limit (or `scancel --signal=USR1 --full`) is near: pass it to the training processes,
+    # which save a checkpoint at the next step boundary and exit
+    preempted=1
+    echo "slurm/train.sh: USR1 received; asking the training processes to checkpoint and stop"
+    scancel --signal=USR1 "$SLURM_JOB_ID" 2>/dev/null || true
+}
+trap forward_usr1 USR1
+
+# One `accelerate launch` per node (launch/multinode.sh). The node rank must be read on each node:
+# \$SLURM_NODEID is escaped so that the task's shell expands it, not this one (else every node is
+# rank 0). The launcher ignores USR1 (trap '' before exec; else USR1 would kill it and orphan the
+# ranks); the training processes install their own handler, which overrides the ignore.
+srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \
+    "trap '' USR1; RDZV_BACKEND=c10d MAIN_PORT=$port exec launch/multinode.sh \$SLURM_NODEID $nodes $main_addr \
+     output_dir=runs/slurm-$job \"\$@\"" srun-task "$@" &
+step=$!
+status=0
+wait "$step" || status=$?
+# a trapped signal ends `wait` early: wait again until the training processes have saved and exited
+while kill -0 "$step" 2>/dev/null; do wait "$step" || status=$?; done
+if (( preempted && status != 0 )); then
+    echo "slurm/train.sh: checkpoint saved; requeueing job $SLURM_JOB_ID (it resumes where it stopped)"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+fi
+exit "$status"

@@ -1,0 +1,120 @@
+"""Cluster runs on real engines: two "nodes" over loopback (two `accelerate launch` commands), and
+SLURM jobs on a local one-node cluster (tests/cluster/start.sh), including preemption by USR1,
+requeue and resume.
+"""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import MNIST, ROOT
+
+SMOKE = ["epochs=2", "data.train_size=2048", "data.val_size=1001", f"data.path={MNIST}",
+         "checkpoint.every_steps=3", "progress=false"]
+
+
+def history(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "history.csv")
+
+
+def test_two_nodes_over_loopback_form_one_job(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MAIN_PORT="29517")
+    nodes = [subprocess.Popen([str(ROOT / "launch" / "multinode.sh"), str(rank), "2", "127.0.0.1", *SMOKE,
+                               f"output_dir={out}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    logs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], logs
+    assert "x 2 process(es) (MULTI_CPU)" in logs[0] and logs[0].count("wrote ") == 1
+    assert "wrote " not in logs[1] and "epoch " not in logs[1]  # node 1 prints no table and writes nothing
+    rows = history(out)
+    assert rows["epoch"].tolist() == [1, 2]
+
+    # the job's validation numbers equal one process evaluating the same weights
+    from train.config import load_config
+    from train.data import make_loaders
+    from train.loop import Loop
+    from train.metrics import metrics_by_name
+    from train.models import build_model
+
+    cfg = load_config(ROOT / "configs" / "mnist.yaml", SMOKE)
+    model = build_model(cfg.model)
+    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    loop = Loop(model, None, torch.nn.functional.cross_entropy, metrics_by_name(["accuracy"]))
+    alone = loop.evaluate(make_loaders(cfg).val)
+    last = rows.iloc[-1]
+    assert alone["val_accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-12)
+    assert alone["val_loss"] == pytest.approx(last["val_loss"], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A one-node SLURM cluster on this machine for this module's tests, stopped afterwards."""
+    folder = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run([str(ROOT / "tests" / "cluster" / "start.sh"), str(folder)], capture_output=True,
+                             text=True, timeout=300)
+    if started.returncode == 3:
+        pytest.skip(f"no local SLURM cluster: {started.stderr.strip()}")
+    assert started.returncode == 0, started.stderr
+    env = dict(os.environ, SLURM_CONF=str(folder / "slurm.conf"), CPU_PROCESSES_PER_NODE="2",
+               PYTHONUNBUFFERED="1")
+    yield env
+    subprocess.run([str(ROOT / "tests" / "cluster" / "stop.sh"), str(folder)], timeout=120)
+
+
+def sbatch(env, out: Path, *args, wait=True) -> subprocess.Popen:
+    """`sbatch --wait slurm/train.sh` on the CPU-only test cluster; the job id is the first line."""
+    cmd = ["sbatch", "--parsable", "--gpus-per-node=0", f"--output={out}/%x-%j.out",
+           *(["--wait"] if wait else []), "slurm/train.sh", *SMOKE, f"output_dir={out}", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def job_log(out: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(out.glob("train-*.out")))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sbatch-smoke")
+    job = sbatch(slurm, out)
+    stdout, stderr = job.communicate(timeout=600)
+    return out, job.returncode, stderr
+
+
+def test_sbatch_smoke_job(uninterrupted):
+    out, code, stderr = uninterrupted
+    log = job_log(out)
+    assert code == 0, stderr + log
+    assert "x 2 process(es) (MULTI_CPU)" in log and "SLURM_RESTART_COUNT=0" in log
+    assert history(out)["epoch"].tolist() == [1, 2]
+    # one process speaks for the job: one plan, one table header, one "wrote"
+    assert log.count("plan: ") == 1 and log.count("    epoch ") == 1 and log.count("wrote ") == 1
+
+
+def test_sbatch_preemption_requeues_resumes_and_matches(slurm, uninterrupted, tmp_path):
+    job = sbatch(slurm, tmp_path)
+    job_id = job.stdout.readline().strip()
+    latest = tmp_path / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not latest.exists():
+        assert job.poll() is None and time.monotonic() < deadline, "the job ended before its first checkpoint"
+        time.sleep(0.05)
+    # what a scheduler does before preempting: USR1 to the batch shell and every process of the job
+    subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm, check=True)
+    _, stderr = job.communicate(timeout=600)  # --wait waits across the requeue
+    log = job_log(tmp_path)
+    assert job.returncode == 0, stderr + log
+    assert "USR1 received" in log and f"requeueing job {job_id}" in log
+    assert "SLURM_RESTART_COUNT=1: resuming" in log and "resuming from " in log
+    rows = history(tmp_path)
+    assert rows["epoch"].tolist() == [1, 2]
+    reference, mine = load_file(str(uninterrupted[0] / "model.safetensors")), load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(reference[k], mine[k]) for k in reference)
+    timing = ["epoch_s", "data_s", "compute_s", "samples_per_s", "flops_per_s"]
+    pd.testing.assert_frame_equal(rows.drop(columns=timing), history(uninterrupted[0]).drop(columns=timing))
