@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" launch/one.sh $(ARGS)
 
-## test: the test suite (real processes, CPU only)
+## test: the test suite (real processes, CPU only; starts a local one-node SLURM cluster, installing it if needed, and stops it)
 test: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q $(ARGS)
 

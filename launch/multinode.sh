@@ -19,6 +19,10 @@ else
 fi
 cpus=${SLURM_CPUS_ON_NODE:-$(nproc)}
 threads=$(( cpus / per_node )); (( threads > 0 )) || threads=1
+if (( nodes * per_node == 1 )); then  # accelerate refuses --multi_gpu for a single process
+    exec accelerate launch --num_processes 1 --num_machines 1 --mixed_precision "${MIXED_PRECISION:-no}" \
+        --dynamo_backend no --num_cpu_threads_per_process "$threads" "$root/train/main.py" "$@"
+fi
 exec accelerate launch --multi_gpu --num_machines "$nodes" --num_processes $(( nodes * per_node )) \
     --machine_rank "$node_rank" --main_process_ip "$main_addr" --main_process_port "${MAIN_PORT:-29500}" \
     --rdzv_backend "${RDZV_BACKEND:-static}" --mixed_precision "${MIXED_PRECISION:-no}" \

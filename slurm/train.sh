@@ -26,6 +26,9 @@ cd "$root"
 # A stable output folder per job (per array task), so that a requeued job finds its checkpoints and
 # resumes (resume=auto). An output_dir=... argument wins: later overrides replace earlier ones.
 job=${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}
+# In a job array, %a in an argument is the task id, as in sbatch's file names:
+#   sbatch --array=0-3 slurm/train.sh seed=%a
+set -- "${@//%a/${SLURM_ARRAY_TASK_ID:-0}}"
 nodes=${SLURM_NNODES:-1}
 # rank 0's host is the first of the allocation; the port comes from the job id, so that two jobs
 # sharing a node do not collide

@@ -118,3 +118,15 @@ def test_sbatch_preemption_requeues_resumes_and_matches(slurm, uninterrupted, tm
     assert all(torch.equal(reference[k], mine[k]) for k in reference)
     timing = ["epoch_s", "data_s", "compute_s", "samples_per_s", "flops_per_s"]
     pd.testing.assert_frame_equal(rows.drop(columns=timing), history(uninterrupted[0]).drop(columns=timing))
+
+
+def test_job_array_tasks_get_their_own_runs(slurm, tmp_path):
+    cmd = ["sbatch", "--parsable", "--wait", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
+           f"--output={tmp_path}/%x-%A_%a.out", "slurm/train.sh", "epochs=1", "data.train_size=512",
+           "data.val_size=128", f"data.path={MNIST}", "progress=false", "seed=%a", f"output_dir={tmp_path}/task-%a"]
+    env = dict(slurm, CPU_PROCESSES_PER_NODE="1")
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.out")))
+    assert done.returncode == 0, done.stderr + logs
+    losses = [history(tmp_path / f"task-{i}")["loss"].item() for i in (0, 1)]
+    assert losses[0] != losses[1]  # seed=%a: each task trained with its own seed

@@ -4,7 +4,8 @@
 # missing and apt-get can. Usage: tests/cluster/start.sh [DIR]  (default /tmp/train-slurm)
 # Writes DIR/slurm.conf and DIR/started.pids (only the daemons this script started, for stop.sh),
 # and prints the line to use the cluster: export SLURM_CONF=DIR/slurm.conf
-# Exit 0: the node is idle and takes jobs; 3: SLURM cannot be installed or started here (reason on stderr).
+# Exit 0: the node is idle and takes jobs; 3: SLURM is not installed and cannot be (the tests skip);
+# 1: it is installed but did not start (the tests fail; the reason is on stderr).
 set -euo pipefail
 dir=$(realpath -m "${1:-/tmp/train-slurm}")
 say() { echo "tests/cluster/start.sh: $*" >&2; }
@@ -33,7 +34,7 @@ if ! (munge -n | unmunge) >/dev/null 2>&1; then
     rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
     runuser -u munge -- /usr/sbin/munged
     for _ in $(seq 50); do (munge -n | unmunge) >/dev/null 2>&1 && break; sleep 0.1; done
-    (munge -n | unmunge) >/dev/null 2>&1 || { say "munged did not start"; exit 3; }
+    (munge -n | unmunge) >/dev/null 2>&1 || { say "munged did not start"; exit 1; }
     echo "$(cat /run/munge/munged.pid) munged" >>"$dir/started.pids"
 fi
 
@@ -78,4 +79,4 @@ for _ in $(seq 300); do
     [[ $(sinfo -h -o %T 2>/dev/null) == idle ]] && { echo "export SLURM_CONF=$SLURM_CONF"; exit 0; }
     sleep 0.1
 done
-say "the node did not become idle; see $dir/log/"; exit 3
+say "the node did not become idle; see $dir/log/"; exit 1
