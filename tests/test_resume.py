@@ -156,6 +156,27 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path, reference
     assert_same_run(tmp_path / "out", reference_one)
 
 
+def test_signals_during_a_save_do_not_corrupt_it(tmp_path, reference_one):
+    marker = tmp_path / "saving"
+    cmd, env = one_process(tmp_path / "out")
+    cmd[1] = str(ROOT / "tests" / "helpers" / "slow_save.py")
+    env.update(SLOW_SAVE_NUMBER="2", SLOW_SAVE_SECONDS="3", SLOW_SAVE_MARKER=str(marker))
+    proc = start((cmd, env))
+    wait_for(marker.exists, proc, "the second save")
+    proc.send_signal(signal.SIGUSR1)  # both land while step 6 is being saved
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out
+    assert "preempted: stopped by SIGTERM at epoch 1 step 9" in out  # the next status check: the next save
+    checkpoints = tmp_path / "out" / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step-00000009"
+    assert not list(checkpoints.glob(".tmp-*"))
+
+    again = run(one_process(tmp_path / "out"))
+    assert again.returncode == 0, again.stderr
+    assert_same_run(tmp_path / "out", reference_one)
+
+
 def rank_pids(launcher_pid: int) -> list[int]:
     """The training processes the launcher started (its children)."""
     pids = []

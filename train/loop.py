@@ -110,6 +110,7 @@ class Loop:
         self.interrupt_signal: Optional[str] = None  # its name, once all processes agreed
         self._loss_window: list = []  # losses since the last status check, still on the device
         self._status_step = -1
+        self._epoch_base_step = 0  # global step before the current epoch's first batch
         self._resume = None  # a mid-epoch checkpoint to continue from (train.checkpoint.Resume)
         self.flops_per_sample: Optional[float] = None  # measured on the first step
         self.steps_per_epoch = 0
