@@ -37,8 +37,9 @@ def read_idx(path: str | Path, expect_ndim: Optional[int] = None) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file '{path}' not found; restore it (e.g. `git checkout -- {path}`) "
-                        f"or point data.path at the folder that holds it")
+        shipped = Path(__file__).resolve().parent.parent / "data" / "mnist"
+        restore = "restore it with `git checkout -- data/mnist`" if path.parent.resolve() == shipped else "put it there"
+        raise DataError(f"data file '{path}' not found; {restore}, or point data.path at the folder that holds it")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
