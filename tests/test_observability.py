@@ -52,11 +52,17 @@ def test_wandb_offline_run_equals_history_csv(tmp_path):
     steps = [item for item in wandb_history(runs[0]) if "train/loss" in item]
     assert len(steps) == 4  # 8 steps an epoch, logged every 4
 
-    # the same output folder continues the same W&B run id
-    again = run_main("tracking.wandb=true", "epochs=1", f"output_dir={out}", *SMALL, **env)
+    # the checkpoint carries the run id: a rerun in the same folder (a resume) continues that run,
+    # even without the id file
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    assert json.loads((out / "checkpoints" / latest / "loop.json").read_text())["tracker_run_id"] == run_id
+    (out / "wandb_run_id").unlink()
+    again = run_main("tracking.wandb=true", "epochs=3", f"output_dir={out}", *SMALL, **env)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from" in again.stdout
     ids = {p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*")}
     assert ids == {run_id}
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [1, 2, 3]
 
 
 def test_tensorboard_events(tmp_path):

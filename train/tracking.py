@@ -47,6 +47,7 @@ def start_trackers(accelerator, cfg, output_dir: Path, run_id: str | None = None
     if not names:
         return {}, None
     init_kwargs, where = {}, {}
+    run_id = run_id if "wandb" in names else None
     if "wandb" in names:
         run_id = wandb_run_id(output_dir, run_id) if accelerator.is_main_process else None
         init_kwargs["wandb"] = dict(id=run_id, resume="allow", dir=str(output_dir), entity=cfg.tracking.entity,
@@ -54,8 +55,6 @@ def start_trackers(accelerator, cfg, output_dir: Path, run_id: str | None = None
         where["wandb"] = f"{output_dir}/wandb (run id {run_id}; offline runs: `wandb sync {output_dir}/wandb/offline-run-*`)"
     if "tensorboard" in names:
         where["tensorboard"] = f"{output_dir}/tensorboard/{cfg.tracking.project}"
-    else:
-        run_id = None
     accelerator.init_trackers(cfg.tracking.project, config=_flat(cfg.to_dict()), init_kwargs=init_kwargs)
     return where, run_id
 
