@@ -156,7 +156,7 @@ class EarlyStopping(Callback):
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
-                model = self.loop.accelerator.unwrap_model(self.loop.model)
+                model = self.loop.accelerator.unwrap_model(self.loop.model, keep_torch_compile=False)
                 self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             return
         self.wait += 1
@@ -170,7 +170,7 @@ class EarlyStopping(Callback):
     def on_train_end(self):
         last = self.loop.history.rows[-1]["epoch"] if len(self.loop.history) else 0
         if self.restore_best and self.best_weights is not None and self.best_epoch != last:
-            model = self.loop.accelerator.unwrap_model(self.loop.model)
+            model = self.loop.accelerator.unwrap_model(self.loop.model, keep_torch_compile=False)
             model.load_state_dict(self.best_weights)
             if self.loop.is_main_process:
                 self.print(f"restored the weights of epoch {self.best_epoch} ({self.monitor} {self.best:.6g})",

@@ -85,6 +85,11 @@ def model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
+def _is_compiled(loop) -> bool:
+    # a compiled model's saved state has `_orig_mod.` keys: it loads only into a compiled model
+    return hasattr(loop.accelerator.unwrap_model(loop.model), "_orig_mod")
+
+
 def _read_meta(path: Path) -> dict:
     return json.loads((path / LOOP_FILE).read_text())
 
@@ -125,11 +130,15 @@ def load(loop, path: Path) -> Resume:
     """Load the checkpoint at `path` into `loop`'s prepared objects (every process). Checks first
     that it was saved from a model of the same shapes. Returns the rest for the loop to resume."""
     meta = _read_meta(path)
-    saved, current = meta["model_shapes"], model_shapes(loop.accelerator.unwrap_model(loop.model))
+    saved = meta["model_shapes"]
+    current = model_shapes(loop.accelerator.unwrap_model(loop.model, keep_torch_compile=False))
     if saved != current:
         diff = next((k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)), "?")
         raise ConfigError(f"checkpoint '{path}' is of a different model ({diff}: {saved.get(diff)} saved, "
                           f"{current.get(diff)} now); use another output_dir or resume=none")
+    if meta.get("compiled", False) != _is_compiled(loop):
+        raise ConfigError(f"checkpoint '{path}' was saved with compile={str(meta.get('compiled')).lower()}; "
+                          f"resume it with the same setting")
     position = Position(**meta["position"])
     mid_epoch = position.step_in_epoch > 0
     world = loop.accelerator.num_processes
@@ -233,7 +242,8 @@ class Checkpoint(Callback):
         if acc.is_main_process:
             meta = {
                 "format": FORMAT, "position": vars(position), "history": loop.history.rows,
-                "model_shapes": model_shapes(acc.unwrap_model(loop.model)),
+                "model_shapes": model_shapes(acc.unwrap_model(loop.model, keep_torch_compile=False)),
+                "compiled": _is_compiled(loop),
                 "tracker_run_id": self.tracker_run_id,
             }
             (tmp / LOOP_FILE).write_text(json.dumps(meta, indent=1))

@@ -44,6 +44,8 @@ class DataConfig:
     val_size: Optional[int] = None  # first N validation samples; None = all
     num_classes: int = 10
     num_workers: Optional[int] = None  # None = chosen by the rule in data.choose_num_workers
+    pin_memory: Optional[bool] = None  # None = only when batches go from host memory to a CUDA device
+    prefetch_factor: Optional[int] = None  # batches each worker loads ahead; None = torch's default (2)
     in_memory_limit_mb: int = 2048  # data sets up to this size (uint8) take the in-memory fast path
 
 
@@ -105,6 +107,9 @@ class Config:
     log_every_s: float = 30.0  # without a terminal: one progress line every N seconds
     progress: Optional[bool] = None  # a progress bar; None = only when stdout is a terminal
     preflight: bool = False  # a few batches, a checkpoint round trip, then exit (see train.preflight)
+    compile: bool = False  # torch.compile the model (inductor): slower start, faster steps on GPUs
+    channels_last: bool = False  # NHWC memory layout for conv nets (tensor cores like it)
+    tf32: Optional[bool] = None  # TF32 matmuls and convolutions on NVIDIA GPUs; None = torch's defaults
     resume: Optional[str] = "auto"  # auto: continue from <output_dir>/checkpoints/latest if any; none; or a checkpoint path
     nonfinite: str = "stop"  # a NaN/inf loss: stop (exit 3, last good checkpoint kept) or skip the step
     loss: str = "cross_entropy"
@@ -251,6 +256,8 @@ def validate(cfg: Config) -> None:
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {flat[key]}")
+    if cfg.data.prefetch_factor is not None and cfg.data.prefetch_factor <= 0:
+        raise ConfigError(f"config key 'data.prefetch_factor' must be > 0 or null, got {cfg.data.prefetch_factor}")
     for key in ("epochs", "data.train_size", "data.val_size", "data.num_workers"):
         if flat[key] is not None and flat[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -266,12 +267,17 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
     workers, why = choose_num_workers(dcfg.num_workers, in_memory, local_processes)
     notes.append(why)
     pin = device.type == "cuda" and place.type == "cpu"
-    if pin:
+    if dcfg.pin_memory is not None:
+        pin = dcfg.pin_memory
+        notes.append(f"pin_memory={pin}: set in the config")
+    elif pin:
         notes.append("pin_memory=True: batches leave host memory for a CUDA device (non-blocking copies)")
     else:
         notes.append("pin_memory=False: " + ("data already on the device" if device.type == "cuda" else "CPU run"))
     common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=pin,
                   persistent_workers=workers > 0)
+    if workers > 0 and dcfg.prefetch_factor is not None:
+        common["prefetch_factor"] = dcfg.prefetch_factor
     if in_memory:
         common["collate_fn"] = _batch_as_is
     generator = torch.Generator().manual_seed(seed)
@@ -279,3 +285,97 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
     dl_val = DataLoader(val, shuffle=False, **common) if val is not None else None
     return Loaders(dl_train, dl_val, notes, mean, std)
 
+
+
+# ------------------------------------------------------------------------------------- tuning
+class _OneSampleAtATime(Dataset):
+    """The in-memory data served the generic way, one sample per `__getitem__` (what a plain
+    map-style Dataset does), so that tuning can weigh workers against the fast path."""
+
+    def __init__(self, data: InMemoryDataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.data[i]
+
+
+def _time_loader(dl, batches: int, device: torch.device) -> tuple[float, float]:
+    """(seconds to the first batch, samples/s over the next `batches` batches, copied to `device`)."""
+    start = time.perf_counter()
+    it = iter(dl)
+    next(it)
+    first = time.perf_counter() - start
+    n, start = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        n += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return first, n / (time.perf_counter() - start)
+
+
+def tune(cfg, device: torch.device | str = "cpu", batches: int = 100, print_fn=print) -> list[dict]:
+    """Time the training loader under each candidate setting on the real data (`num_workers` up to
+    the CPUs there are, `pin_memory` on CUDA, `prefetch_factor` 2 and 4 with workers, and the
+    in-memory fast path where the data allows it) and print them, best first. Returns the rows."""
+    device = torch.device(device)
+    train = load_split(cfg.data, "train")
+    candidates = []
+    if isinstance(train, ArrayData):
+        mean, std = channel_stats(train.images)
+        fast = InMemoryDataset(train, mean, std, "cpu")
+        candidates.append(("in-memory fast path (num_workers=0)", dict(num_workers=0),
+                           DataLoader(fast, batch_size=cfg.batch_size, shuffle=True, collate_fn=_batch_as_is)))
+        train = _OneSampleAtATime(fast)
+    workers = sorted({0, 1, 2, 4, 8} & set(range(cpus_available() + 1)))
+    for w in workers:
+        for pin in ([False, True] if device.type == "cuda" else [False]):
+            for prefetch in ([2, 4] if w else [None]):
+                settings = dict(num_workers=w, pin_memory=pin, **({"prefetch_factor": prefetch} if w else {}))
+                label = ", ".join(f"{k}={v}" for k, v in settings.items())
+                candidates.append((f"per sample: {label}", settings,
+                                   DataLoader(train, batch_size=cfg.batch_size, shuffle=True, **settings)))
+    rows = []
+    for label, settings, dl in candidates:
+        first, rate = _time_loader(dl, batches, device)
+        rows.append(dict(setting=label, first_batch_s=first, samples_per_s=rate, **settings))
+    rows.sort(key=lambda r: -r["samples_per_s"])
+    print_fn(f"{'setting':<62} {'first batch s':>13} {'samples/s':>10}")
+    for r in rows:
+        print_fn(f"{r['setting']:<62} {r['first_batch_s']:>13.3f} {r['samples_per_s']:>10.0f}")
+    best = rows[0]
+    keys = " ".join(f"data.{k}={v}" for k in ("num_workers", "pin_memory", "prefetch_factor") if (v := best.get(k)) is not None)
+    print_fn(f"best: {best['setting']} ({best['samples_per_s']:.0f} samples/s); config: {keys}")
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m train.data tune",
+                                     description="Time the training loader's settings on the real data; print the best.")
+    parser.add_argument("command", choices=["tune"])
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "mnist.yaml"))
+    parser.add_argument("--batches", type=int, default=100, help="batches timed per setting (default 100)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    from .config import load_config
+    from .errors import UserError
+
+    try:
+        config = load_config(args.config, args.overrides)
+        if not Path(config.data.path).is_absolute() and not Path(config.data.path).exists():
+            config.data.path = str(Path(__file__).resolve().parent.parent / config.data.path)
+        tune(config, args.device, args.batches)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -79,8 +79,12 @@ class Loop:
     def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
                  loss_func, metrics: Optional[Mapping[str, object]] = None, *,
                  accelerator: Optional[Accelerator] = None, scheduler=None, scheduler_interval: str = "epoch",
-                 max_grad_norm: Optional[float] = None, callbacks: Iterable = (), nonfinite: str = "stop"):
+                 max_grad_norm: Optional[float] = None, callbacks: Iterable = (), nonfinite: str = "stop",
+                 channels_last: bool = False):
         self.accelerator = accelerator or make_accelerator()
+        self.channels_last = channels_last
+        if channels_last:  # NHWC weights; batches are made NHWC in train_step/eval_step
+            model = model.to(memory_format=torch.channels_last)
         if optimizer is None:  # evaluate/predict only
             self.model, self.optimizer = self.accelerator.prepare(model), None
         else:
@@ -144,6 +148,8 @@ class Loop:
         `gradient_accumulation_steps` batches), schedule. Returns the detached loss and
         predictions; reads nothing back from the device."""
         model, acc = self.model, self.accelerator
+        if self.channels_last and features.dim() == 4:
+            features = features.contiguous(memory_format=torch.channels_last)
         stepped = False
         with acc.accumulate(model):
             preds = model(features)
@@ -170,6 +176,8 @@ class Loop:
     def eval_step(self, features, labels):
         """The one eval step: forward, then predictions and labels gathered from all processes
         (padding duplicates of the last batch dropped), then the loss over the gathered batch."""
+        if self.channels_last and features.dim() == 4:
+            features = features.contiguous(memory_format=torch.channels_last)
         preds = self.model(features)
         preds, labels = self.accelerator.gather_for_metrics((preds, labels))
         return self.loss_func(preds, labels), preds, labels
@@ -301,7 +309,7 @@ class Loop:
         forward + backward, the usual estimate. Ops the counter does not know count as 0."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         self.flops_per_sample = 0.0
         try:
             with torch.no_grad(), self.accelerator.autocast(), FlopCounterMode(display=False) as counter:

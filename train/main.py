@@ -65,7 +65,8 @@ def save_weights(accelerator, model, path: Path) -> None:
 
         from train.files import atomic_write
 
-        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        # a compiled model's keys start with `_orig_mod.`: save the plain model's names
+        state = {k.removeprefix("_orig_mod."): v.detach().cpu().contiguous() for k, v in state.items()}
         atomic_write(path, lambda tmp: save_file(state, tmp))
     accelerator.wait_for_everyone()
 
@@ -88,8 +89,10 @@ class Job:
         self.cfg = cfg
         self.output_dir = output_dir = Path(cfg.output_dir)
         metrics = metrics_by_name(cfg.metrics)
+        set_tf32(cfg.tf32)
         self.accelerator = accelerator = make_accelerator(
             cfg.mixed_precision, cfg.gradient_accumulation_steps, cfg.seed, log_with=tracker_names(cfg) or None,
+            dynamo_backend="inductor" if cfg.compile else None,
             project_config=ProjectConfiguration(project_dir=str(output_dir),
                                                 logging_dir=str(output_dir / "tensorboard")))
         if accelerator.is_main_process:
@@ -110,7 +113,7 @@ class Job:
         scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, self.steps_per_epoch)
         self.loop = Loop(model, optimizer, build_loss(cfg.loss), metrics, accelerator=accelerator,
                          scheduler=scheduler, scheduler_interval=cfg.scheduler.interval,
-                         max_grad_norm=cfg.max_grad_norm, nonfinite=cfg.nonfinite)
+                         max_grad_norm=cfg.max_grad_norm, nonfinite=cfg.nonfinite, channels_last=cfg.channels_last)
         self.columns = history_columns(cfg, metrics, self.loaders.val is not None)
         self.resume = None
         if not cfg.preflight:
@@ -151,6 +154,17 @@ class Job:
 
     def close(self) -> None:
         self.loop.close()
+
+
+def set_tf32(on) -> None:
+    """TF32 for float32 matmuls and cuDNN convolutions (NVIDIA Ampere and later): ~10 bits of
+    mantissa instead of 23, several times the speed. None leaves torch's defaults (matmul off,
+    convolutions on)."""
+    if on is not None:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
 
 
 def history_columns(cfg, metrics, has_validation: bool) -> list[str]:
