@@ -4,6 +4,8 @@ from torch import nn
 from train import Model
 from train.models import TutorialCNN
 
+from conftest import ROOT
+
 
 def test_tutorial_cnn_table():
     table = Model(TutorialCNN()).summary(input_shape=(1, 32, 32))
@@ -35,3 +37,13 @@ def test_parameters_of_non_leaf_modules_are_counted():
     assert "Total params: 31" in table  # 7 + 7*3 + 3
     assert "Trainable params: 10" in table and "Non-trainable params: 21" in table
     assert "(non-leaf params)" in table
+
+
+def test_fast_cnn_of_the_speed_recipe():
+    from train.config import load_config
+    from train.models import build_model
+
+    cfg = load_config(ROOT / "configs" / "mnist_fast.yaml")
+    model = build_model(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) == 94_186
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
