@@ -37,7 +37,7 @@ def test_mid_epoch_resume_needs_the_rng_put_back_after_the_iterator_starts(tmp_p
     ref.fit(2, loader(), callbacks=[Checkpoint(tmp_path, every_steps=3, keep_last=10)])
     mid_epoch_2 = tmp_path / "step-00000012"  # 8 batches per epoch: batch 4 of epoch 2
     assert checkpoint._read_meta(mid_epoch_2)["position"] == dict(epoch=2, step_in_epoch=4, global_step=12,
-                                                                  processes=1)
+                                                                  processes=1, samples_seen=12 * 8)
     weights, rows = resumed_weights(mid_epoch_2)
     assert all(torch.equal(weights[k], v) for k, v in ref.model.state_dict().items())
     assert [{k: r[k] for k in ("epoch", "loss", "lr")} for r in rows] == \

@@ -65,6 +65,11 @@ class Position:
     step_in_epoch: int = 0
     global_step: int = 0
     processes: int = 1
+    samples_seen: int = 0  # training samples consumed by all processes together
+
+    @classmethod
+    def of(cls, loop, epoch: int, step_in_epoch: int) -> "Position":
+        return cls(epoch, step_in_epoch, loop.global_step, loop.accelerator.num_processes, loop.samples_seen)
 
 
 @dataclass
@@ -209,7 +214,7 @@ class Checkpoint(Callback):
         loop = self.loop
         # the last batch of an epoch is saved by on_epoch_end, after validation
         if self.every_steps and loop.global_step % self.every_steps == 0 and step < loop.steps_per_epoch:
-            self.save(Position(loop.epoch, step, loop.global_step, loop.accelerator.num_processes))
+            self.save(Position.of(loop, loop.epoch, step))
 
     def on_epoch_end(self, epoch, row):
         loop = self.loop
@@ -218,12 +223,12 @@ class Checkpoint(Callback):
                                                                else value > self.best))
         if better:
             self.best = value
-        self.save(Position(epoch + 1, 0, loop.global_step, loop.accelerator.num_processes), best=better)
+        self.save(Position.of(loop, epoch + 1, 0), best=better)
 
     def on_interrupt(self, epoch, step):
         if self.last_saved is not None and self.last_saved.name == f"step-{self.loop.global_step:08d}":
             return  # this very step was just saved (the status check ran inside that save)
-        self.save(Position(epoch, step, self.loop.global_step, self.loop.accelerator.num_processes))
+        self.save(Position.of(self.loop, epoch, step))
 
     # the save
     def save(self, position: Position, best: bool = False) -> Path:

@@ -105,6 +105,7 @@ class Loop:
         self.events = CallbackList([], self)
         self.stop_training = False
         self.global_step = 0  # batches trained, counted across resumes
+        self.samples_seen = 0  # training samples, all processes together, counted across resumes
         self.epoch = 0  # the epoch being trained
         self.skipped_steps = 0  # optimizer steps of this epoch dropped for a non-finite loss
         self.interrupted = False  # all processes agreed to stop (see check_status)
@@ -224,6 +225,7 @@ class Loop:
             step += 1
             seen += labels.shape[0]
             self.global_step += 1
+            self.samples_seen += labels.shape[0] * self.accelerator.num_processes
             if self.flops_per_sample is None and sample is None:
                 sample = features[:1]  # for counting FLOPs once the timer has stopped
             loss, preds = self.train_step(features, labels)
@@ -300,6 +302,7 @@ class Loop:
         finished epochs, the step counter and, for a mid-epoch checkpoint, the epoch's sums."""
         self.history = History(resume.history)
         self.global_step = resume.position.global_step
+        self.samples_seen = resume.position.samples_seen
         self._status_step = self.global_step
         self._resume = resume if resume.position.step_in_epoch > 0 else None
 
