@@ -6,8 +6,8 @@ Hooks (all optional): `on_train_begin()`, `on_epoch_begin(epoch)`, `on_train_bat
 the history row, identical on every process), `on_interrupt(epoch, step)` (all processes agreed
 to stop after a signal; the loop raises `Preempted` right after) and `on_train_end()`. A callback
 talks back to the loop only by setting `loop.stop_training = True`. A callback with a `state_key`
-and `state_dict()` / `load_state_dict()` has its state saved in checkpoints. Anything that prints or writes checks
-`self.loop.is_main_process`: one process speaks for the job.
+and `state_dict()` / `load_state_dict()` has its state saved in checkpoints. Anything that prints
+or writes checks `self.loop.is_main_process`: one process speaks for the job.
 """
 
 from __future__ import annotations

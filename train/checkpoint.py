@@ -107,22 +107,25 @@ def _pointer(root: Path, name: str) -> Optional[Path]:
     return target if (target / LOOP_FILE).is_file() else None
 
 
+def latest(root: Path) -> Optional[Path]:
+    """The newest complete checkpoint in the checkpoints folder `root`, or None."""
+    return _pointer(Path(root), LATEST)
+
+
 def find(resume: str, output_dir: Path) -> Optional[Path]:
     """The checkpoint to resume from: for `auto`, the one `latest` names in `output_dir` (None if
     there is none); for `none`, None; otherwise the given path, which must be a checkpoint."""
     root = Path(output_dir) / "checkpoints"
     if resume == "none":
-        if _pointer(root, LATEST) is not None:
+        if latest(root) is not None:
             raise ConfigError(f"output_dir '{output_dir}' holds checkpoints of an earlier run; resume=auto "
                               f"continues it, or choose a new output_dir")
         return None
     if resume == "auto":
-        return _pointer(root, LATEST)
+        return latest(root)
     path = Path(resume)
-    if path.is_dir() and not (path / LOOP_FILE).is_file() and _pointer(path / "checkpoints", LATEST):
-        path = _pointer(path / "checkpoints", LATEST)  # an output_dir: its latest checkpoint
-    elif path.is_dir() and not (path / LOOP_FILE).is_file() and _pointer(path, LATEST):
-        path = _pointer(path, LATEST)  # a checkpoints folder
+    if path.is_dir() and not (path / LOOP_FILE).is_file():
+        path = latest(path / "checkpoints") or latest(path) or path  # an output_dir, or a checkpoints folder
     if not path.exists():
         raise ConfigError(f"resume='{resume}': no such checkpoint; give an existing checkpoint folder, or resume=auto")
     if not (path / LOOP_FILE).is_file():

@@ -81,9 +81,8 @@ class Job:
         from train.loop import Loop, make_accelerator
         from train.metrics import metrics_by_name
         from train.models import build_model
-        from train.tracking import start_trackers, tracker_names
-
         from train import checkpoint
+        from train.tracking import start_trackers, tracker_names
 
         resolve_paths(cfg)
         self.cfg = cfg
@@ -115,6 +114,7 @@ class Job:
                          scheduler=scheduler, scheduler_interval=cfg.scheduler.interval,
                          max_grad_norm=cfg.max_grad_norm, nonfinite=cfg.nonfinite, channels_last=cfg.channels_last)
         self.columns = history_columns(cfg, metrics, self.loaders.val is not None)
+        self.checkpoint = None  # the Checkpoint callback, once callbacks() has made it
         self.resume = None
         if not cfg.preflight:
             path = checkpoint.find(cfg.resume, output_dir)
@@ -125,13 +125,11 @@ class Job:
                                                                                       run_id)
 
     def callbacks(self) -> list:
-        from train.callbacks import SlowDataWarning
+        from train.callbacks import EarlyStopping, Preemption, SlowDataWarning
+        from train.checkpoint import Checkpoint
         from train.plots import HistoryPlot
         from train.progress import progress_for
         from train.tracking import Tracking
-
-        from train.callbacks import EarlyStopping, Preemption
-        from train.checkpoint import Checkpoint
 
         cfg, out = self.cfg, self.output_dir
         callbacks = [progress_for(cfg.progress, cfg.log_every_s), EpochTable(), SlowDataWarning(),
@@ -149,8 +147,6 @@ class Job:
                                          tracker_run_id=self.run_id)
             callbacks.append(self.checkpoint)  # last: it saves what the others have updated
         return callbacks
-
-    checkpoint = None
 
     def close(self) -> None:
         self.loop.close()
@@ -187,7 +183,6 @@ def run(cfg):
     history DataFrame (the same on every process)."""
     output_dir = Path(cfg.output_dir)
     new_dir = not output_dir.exists()
-    started = False
     try:
         job = Job(cfg)
     except RunError:
@@ -210,7 +205,6 @@ def run(cfg):
         if accelerator.is_main_process:
             save_config(cfg, output_dir / "config.yaml")
             print_plan(job)
-        started = True
         history = job.loop.fit(epochs, job.loaders.train, job.loaders.val, callbacks, cfg.log_step_freq)
         save_weights(accelerator, job.loop.model, output_dir / "model.safetensors")
         if accelerator.is_main_process:
@@ -224,11 +218,11 @@ def run(cfg):
 
 
 def where_to_resume(job, preempted: bool) -> str:
-    from train.checkpoint import LATEST, _pointer
+    from train.checkpoint import latest as latest_checkpoint
 
     if job.checkpoint is None:
         return "no checkpoint (checkpoint.enabled=false)"
-    latest = _pointer(job.checkpoint.root, LATEST)
+    latest = latest_checkpoint(job.checkpoint.root)
     if latest is None:
         return "no checkpoint was saved yet"
     if preempted:
