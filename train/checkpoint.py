@@ -143,7 +143,7 @@ def load(loop, path: Path) -> Resume:
     if saved != current:
         diff = next((k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)), "?")
         raise ConfigError(f"checkpoint '{path}' is of a different model ({diff}: {saved.get(diff)} saved, "
-                          f"{current.get(diff)} now); use another output_dir or resume=none")
+                          f"{current.get(diff)} now); use another output_dir")
     if meta.get("compiled", False) != _is_compiled(loop):
         raise ConfigError(f"checkpoint '{path}' was saved with compile={str(meta.get('compiled')).lower()}; "
                           f"resume it with the same setting")

@@ -204,6 +204,7 @@ class Loop:
             self.epoch_lr = resume.sums["lr"]
         self._epoch_base_step = self.global_step - step
         data_s, sample, seen = 0.0, None, 0
+        world = self.accelerator.num_processes
         start = time.perf_counter()
         batches = iter(dl)
         while True:
@@ -225,7 +226,7 @@ class Loop:
             step += 1
             seen += labels.shape[0]
             self.global_step += 1
-            self.samples_seen += labels.shape[0] * self.accelerator.num_processes
+            self.samples_seen += labels.shape[0] * world
             if self.flops_per_sample is None and sample is None:
                 sample = features[:1]  # for counting FLOPs once the timer has stopped
             loss, preds = self.train_step(features, labels)
@@ -250,11 +251,11 @@ class Loop:
         if sample is not None:
             self._count_flops(sample)
         row = sums.result(self.accelerator)
-        if self.accelerator.num_processes > 1:
+        if world > 1:
             times = torch.tensor([seconds, data_s], device=self.device)
             seconds, data_s = self.accelerator.reduce(times, "max").tolist()
         # the same count on every process (even batches); a resumed epoch times its own part only
-        samples = seen * self.accelerator.num_processes
+        samples = seen * world
         rate = samples / seconds if seconds > 0 else float("nan")
         row.update(lr=self.epoch_lr, epoch_s=seconds, data_s=data_s, compute_s=seconds - data_s, samples_per_s=rate)
         if self.flops_per_sample:
