@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from train import main as script  # noqa: E402
 from train.callbacks import Callback  # noqa: E402
+from train.run import Run  # noqa: E402
 
 
 class Probe(Callback):
@@ -29,7 +30,7 @@ class Probe(Callback):
                       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra)
         Path(f"{self.path}.rank{rank}").write_text(json.dumps(record))
 
-    def on_train_batch_end(self, step):
+    def on_train_batch_end(self, batch):
         if self.first_step is None:
             self.first_step = time.time()
             if os.environ.get("BENCH_STOP_AFTER_FIRST_STEP") == "1":
@@ -43,6 +44,7 @@ class Probe(Callback):
 
 if __name__ == "__main__":
     out, args = sys.argv[1], sys.argv[2:]
-    job_callbacks = script.Job.callbacks
-    script.Job.callbacks = lambda self: [*job_callbacks(self), Probe(out)]
+    run_fit = Run.fit
+    Run.fit = lambda self, epochs, train, val=None, callbacks=(): run_fit(self, epochs, train, val,
+                                                                          [*callbacks, Probe(out)])
     sys.exit(script.main(args))

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# fp16 autocast with a gradient scaler, on every GPU of the node (fp16 needs a GPU). Arguments are
-# config overrides.
+# fp16 autocast with a gradient scaler, on every GPU of the node (fp16 needs a GPU). Arguments:
+# overrides for train/main.py.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-exec "$root/launch/gpus.sh" mixed_precision=fp16 "$@"
+exec "$(dirname "$0")/gpus.sh" mixed_precision=fp16 "$@"

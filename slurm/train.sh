@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Train on SLURM: sbatch slurm/train.sh [key=value ...]      (run from the project folder)
+# Your own script instead of train/main.py: sbatch slurm/train.sh path/to/my_script.py [its arguments]
 # More nodes or GPUs, another time limit: sbatch --nodes=4 --gpus-per-node=8 --time=24:00:00 slurm/train.sh
 # On a cluster without GPUs: sbatch --gpus-per-node=0 slurm/train.sh (gloo processes on the CPUs).
 #
@@ -24,11 +25,18 @@ cd "$root"
 [[ -x .venv/bin/accelerate && -z "${VIRTUAL_ENV:-}" ]] && export PATH="$root/.venv/bin:$PATH"
 
 # A stable output folder per job (per array task), so that a requeued job finds its checkpoints and
-# resumes (resume=auto). An output_dir=... argument wins: later overrides replace earlier ones.
+# resumes (resume=auto). For train/main.py it is an override (an output_dir=... argument wins: later
+# overrides replace earlier ones); a script of your own finds it in $TRAIN_OUTPUT_DIR.
 job=${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}
+export TRAIN_OUTPUT_DIR=runs/slurm-$job
 # In a job array, %a in an argument is the task id, as in sbatch's file names:
 #   sbatch --array=0-3 slurm/train.sh seed=%a
 set -- "${@//%a/${SLURM_ARRAY_TASK_ID:-0}}"
+if [[ ${1:-} == *.py ]]; then
+    [[ -f $1 ]] || { echo "slurm/train.sh: no such script: $1" >&2; exit 2; }
+else
+    set -- output_dir="$TRAIN_OUTPUT_DIR" "$@"  # train/main.py: an override, which a later output_dir=... replaces
+fi
 nodes=${SLURM_NNODES:-1}
 # rank 0's host is the first of the allocation; the port comes from the job id, so that two jobs
 # sharing a node do not collide
@@ -48,13 +56,14 @@ forward_usr1() {
 }
 trap forward_usr1 USR1
 
-# One `accelerate launch` per node (launch/multinode.sh). The node rank must be read on each node:
-# \$SLURM_NODEID is escaped so that the task's shell expands it, not this one (else every node is
-# rank 0). The launcher ignores USR1 (trap '' before exec; else USR1 would kill it and orphan the
-# ranks); the training processes install their own handler, which overrides the ignore.
+# One `accelerate launch` per node (launch/multinode.sh), under the supervisor, which restarts the
+# node's processes after a crash without giving up the allocation. The node rank must be read on each
+# node: \$SLURM_NODEID is escaped so that the task's shell expands it, not this one (else every node
+# is rank 0). The supervisor ignores nothing but passes USR1 on; the launcher ignores USR1 (trap ''
+# here, and the supervisor again for its child); the training processes install their own handler.
 srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \
     "trap '' USR1; RDZV_BACKEND=c10d MAIN_PORT=$port exec launch/multinode.sh \$SLURM_NODEID $nodes $main_addr \
-     output_dir=runs/slurm-$job \"\$@\"" srun-task "$@" &
+     \"\$@\"" srun-task "$@" &
 step=$!
 status=0
 wait "$step" || status=$?

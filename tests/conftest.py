@@ -1,9 +1,13 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT / "data" / "mnist"
@@ -51,3 +55,93 @@ def torchvision_root(tmp_path):
     for f in MNIST.glob("*.gz"):
         (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
     return tmp_path
+
+
+def flat(text: str) -> str:
+    """Output with every run of white space made one space: lines wrapped at 100 columns read as one."""
+    return " ".join(text.split())
+
+
+# ----------------------------------------------------------------- killing and resuming for real
+def start_process(cmd, env) -> subprocess.Popen:
+    """A process in a session of its own (so that a test can kill its whole group), output merged."""
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def latest_step(out: Path) -> int:
+    try:
+        return int((out / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts each rank in a session of its own, so killing the
+    launcher's process group does not reach them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_group(proc: subprocess.Popen) -> str:
+    """SIGKILL the launcher and every process below it at once, as a node failure would."""
+    below = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    out, _ = proc.communicate(timeout=60)
+    return out
+
+
+def weights(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def assert_same_run(out: Path, reference: Path, epochs: int = 2, context: str = ""):
+    """Final weights bit for bit and the history (timing aside) exactly as the uninterrupted run's."""
+    mine, ref = weights(out), weights(reference)
+    assert mine.keys() == ref.keys()
+    different = [k for k in ref if not torch.equal(mine[k], ref[k])]
+    assert not different, f"weights differ from the uninterrupted run: {different} {context}"
+    assert_same_history(out, reference, epochs, context)
+
+
+def assert_same_history(out: Path, reference: Path, epochs: int = 2, context: str = ""):
+    from train.history import TIMING_COLUMNS
+
+    def history(path):
+        frame = pd.read_csv(path / "history.csv")
+        return frame.drop(columns=[c for c in TIMING_COLUMNS if c in frame])
+
+    mine, ref = history(out), history(reference)
+    assert mine["epoch"].tolist() == list(range(1, epochs + 1)), context  # each epoch exactly once
+    pd.testing.assert_frame_equal(mine, ref, check_exact=True, obj=f"history {context}")
+
+

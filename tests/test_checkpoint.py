@@ -1,11 +1,14 @@
-"""The checkpoint module in-process: the RNG order on a mid-epoch resume, rotation and `best`."""
+"""Checkpoints in-process: the RNG order on a mid-epoch resume, rotation and `best`, the manifest."""
+
+import json
 
 import torch
 from torch import nn
 
-from train import checkpoint
+from train import resume
 from train.checkpoint import Checkpoint
-from train.loop import Loop, make_accelerator
+from train.devices import make_accelerator
+from train.loop import Loop
 
 
 def build() -> Loop:
@@ -24,11 +27,11 @@ def loader():
 
 def resumed_weights(path, put_rng_back=True):
     loop = build()
-    resume = checkpoint.load(loop, path)
-    if not put_rng_back:
-        resume.rng = None
-    checkpoint.apply(loop, resume, [])
-    loop.fit(2 - len(resume.history), loader())
+    resumed = resume.load(loop, path)
+    if not put_rng_back:  # what load_state alone does: the RNG as saved, before the iterator starts
+        unfinished = torch.load(path / "rank-0.pt", weights_only=True)
+        loop.load_state_dict({"position": resumed.position, "history": resumed.history, "unfinished": unfinished})
+    loop.fit(2, loader())  # epochs is the total: the resumed epoch and no more
     return loop.model.state_dict(), loop.history.rows
 
 
@@ -36,9 +39,10 @@ def test_mid_epoch_resume_needs_the_rng_put_back_after_the_iterator_starts(tmp_p
     ref = build()
     ref.fit(2, loader(), callbacks=[Checkpoint(tmp_path, every_steps=3, keep_last=10)])
     mid_epoch_2 = tmp_path / "step-00000012"  # 8 batches per epoch: batch 4 of epoch 2
-    assert checkpoint._read_meta(mid_epoch_2)["position"] == dict(epoch=2, step_in_epoch=4, global_step=12,
-                                                                  processes=1, samples_seen=12 * 8)
+    position = json.loads((mid_epoch_2 / "loop.json").read_text())["position"]
+    assert position == dict(epoch=2, batch=4, step=12, processes=1, samples_seen=12 * 8)
     weights, rows = resumed_weights(mid_epoch_2)
+    assert [r["epoch"] for r in rows] == [1, 2]
     assert all(torch.equal(weights[k], v) for k, v in ref.model.state_dict().items())
     assert [{k: r[k] for k in ("epoch", "loss", "lr")} for r in rows] == \
            [{k: r[k] for k in ("epoch", "loss", "lr")} for r in ref.history.rows]
@@ -58,3 +62,17 @@ def test_rotation_keeps_the_newest_and_the_best(tmp_path):
     assert (tmp_path / "best").read_text().strip() == "step-00000008"
     assert (tmp_path / "latest").read_text().strip() == "step-00000024"
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_the_manifest_lists_every_file_with_its_size(tmp_path):
+    loop = build()
+    loop.fit(1, loader(), callbacks=[Checkpoint(tmp_path)])
+    folder = tmp_path / "step-00000008"
+    manifest = json.loads((folder / "manifest.json").read_text())["files"]
+    on_disk = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != "manifest.json"}
+    assert {k: v["size"] for k, v in manifest.items()} == on_disk
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "loop.json", "callbacks.pt"} <= set(on_disk)
+    assert resume.damage(folder) is None
+    model = folder / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:100])
+    assert resume.damage(folder) == f"model.safetensors: 100 bytes, expected {on_disk['model.safetensors']}"

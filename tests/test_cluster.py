@@ -31,7 +31,7 @@ def test_two_nodes_over_loopback_form_one_job(tmp_path):
                               stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
     logs = [p.communicate(timeout=300)[0] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], logs
-    assert "x 2 process(es) (MULTI_CPU)" in logs[0] and logs[0].count("wrote ") == 1
+    assert "on 2 processes on CPUs (gloo, 2 nodes), fp32" in logs[0] and logs[0].count("wrote ") == 1
     assert "wrote " not in logs[1] and "epoch " not in logs[1]  # node 1 prints no table and writes nothing
     rows = history(out)
     assert rows["epoch"].tolist() == [1, 2]
@@ -91,7 +91,7 @@ def test_sbatch_smoke_job(uninterrupted):
     out, code, stderr = uninterrupted
     log = job_log(out)
     assert code == 0, stderr + log
-    assert "x 2 process(es) (MULTI_CPU)" in log and "SLURM_RESTART_COUNT=0" in log
+    assert "on 2 processes on CPUs (gloo), fp32" in log and "SLURM_RESTART_COUNT=0" in log
     assert history(out)["epoch"].tolist() == [1, 2]
     # one process speaks for the job: one plan, one table header, one "wrote"
     assert log.count("plan: ") == 1 and log.count("    epoch ") == 1 and log.count("wrote ") == 1

@@ -48,6 +48,6 @@ def test_main_job_on_two_processes(tmp_path):
                         f"output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("val_accuracy") == 1  # one table, printed by the main process only
-    assert "x 2 process(es)" in result.stdout
+    assert "on 2 processes on CPUs (gloo), fp32" in result.stdout
     history = pd.read_csv(tmp_path / "history.csv")
     assert history["epoch"].tolist() == [1] and history["val_accuracy"].iloc[0] > 0.5  # 16 steps a rank

@@ -23,7 +23,8 @@ def class_front(cfg):
     model.compile(loss_func=torch.nn.CrossEntropyLoss(),
                   optimizer=torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr),
                   metrics_dict={"accuracy": train.metrics.accuracy})
-    return model.fit(cfg.epochs, dl_train=loaders.train, dl_val=loaders.val, log_step_freq=8), model, loaders
+    return model.fit(cfg.epochs, dl_train=loaders.train, dl_val=loaders.val, log_step_freq=8, seed=cfg.seed), \
+        model, loaders
 
 
 def function_front(cfg):
@@ -34,7 +35,7 @@ def function_front(cfg):
     model.loss_func = torch.nn.CrossEntropyLoss()
     model.metric_func = train.metrics.accuracy
     model.metric_name = "accuracy"
-    return train.train_model(model, cfg.epochs, loaders.train, loaders.val, log_step_freq=8)
+    return train.train_model(model, cfg.epochs, loaders.train, loaders.val, log_step_freq=8, seed=cfg.seed)
 
 
 def test_three_fronts_one_history(tmp_path, capsys):

@@ -81,7 +81,7 @@ def test_log_file_of_a_full_epoch_is_plain_and_small(tmp_path):
     text = log.read_text()
     assert result.returncode == 0, text[-2000:]
     assert "\r" not in text
-    lines = [line for line in text.splitlines() if line.startswith("epoch 1/1 step ")]
+    lines = [line for line in text.splitlines() if line.startswith("epoch 1/1 batch ")]
     assert lines and "samples/s eta " in lines[0] and "loss " in lines[0]
     assert log.stat().st_size < 20_000
 
@@ -105,7 +105,7 @@ def test_terminal_gets_a_progress_bar(tmp_path):
     assert proc.wait(timeout=300) == 0
     screen = b"".join(chunks).decode(errors="replace")
     redraws = re.findall(r"\r(?!\n)", screen)  # carriage returns that are not the tty's \r\n
-    assert len(redraws) >= 2 and "epoch 1/1" in screen and "step/s" in screen and "samples/s=" in screen
+    assert len(redraws) >= 2 and "epoch 1/1" in screen and "batch/s" in screen and "samples/s=" in screen
 
 
 def png_size(path):
@@ -122,15 +122,14 @@ def test_history_png_has_a_panel_per_quantity(tmp_path):
 
 
 def test_preflight_passes_on_a_good_config(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "train.preflight", f"output_dir={tmp_path}", *SMALL],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = run_main("preflight=true", f"output_dir={tmp_path}", *SMALL)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "preflight ok: 2 training and 2 validation batches" in result.stdout
     assert "checkpoint round trip ok" in result.stdout and "estimated epoch" in result.stdout
     assert not (tmp_path / "history.csv").exists() and not (tmp_path / ".preflight-checkpoint").exists()
 
 
-def test_preflight_fails_clearly_on_a_model_that_does_not_fit_the_labels(tmp_path, capsys):
+def test_a_model_that_does_not_fit_the_labels_fails_clearly(tmp_path, capsys):
     from train import main as main_module
     from train.models import MODELS
 
@@ -141,6 +140,8 @@ def test_preflight_fails_clearly_on_a_model_that_does_not_fit_the_labels(tmp_pat
     finally:
         del MODELS["three_classes"]
     err = capsys.readouterr().err.strip()
-    assert code == 1
-    assert err.startswith("error: preflight failed at training batches: IndexError: Target")
+    # caught before the first batch by the check that one sample goes through the model and the loss
+    assert code == 2
+    assert err.startswith("error: the loss cannot take model three_classes's output (3,) with the labels (): "
+                          "IndexError: Target")
     assert "out of bounds" in err and len(err.splitlines()) == 1

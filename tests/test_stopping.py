@@ -48,7 +48,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
                  f"output_dir={out}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3
-    assert err == [f"error: the training loss became NaN or infinite at epoch 1 step 2 (global step 2); lower "
+    assert err == [f"error: the training loss became NaN or infinite at epoch 1 batch 2; lower "
                    f"optimizer.lr, set max_grad_norm, or set nonfinite=skip to drop such steps; the last good "
                    f"checkpoint is {out}/checkpoints/step-00000001 (latest)"]
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000001"

@@ -1,7 +1,9 @@
 """The Keras-like class front: `Model(net)` with `summary`, `compile`, `fit`, `evaluate`, `predict`.
 
-A thin front over `train.loop.Loop`; the tutorial's class-style cells run with only the import
-line changed (`import train as torchkeras`, or `train.Model(...)`).
+A thin front over `train.Run`: `compile` keeps the loss, optimizer, metrics and the step's options;
+`fit` adds the run's options (an output folder, checkpoints, resume, trackers, seed, ...) and
+trains through a `Run`. The tutorial's class-style cells run with only the import line changed
+(`import train as torchkeras`, or `train.Model(...)`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from typing import Callable, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from .callbacks import EpochTable, StepLog
 from .errors import UserError
-from .loop import Loop, make_accelerator
+from .options import run_options
 from .summary import summary as summary_table
+
+# what compile() takes besides the loss, optimizer, metrics, schedule and callbacks
+STEP_OPTIONS = ("mixed_precision", "gradient_accumulation_steps", "max_grad_norm", "nonfinite", "compile",
+                "channels_last", "tf32")
 
 
 class Model(nn.Module):
@@ -25,8 +30,9 @@ class Model(nn.Module):
         if not isinstance(net, nn.Module):
             raise UserError(f"Model(net) expects a torch.nn.Module, got {type(net).__name__}")
         self.net = net
-        self._loop: Optional[Loop] = None
         self._compiled: dict = {}
+        self._run = None  # the Run of the last fit (or of evaluate/predict before any fit)
+        self._state: Optional[dict] = None  # the loop's state after the last fit: history, counters
 
     def forward(self, *args, **kwargs):
         return self.net(*args, **kwargs)
@@ -39,12 +45,11 @@ class Model(nn.Module):
 
     def compile(self, loss_func: Callable, optimizer: Optional[torch.optim.Optimizer] = None,
                 metrics_dict: Optional[Mapping[str, object]] = None, lr_scheduler=None,
-                scheduler_interval: str = "epoch", mixed_precision: Optional[str] = None,
-                gradient_accumulation_steps: int = 1, max_grad_norm: Optional[float] = None,
-                callbacks: Iterable = ()) -> None:
+                scheduler_interval: str = "epoch", callbacks: Iterable = (), **step_options) -> None:
         """Set what `fit` trains with. `optimizer` defaults to Adam(lr=1e-3) over this model's
-        parameters; `metrics_dict` maps names to `f(y_pred, y_true)`; `mixed_precision` None takes
-        the launcher's setting."""
+        parameters; `metrics_dict` maps names to `f(y_pred, y_true)`. Step options:
+        `mixed_precision` (None: the launcher's), `gradient_accumulation_steps`, `max_grad_norm`,
+        `nonfinite` ("stop" or "skip"), `compile`, `channels_last`, `tf32`."""
         if not callable(loss_func):
             raise UserError(f"compile(loss_func=...) expects a callable, got {type(loss_func).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -52,46 +57,69 @@ class Model(nn.Module):
         for name, fn in (metrics_dict or {}).items():
             if not callable(fn) and not hasattr(fn, "compute"):
                 raise UserError(f"compile(metrics_dict=...): metric '{name}' expects a callable, got {type(fn).__name__}")
-        if scheduler_interval not in ("epoch", "step"):
-            raise UserError(f"compile(scheduler_interval=...) expects 'epoch' or 'step', got {scheduler_interval!r}")
-        self.loss_func = loss_func
-        self._compiled = dict(
-            optimizer=optimizer or torch.optim.Adam(self.parameters(), lr=1e-3),
-            metrics=dict(metrics_dict or {}), scheduler=lr_scheduler, scheduler_interval=scheduler_interval,
-            max_grad_norm=max_grad_norm, callbacks=list(callbacks),
-            accelerator_args=dict(mixed_precision=mixed_precision,
-                                  gradient_accumulation_steps=gradient_accumulation_steps))
-        self._loop = None
+        for key in step_options:
+            if key not in STEP_OPTIONS:
+                import difflib
 
-    def _get_loop(self) -> Loop:
-        if self._loop is None:
-            if not self._compiled:
-                raise UserError("call model.compile(loss_func=..., optimizer=...) before fit/evaluate/predict")
-            c = self._compiled
-            self._loop = Loop(self, c["optimizer"], self.loss_func, c["metrics"],
-                              accelerator=make_accelerator(**c["accelerator_args"]), scheduler=c["scheduler"],
-                              scheduler_interval=c["scheduler_interval"], max_grad_norm=c["max_grad_norm"],
-                              callbacks=c["callbacks"])
-        return self._loop
+                close = difflib.get_close_matches(key, STEP_OPTIONS, n=1)
+                raise UserError(f"compile() got an unknown option '{key}'; "
+                                + (f"did you mean '{close[0]}'?" if close else f"it takes {', '.join(STEP_OPTIONS)}"))
+        run_options("compile()", **step_options)  # checks the values now, not at fit
+        self.loss_func = loss_func
+        self._compiled = dict(optimizer=optimizer or torch.optim.Adam(self.parameters(), lr=1e-3),
+                              metrics=dict(metrics_dict or {}), scheduler=lr_scheduler,
+                              scheduler_interval=scheduler_interval, callbacks=list(callbacks),
+                              step_options=step_options)
+        self._run = None
+
+    def _new_run(self, **options):
+        from .run import Run
+
+        if not self._compiled:
+            raise UserError("call model.compile(loss_func=..., optimizer=...) before fit/evaluate/predict")
+        c = self._compiled
+        opts = run_options("fit()", **c["step_options"], name=type(self.net).__name__, **options)
+        run = Run(self.net, c["optimizer"], self.loss_func, c["metrics"], scheduler=c["scheduler"],
+                  scheduler_interval=c["scheduler_interval"], options=opts, callbacks=c["callbacks"])
+        if self._state is not None:
+            run.loop.load_state_dict(self._state)  # a second fit continues the first one's epochs
+        return run
 
     def fit(self, epochs: int, dl_train, dl_val=None, log_step_freq: Optional[int] = None,
-            callbacks: Iterable = ()):
-        """Train; print the tutorial's step lines every `log_step_freq` steps and one table row per
-        epoch. Returns the history DataFrame (`epoch, loss, <metric>, val_loss, val_<metric>, lr,
-        epoch_s, samples_per_s`), identical on every process."""
-        if not isinstance(epochs, int) or epochs < 0:
-            raise UserError(f"fit(epochs=...) expects an int >= 0, got {epochs!r}")
-        printers = [EpochTable()] + ([StepLog()] if log_step_freq else [])
-        return self._get_loop().fit(epochs, dl_train, dl_val, [*printers, *callbacks], log_step_freq)
+            callbacks: Iterable = (), *, output_dir: Optional[str] = None, **options):
+        """Train until epoch `epochs` (a total: epochs trained by an earlier fit, or restored from a
+        checkpoint, count); print the tutorial's step lines every `log_step_freq` batches and one
+        table row per epoch. Returns the history DataFrame (`epoch, loss, <metric>, val_loss,
+        val_<metric>, lr, ` timing columns), identical on every process.
+
+        With `output_dir`, the run writes what the script writes there (`history.csv`,
+        `history.png`, `model.safetensors`, `checkpoints/`), resumes from its newest intact
+        checkpoint when run again (`resume="auto"`, or `"none"`, or a checkpoint path), saves and
+        ends the process with exit 75 on SIGUSR1/SIGTERM and 130 on Ctrl-C. Other options, as in
+        `train.RunOptions`: `checkpoint_every` (optimizer steps), `keep_last`, `seed`, `trackers`
+        (("wandb", "tensorboard")), `early_stopping` (a column), `progress`, `collective_timeout_s`, ...
+        """
+        run = self._new_run(output_dir=output_dir, log_step_freq=log_step_freq, step_lines=True, **options)
+        self._run = run
+        history = run.fit(epochs, dl_train, dl_val, callbacks)
+        self._state = run.loop.state_dict()
+        return history
+
+    def _current_run(self):
+        if self._run is None:
+            self._run = self._new_run()
+        return self._run
 
     def evaluate(self, dl_val) -> dict:
         """`{"val_loss": ..., "val_<metric>": ...}` over the whole of `dl_val`, exact across processes."""
-        return self._get_loop().evaluate(dl_val)
+        return self._current_run().evaluate(dl_val)
 
     def predict(self, dl) -> torch.Tensor:
         """Outputs for every sample of `dl` in data set order (gathered, padding dropped), on the CPU."""
-        return self._get_loop().predict(dl)
+        return self._current_run().predict(dl)
 
     @property
     def history(self):
-        return self._get_loop().history.frame()
+        from .history import History
+
+        return History(self._state["history"] if self._state else []).frame()

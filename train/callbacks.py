@@ -1,13 +1,14 @@
 """Callbacks: small objects with one job each, told what the loop does through events.
 
-Hooks (all optional): `on_train_begin()`, `on_epoch_begin(epoch)`, `on_train_batch_end(step)`
-(every step: keep it cheap, it must not read from the device), `on_log(epoch, step, logs)` (every
-`log_step_freq` steps, with this process's running averages), `on_epoch_end(epoch, row)` (with
-the history row, identical on every process), `on_interrupt(epoch, step)` (all processes agreed
-to stop after a signal; the loop raises `Preempted` right after) and `on_train_end()`. A callback
-talks back to the loop only by setting `loop.stop_training = True`. A callback with a `state_key`
-and `state_dict()` / `load_state_dict()` has its state saved in checkpoints. Anything that prints
-or writes checks `self.loop.is_main_process`: one process speaks for the job.
+Hooks (all optional): `on_train_begin()`, `on_epoch_begin(epoch)`, `on_train_batch_end(batch)`
+(every batch: keep it cheap, it must not read from the device; `loop.stepped` says whether the
+batch ended an optimizer step), `on_log(epoch, batch, logs)` (every `log_step_freq` batches, with
+this process's running averages), `on_epoch_end(epoch, row)` (with the history row, identical on
+every process), `on_interrupt(epoch, batch)` (all processes agreed to stop after a signal; the loop
+raises `Preempted` or `Interrupted` right after) and `on_train_end()`. A callback talks back to the
+loop only by setting `loop.stop_training = True`. A callback with a `state_key` and `state_dict()` /
+`load_state_dict()` has its state saved in checkpoints. Anything that prints or writes checks
+`self.loop.is_main_process`: one process speaks for the job.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ class CallbackList:
         return call
 
 
+WIDTH = 100  # no printed line wider than this: a terminal of 100 columns shows each row whole
+
+# how the table shows each column (every column stays in history.csv): header, format
+SHOWN = {"epoch": ("epoch", "{:d}"), "lr": ("lr", "{:.3g}"), "skipped_steps": ("skipped", "{:d}"),
+         "epoch_s": ("time", "{:.1f}s"), "samples_per_s": ("samples/s", "{:,.0f}")}
+TIMING_SHOWN = ("epoch_s", "samples_per_s")
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if (abs(value) >= 1e4 or (value and abs(value) < 1e-3)) else f"{value:.4f}"
@@ -58,21 +67,46 @@ def _fmt(value) -> str:
 
 
 class EpochTable(Callback):
-    """Prints one row per epoch as an aligned table (main process only)."""
+    """Prints one row per epoch as an aligned table within 100 columns (main process only): the
+    quantities, lr and, where they fit, the epoch's time and samples/s."""
 
     def __init__(self, print_fn=print):
         self.print = print_fn
         self.columns = None
 
+    def _choose(self, row) -> list[tuple[str, str, int]]:
+        from .history import TIMING_COLUMNS
+
+        names = [c for c in row if c not in TIMING_COLUMNS or c in TIMING_SHOWN]
+        for drop_timing in (False, True):
+            chosen = [c for c in names if not (drop_timing and c in TIMING_COLUMNS)]
+            columns = [(c, SHOWN.get(c, (c, None))[0], 0) for c in chosen]
+            columns = [(c, h, max(len(h), 8 if c != "epoch" else 5)) for c, h, _ in columns]
+            if sum(w for *_, w in columns) + 2 * (len(columns) - 1) <= WIDTH:
+                return columns
+        return []  # too many columns for one line: rows as wrapped name=value pairs
+
+    def _cell(self, column, value) -> str:
+        fmt = SHOWN.get(column, (None, None))[1]
+        try:
+            return fmt.format(value) if fmt else _fmt(value)
+        except (ValueError, TypeError):
+            return _fmt(value)
+
     def on_epoch_end(self, epoch, row):
         if not self.loop.is_main_process:
             return
         if self.columns is None:
-            self.columns = list(row)
-            self.widths = [max(len(c), 9) for c in self.columns]
-            self.print("  ".join(c.rjust(w) for c, w in zip(self.columns, self.widths)), flush=True)
-        self.print("  ".join(_fmt(row.get(c, "")).rjust(w) for c, w in zip(self.columns, self.widths)),
-                   flush=True)
+            self.columns = self._choose(row)
+            if self.columns:
+                self.print("  ".join(h.rjust(w) for _, h, w in self.columns), flush=True)
+        if self.columns:
+            self.print("  ".join(self._cell(c, row.get(c, "")).rjust(w) for c, _, w in self.columns), flush=True)
+        else:
+            import textwrap
+
+            pairs = " ".join(f"{k}={self._cell(k, v)}" for k, v in row.items())
+            self.print(textwrap.fill(pairs, WIDTH, subsequent_indent="    "), flush=True)
 
 
 class StepLog(Callback):
@@ -81,10 +115,10 @@ class StepLog(Callback):
     def __init__(self, print_fn=print):
         self.print = print_fn
 
-    def on_log(self, epoch, step, logs):
+    def on_log(self, epoch, batch, logs):
         if self.loop.is_main_process:
             values = ", ".join(f"{k}: {v:.3f}" for k, v in logs.items())
-            self.print(f"[step = {step}] {values}", flush=True)
+            self.print(f"[step = {batch}] {values}", flush=True)
 
 
 class HistoryCSV(Callback):
@@ -111,8 +145,8 @@ class SlowDataWarning(Callback):
         share = row.get("data_s", 0.0) / row["epoch_s"] if row.get("epoch_s") else 0.0
         if share > self.threshold and not self.said and self.loop.is_main_process:
             self.said = True
-            self.print(f"note: epoch {epoch} waited for data {share:.0%} of the time; raise data.num_workers "
-                       f"or keep the data in memory (data.in_memory_limit_mb)", flush=True)
+            self.print(f"note: epoch {epoch} waited for data {share:.0%} of the time; raise "
+                       f"data.num_workers or keep the data in memory", flush=True)
 
 
 class EarlyStopping(Callback):
@@ -177,18 +211,34 @@ class EarlyStopping(Callback):
                            flush=True)
 
 
-class Preemption(Callback):
-    """Turns SIGUSR1 and SIGTERM (what SLURM and most schedulers send before they stop a job)
-    into a request the loop acts on at the next status check: all processes agree, a checkpoint
-    is saved, and the run exits with `Preempted` (exit code 75). The handler only assigns a
-    flag: no I/O or locks inside a signal handler. A second signal changes nothing."""
+class StopSignals(Callback):
+    """Turns SIGUSR1 and SIGTERM (what SLURM and most schedulers send before they stop a job) and
+    SIGINT (Ctrl-C) into a request the loop acts on at its next status check: all processes agree,
+    a checkpoint is saved, and the run ends with `Preempted` (exit 75) or `Interrupted` (exit 130).
+    The handler only assigns a number: no I/O or locks inside a signal handler. A second Ctrl-C
+    ends the process at once (exit 130), without saving: the last complete checkpoint stays
+    `latest`, since a save only moves `latest` once it is whole."""
 
-    def __init__(self, signals=("SIGUSR1", "SIGTERM")):
-        self.signals = signals
+    SIGNALS = ("SIGUSR1", "SIGTERM", "SIGINT")
+
+    def __init__(self, print_fn=None):
+        import sys
+
+        self.print = print_fn or (lambda text: print(text, file=sys.stderr, flush=True))
         self.previous = {}
+        self.interrupts = 0
 
     def _handler(self, signum, frame):
-        self.loop.interrupt_requested = signum
+        import os
+        import signal
+
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                os.write(2, b"\ninterrupted again: stopping now, without saving; the last complete checkpoint "
+                            b"stays latest\n")
+                os._exit(130)
+        self.loop.request_stop(signum)
 
     def on_train_begin(self):
         import signal
@@ -196,11 +246,19 @@ class Preemption(Callback):
 
         if threading.current_thread() is not threading.main_thread():
             return  # Python runs handlers in the main thread only
-        for name in self.signals:
+        for name in self.SIGNALS:
             sig = getattr(signal, name)
             self.previous[sig] = signal.signal(sig, self._handler)
 
+    def on_interrupt(self, epoch, batch):
+        if self.loop.status.stop_signal == "SIGINT" and self.loop.is_main_process:
+            self.print(f"interrupted at epoch {epoch} batch {batch}: saving a checkpoint; run the same command "
+                       f"to resume")
+
     def on_train_end(self):
+        self.restore()
+
+    def restore(self):
         import signal
 
         for sig, handler in self.previous.items():

@@ -1,167 +1,84 @@
-"""Checkpoints: atomic saves of everything a run needs to continue exactly, and the resume.
+"""Checkpoints: atomic, verifiable saves of everything a run needs to continue exactly.
 
 `<output_dir>/checkpoints/` holds:
 
-    step-00000300/   one checkpoint: `accelerator.save_state` files (model, optimizer, schedule,
-                     grad scaler, each rank's RNG states), `loop.json` (the loop position, the
-                     history so far, the tracker run id, the model's shapes), `callbacks.pt`
-                     (early stopping's state, the best score) and `rank-<i>.pt` (each rank's
-                     running sums of the unfinished epoch)
+    step-00000300/   one checkpoint, named by the optimizer step it was taken at:
+                     `accelerator.save_state` files (model, optimizer, grad scaler, each rank's RNG
+                     states), `scheduler.pt` (the schedule's state), `loop.json` (the loop's
+                     position and history, the tracker run id, the model's shapes), `callbacks.pt`
+                     (early stopping's state, the best score), `rank-<i>.pt` (each rank's sums of an
+                     unfinished epoch) and, written last, `manifest.json` (each file's size and CRC-32)
     latest           the name of the newest complete checkpoint (a one-line text file)
     best             the name of the best one by `monitor` (kept out of the rotation)
 
-A save writes into `.tmp-<name>/`, every rank taking part (sharded state is saved by its owners),
+A save writes into `.tmp-<name>/` (every rank takes part: sharded state is saved by its owners),
 fsyncs, then the main process renames it into place and only then moves `latest`: a process
-killed at any moment leaves `latest` naming a complete checkpoint. Accelerate has automatic
-checkpoint naming, but it finds the newest by parsing folder names and has no pointer, no
-temp-then-rename and no "best", so the layout is ours; the contents are Accelerate's.
+killed at any moment leaves `latest` naming a complete checkpoint. A save that fails (a full disk,
+an I/O error) removes its temporary folder and ends the run with `WriteError`; `latest` stays.
+Reading a checkpoint back is `train.resume`'s job. Accelerate has automatic checkpoint naming, but
+it finds the newest by parsing folder names and has no pointer, no temp-then-rename, no "best" and
+no manifest, so the layout is ours; the contents are Accelerate's.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-from dataclasses import dataclass, field
+import zlib
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .callbacks import Callback
-from .errors import ConfigError
+from .devices import all_ok
+from .errors import WriteError
 from .files import atomic_write_text
 
-LATEST, BEST, LOOP_FILE, CALLBACKS_FILE = "latest", "best", "loop.json", "callbacks.pt"
-FORMAT = 1
-
-
-# ------------------------------------------------------------------------------ RNG order
-def capture_rng() -> dict:
-    """The global RNG states of this process (Python, NumPy, torch, CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ------------------------------------------------------------------------------ the position
-@dataclass
-class Position:
-    """Where a checkpoint was taken. `step_in_epoch` batches of epoch `epoch` are done; 0 means
-    the epoch has not started (the checkpoint was taken at the end of epoch `epoch - 1`)."""
-
-    epoch: int = 1
-    step_in_epoch: int = 0
-    global_step: int = 0
-    processes: int = 1
-    samples_seen: int = 0  # training samples consumed by all processes together
-
-    @classmethod
-    def of(cls, loop, epoch: int, step_in_epoch: int) -> "Position":
-        return cls(epoch, step_in_epoch, loop.global_step, loop.accelerator.num_processes, loop.samples_seen)
-
-
-@dataclass
-class Resume:
-    """What `load` hands the loop: the position, and for a mid-epoch checkpoint this rank's
-    partial sums and the RNG states to put back once the epoch's data iterator exists."""
-
-    path: Path
-    position: Position
-    history: list
-    sums: Optional[dict] = None
-    rng: Optional[dict] = None
-    callbacks: dict = field(default_factory=dict)
-    tracker_run_id: Optional[str] = None
+LATEST, BEST = "latest", "best"
+LOOP_FILE, CALLBACKS_FILE, SCHEDULER_FILE, MANIFEST = "loop.json", "callbacks.pt", "scheduler.pt", "manifest.json"
+FORMAT = 2
 
 
 def model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
-def _is_compiled(loop) -> bool:
+def is_compiled(accelerator, model) -> bool:
     # a compiled model's saved state has `_orig_mod.` keys: it loads only into a compiled model
-    return hasattr(loop.accelerator.unwrap_model(loop.model), "_orig_mod")
+    return hasattr(accelerator.unwrap_model(model), "_orig_mod")
 
 
-def _read_meta(path: Path) -> dict:
-    return json.loads((path / LOOP_FILE).read_text())
+def file_crc32(path: Path) -> int:
+    """CRC-32 of a file, read in 1 MiB blocks: about a second per GB, read back from the page
+    cache right after the save wrote it. Catches truncation and bit rot, not forgery."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
-def _pointer(root: Path, name: str) -> Optional[Path]:
-    pointer = root / name
-    if not pointer.is_file():
-        return None
-    target = root / pointer.read_text().strip()
-    return target if (target / LOOP_FILE).is_file() else None
+def write_manifest(folder: Path) -> None:
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "crc32": file_crc32(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
 
 
-def latest(root: Path) -> Optional[Path]:
-    """The newest complete checkpoint in the checkpoints folder `root`, or None."""
-    return _pointer(Path(root), LATEST)
+def free_space(folder: Path) -> str:
+    try:
+        usage = shutil.disk_usage(folder if folder.exists() else folder.parent)
+        return f"{usage.free / 2**20:.1f} MB free"
+    except OSError:
+        return "free space unknown"
 
 
-def find(resume: str, output_dir: Path) -> Optional[Path]:
-    """The checkpoint to resume from: for `auto`, the one `latest` names in `output_dir` (None if
-    there is none); for `none`, None; otherwise the given path, which must be a checkpoint."""
-    root = Path(output_dir) / "checkpoints"
-    if resume == "none":
-        if latest(root) is not None:
-            raise ConfigError(f"output_dir '{output_dir}' holds checkpoints of an earlier run; resume=auto "
-                              f"continues it, or choose a new output_dir")
-        return None
-    if resume == "auto":
-        return latest(root)
-    path = Path(resume)
-    if path.is_dir() and not (path / LOOP_FILE).is_file():
-        path = latest(path / "checkpoints") or latest(path) or path  # an output_dir, or a checkpoints folder
-    if not path.exists():
-        raise ConfigError(f"resume='{resume}': no such checkpoint; give an existing checkpoint folder, or resume=auto")
-    if not (path / LOOP_FILE).is_file():
-        raise ConfigError(f"resume='{resume}' is not a checkpoint (no {path / LOOP_FILE}); give a folder such as "
-                          f"{Path(output_dir) / 'checkpoints' / 'step-00000100'}, or resume=auto")
-    return path
-
-
-def load(loop, path: Path) -> Resume:
-    """Load the checkpoint at `path` into `loop`'s prepared objects (every process). Checks first
-    that it was saved from a model of the same shapes. Returns the rest for the loop to resume."""
-    meta = _read_meta(path)
-    saved = meta["model_shapes"]
-    current = model_shapes(loop.accelerator.unwrap_model(loop.model, keep_torch_compile=False))
-    if saved != current:
-        diff = next((k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)), "?")
-        raise ConfigError(f"checkpoint '{path}' is of a different model ({diff}: {saved.get(diff)} saved, "
-                          f"{current.get(diff)} now); use another output_dir")
-    if meta.get("compiled", False) != _is_compiled(loop):
-        raise ConfigError(f"checkpoint '{path}' was saved with compile={str(meta.get('compiled')).lower()}; "
-                          f"resume it with the same setting")
-    position = Position(**meta["position"])
-    mid_epoch = position.step_in_epoch > 0
-    world = loop.accelerator.num_processes
-    if mid_epoch and position.processes != world:
-        raise ConfigError(f"checkpoint '{path}' was taken mid-epoch by {position.processes} process(es); resume it "
-                          f"with {position.processes}, or from an epoch-end checkpoint")
-    loop.accelerator.load_state(str(path))
-    resume = Resume(path, position, meta["history"], tracker_run_id=meta.get("tracker_run_id"),
-                    callbacks=torch.load(path / CALLBACKS_FILE, weights_only=True))
-    if mid_epoch:
-        resume.sums = torch.load(path / f"rank-{loop.accelerator.process_index}.pt", weights_only=True)
-        # load_state just put back this rank's RNG states as they were at the save; starting the
-        # epoch's data iterator draws from them, so the loop restores them after it has started
-        resume.rng = capture_rng()
-    return resume
+def _reason(error: Optional[BaseException]) -> str:
+    if error is None:
+        return "another process failed"
+    text = getattr(error, "strerror", None) or str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text or type(error).__name__
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -180,13 +97,10 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-# ------------------------------------------------------------------------------ the callback
 class Checkpoint(Callback):
-    """Saves a checkpoint every `every_steps` batches (None: never mid-epoch), at each epoch end
-    and when the run is interrupted; keeps the `keep_last` newest plus the best by `monitor`.
-
-    The states of callbacks that have a `state_key` (early stopping, this one) are saved with it.
-    """
+    """Saves a checkpoint every `every_steps` optimizer steps (None: never mid-epoch), at each
+    epoch end and when the run is interrupted; keeps the `keep_last` newest plus the best by
+    `monitor`. The states of callbacks that have a `state_key` are saved with it."""
 
     state_key = "checkpoint"
 
@@ -213,64 +127,89 @@ class Checkpoint(Callback):
                 shutil.rmtree(stale, ignore_errors=True)
         self.loop.accelerator.wait_for_everyone()
 
-    def on_train_batch_end(self, step):
+    def on_train_batch_end(self, batch):
         loop = self.loop
         # the last batch of an epoch is saved by on_epoch_end, after validation
-        if self.every_steps and loop.global_step % self.every_steps == 0 and step < loop.steps_per_epoch:
-            self.save(Position.of(loop, loop.epoch, step))
+        if self.every_steps and loop.stepped and loop.step % self.every_steps == 0 \
+                and batch < loop.batches_per_epoch:
+            self.save()
 
     def on_epoch_end(self, epoch, row):
-        loop = self.loop
         value = row.get(self.monitor) if self.monitor else None
         better = value is not None and (self.best is None or (value < self.best if self.mode == "min"
                                                                else value > self.best))
         if better:
             self.best = value
-        self.save(Position.of(loop, epoch + 1, 0), best=better)
+        self.save(best=better)
 
-    def on_interrupt(self, epoch, step):
-        if self.last_saved is not None and self.last_saved.name == f"step-{self.loop.global_step:08d}":
-            return  # this very step was just saved (the status check ran inside that save)
-        self.save(Position.of(self.loop, epoch, step))
+    def on_interrupt(self, epoch, batch):
+        if self.last_saved is not None and self.last_saved.name == f"step-{self.loop.step:08d}":
+            return  # this very step was just saved
+        self.save()
 
     # the save
-    def save(self, position: Position, best: bool = False) -> Path:
-        """Write a checkpoint (every process calls this at the same point). Returns its path."""
+    def save(self, best: bool = False) -> Path:
+        """Write a checkpoint of the loop as it is now (every process calls this at the same
+        batch). Returns its path."""
         loop, acc = self.loop, self.loop.accelerator
         loop.check_status()  # a non-finite loss raises here: the last good checkpoint stays `latest`
-        name = f"step-{position.global_step:08d}"
+        state = loop.state_dict()
+        name = f"step-{loop.step:08d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
-        if acc.is_main_process:
+        error = None
+        try:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+        except OSError as e:
+            error = e
+        if all_ok(acc, error is None):
+            try:
+                self._write(tmp, state)
+            except Exception as e:  # torch.save and safetensors report a full disk as RuntimeError
+                error = e
+        if not all_ok(acc, error is None):  # every process learns that one of them failed
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise WriteError(f"could not save checkpoint {name} to {self.root}/ ({_reason(error)}); "
+                             f"{free_space(self.root)}; make room and run the same command again to resume")
+        try:
+            if acc.is_main_process:
+                write_manifest(tmp)
+                _fsync_tree(tmp)
+                if final.exists():  # the same step saved before (resumed from an older checkpoint)
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                _fsync_dir(self.root)
+                atomic_write_text(self.root / LATEST, name + "\n")
+                if best:
+                    atomic_write_text(self.root / BEST, name + "\n")
+                self._rotate()
+        except OSError as e:
+            error = e
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # every rank: its RNG file, and its shards when the state is sharded
-        if position.step_in_epoch > 0:  # this rank's share of the unfinished epoch's metric sums
-            torch.save(loop.partial_epoch_state(), tmp / f"rank-{acc.process_index}.pt")
-        if acc.is_main_process:
-            meta = {
-                "format": FORMAT, "position": vars(position), "history": loop.history.rows,
-                "model_shapes": model_shapes(acc.unwrap_model(loop.model, keep_torch_compile=False)),
-                "compiled": _is_compiled(loop),
-                "tracker_run_id": self.tracker_run_id,
-            }
-            (tmp / LOOP_FILE).write_text(json.dumps(meta, indent=1))
-            states = {cb.state_key: cb.state_dict() for cb in loop.events.callbacks if getattr(cb, "state_key", None)}
-            torch.save(states, tmp / CALLBACKS_FILE)
-        acc.wait_for_everyone()  # every rank's files are written
-        if acc.is_main_process:
-            _fsync_tree(tmp)
-            if final.exists():  # the same step saved before (resumed from an older checkpoint)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
-            atomic_write_text(self.root / LATEST, name + "\n")
-            if best:
-                atomic_write_text(self.root / BEST, name + "\n")
-            self._rotate()
-        acc.wait_for_everyone()  # nobody reads or moves on before the checkpoint is complete
+        if not all_ok(acc, error is None):  # nobody reads or moves on before the checkpoint is complete
+            raise WriteError(f"could not complete checkpoint {name} in {self.root}/ ({_reason(error)}); "
+                             f"{free_space(self.root)}; make room and run the same command again to resume")
         self.last_saved = final
         return final
+
+    def _write(self, tmp: Path, state: dict) -> None:
+        """Every process writes its files into `tmp`."""
+        loop, acc = self.loop, self.loop.accelerator
+        acc.save_state(str(tmp))  # every rank: its RNG file, and its shards when the state is sharded
+        if state["unfinished"] is not None:  # this rank's share of the unfinished epoch
+            torch.save(state["unfinished"], tmp / f"rank-{acc.process_index}.pt")
+        if acc.is_main_process:
+            model = acc.unwrap_model(loop.model, keep_torch_compile=False)
+            meta = {"format": FORMAT, "position": state["position"], "history": state["history"],
+                    "model_shapes": model_shapes(model), "compiled": is_compiled(acc, loop.model),
+                    "tracker_run_id": self.tracker_run_id}
+            (tmp / LOOP_FILE).write_text(json.dumps(meta, indent=1))
+            if loop.scheduler is not None:
+                torch.save(loop.scheduler.state_dict(), tmp / SCHEDULER_FILE)
+            states = {cb.state_key: cb.state_dict() for cb in loop.events.callbacks if getattr(cb, "state_key", None)}
+            torch.save(states, tmp / CALLBACKS_FILE)
 
     def _rotate(self) -> None:
         keep = {self.root.joinpath(p.read_text().strip()) for p in (self.root / LATEST, self.root / BEST)
@@ -279,12 +218,3 @@ class Checkpoint(Callback):
         for old in saved[:-self.keep_last]:
             if old not in keep:
                 shutil.rmtree(old, ignore_errors=True)
-
-
-def apply(loop, resume: Resume, callbacks) -> None:
-    """Put the loop and the stateful callbacks where the checkpoint left them."""
-    loop.resume_from(resume)
-    by_key = {cb.state_key: cb for cb in callbacks if getattr(cb, "state_key", None)}
-    for key, state in resume.callbacks.items():
-        if key in by_key:
-            by_key[key].load_state_dict(state)

@@ -78,7 +78,7 @@ class TrackingConfig:
 @dataclass
 class CheckpointConfig:
     enabled: bool = True  # checkpoints in <output_dir>/checkpoints (needed to resume)
-    every_steps: Optional[int] = None  # also every N batches within an epoch; None = at epoch ends only
+    every_steps: Optional[int] = None  # also every N optimizer steps within an epoch; None = at epoch ends only
     keep_last: int = 2  # the N most recent are kept (plus the best)
     monitor: Optional[str] = None  # history column that picks the best; None = val_loss, or loss without validation
     mode: str = "min"  # min | max: whether a lower or a higher `monitor` is better
@@ -112,6 +112,7 @@ class Config:
     tf32: Optional[bool] = None  # TF32 matmuls and convolutions on NVIDIA GPUs; None = torch's defaults
     resume: Optional[str] = "auto"  # auto: continue from <output_dir>/checkpoints/latest if any; none; or a checkpoint path
     nonfinite: str = "stop"  # a NaN/inf loss: stop (exit 3, last good checkpoint kept) or skip the step
+    collective_timeout_s: float = 600.0  # a process waiting longer for the others ends the run (a stall)
     loss: str = "cross_entropy"
     metrics: list = field(default_factory=lambda: ["accuracy"])
     data: DataConfig = field(default_factory=DataConfig)
@@ -261,8 +262,9 @@ def validate(cfg: Config) -> None:
     for key in ("epochs", "data.train_size", "data.val_size", "data.num_workers"):
         if flat[key] is not None and flat[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]}")
-    if cfg.log_every_s <= 0:
-        raise ConfigError(f"config key 'log_every_s' must be > 0, got {cfg.log_every_s}")
+    for key in ("log_every_s", "collective_timeout_s"):
+        if flat[key] <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {flat[key]}")
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"config key 'optimizer.lr' must be > 0, got {cfg.optimizer.lr}")
     if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:

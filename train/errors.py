@@ -1,15 +1,22 @@
 """The ways a run ends other than success, each with its exit code.
 
-A `RunError` is reported by the script front as one line (`error: ...`) and its `exit_code`,
-without a traceback unless `--debug` is given; a bug keeps its traceback. Exit codes:
+A `RunError` is reported as one line (`error: ...`) and its `exit_code`, without a traceback
+unless `--debug` is given; a bug keeps its traceback. Exit codes:
 
-  0   finished
-  1   crashed (a bug: the traceback is shown), or preflight found a problem
-  2   bad input: config, data, resume point, output folder (`UserError`)
-  3   the loss became NaN or infinite (`NonFiniteLoss`); the last good checkpoint is kept
-  75  preempted: a checkpoint was saved, run the same command again to resume (`Preempted`;
-      75 is EX_TEMPFAIL in sysexits.h, "temporary failure, try again")
+  0    finished
+  1    crashed (a bug: the traceback is shown), or preflight found a problem
+  2    bad input: config, data, model, resume point, output folder (`UserError`)
+  3    the loss became NaN or infinite (`NonFiniteLoss`); the last good checkpoint is kept
+  74   a checkpoint or an output file could not be written (`WriteError`: a full disk, an I/O
+       error); the last good checkpoint is kept (74 is EX_IOERR in sysexits.h)
+  75   preempted: SIGUSR1/SIGTERM, a checkpoint was saved; run the same command again to resume
+       (`Preempted`; 75 is EX_TEMPFAIL in sysexits.h, "temporary failure, try again")
+  130  interrupted by Ctrl-C (SIGINT), a checkpoint was saved (`Interrupted`; 128 + SIGINT, what
+       shells report for a program ended by Ctrl-C)
 """
+
+# the codes a run ends with on purpose: a supervisor restarts a run only after any other
+DELIBERATE_EXITS = (0, 2, 3, 74, 75, 130)
 
 
 class RunError(Exception):
@@ -17,6 +24,7 @@ class RunError(Exception):
     # True when every process raises the same error at the same point (it comes from the config,
     # or the processes agreed on it through a collective): then only the main process reports it.
     same_on_every_process = False
+    label = "error"  # the word before the message
 
 
 class UserError(RunError):
@@ -42,8 +50,33 @@ class NonFiniteLoss(RunError):
     same_on_every_process = True
 
 
+class WriteError(RunError):
+    """A checkpoint or output file could not be written (all processes agreed on it)."""
+
+    exit_code = 74
+    same_on_every_process = True
+
+
 class Preempted(RunError):
-    """SIGUSR1 or SIGTERM asked the run to stop; a checkpoint was saved at a step boundary."""
+    """SIGUSR1 or SIGTERM asked the run to stop; all processes stopped at the same batch."""
 
     exit_code = 75
     same_on_every_process = True
+    label = "preempted"
+
+    def __init__(self, signal: str, epoch: int, batch: int):
+        super().__init__(f"stopped by {signal} at epoch {epoch} batch {batch}")
+        self.signal, self.epoch, self.batch = signal, epoch, batch
+
+
+class Interrupted(Preempted):
+    """Ctrl-C (SIGINT) asked the run to stop."""
+
+    exit_code = 130
+    label = "interrupted"
+
+
+def check_choice(name: str, value, choices) -> None:
+    """A one-line `UserError` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

@@ -6,16 +6,7 @@ from pathlib import Path
 
 from .callbacks import Callback
 from .files import atomic_write
-from .history import TIMING_COLUMNS
-
-NOT_PLOTTED = {"epoch", "lr", "nonfinite_skips", *TIMING_COLUMNS}
-
-
-def quantities(columns) -> list[str]:
-    """Names with a panel: every non-`val_` column that is not bookkeeping, loss first."""
-    names = [c for c in columns if not c.startswith("val_") and c not in NOT_PLOTTED]
-    names += [c[4:] for c in columns if c.startswith("val_") and c[4:] not in names]
-    return sorted(names, key=lambda n: n != "loss")
+from .history import quantities
 
 
 def plot_history(frame, path: str | Path) -> int:

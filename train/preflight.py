@@ -1,10 +1,10 @@
 """Preflight: prove a configuration works before spending an allocation on it.
 
-`accelerate launch train/main.py preflight=true ...` (or `python -m train.preflight ...` with the
-same arguments) runs two training and two validation batches on every process, checks that every
-process computes the same metric keys, does a checkpoint save/load round trip, and reports the
-estimated epoch time and peak memory. Exit 0 when all is well; otherwise exit 1 with one line
-that names the stage and the reason.
+`accelerate launch train/main.py preflight=true ...` runs two training and two validation batches
+on every process, checks that every process computes the same metric keys, does a checkpoint
+save/load round trip, and reports the estimated epoch time and peak memory. Exit 0 when all is
+well; otherwise exit 1 with one line that names the stage and the reason. Nothing is written to
+`output_dir`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import resource
 import shutil
-import sys
+import tempfile
 import time
 
 import torch
@@ -44,10 +44,11 @@ def _batches(dl, n):
     return out
 
 
-def preflight(job) -> dict:
-    loop, acc = job.loop, job.accelerator
-    train_dl = loop.prepare_loader(job.loaders.train)
-    val_dl = loop.prepare_loader(job.loaders.val)
+def preflight(run, loaders) -> dict:
+    """Run the checks on `run` (a `train.Run`) with the config's `loaders`; returns the report."""
+    loop, acc = run.loop, run.accelerator
+    train_dl = loop.prepare_loader(loaders.train)
+    val_dl = loop.prepare_loader(loaders.val)
     train_dl.set_epoch(0)
     sums = EpochSums(loop.metrics, loop.device)
 
@@ -86,13 +87,17 @@ def preflight(job) -> dict:
         return keys
 
     def checkpoint_round_trip():
-        folder = job.output_dir / ".preflight-checkpoint"
-        acc.save_state(str(folder))
+        folder = tempfile.mkdtemp(prefix="train-preflight-") if acc.is_main_process else None
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            folder = broadcast_object_list([folder])[0]
+        acc.save_state(folder)
         acc.wait_for_everyone()  # the main process writes; nobody reads before it is done
         saved = [p.detach().clone() for p in loop.model.parameters()]
         features, labels = next(iter(train_dl))
         loop.train_step(features, labels)  # move the weights, so that loading has something to undo
-        acc.load_state(str(folder))
+        acc.load_state(folder)
         same = all(torch.equal(a, b) for a, b in zip(saved, loop.model.parameters()))
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -100,6 +105,7 @@ def preflight(job) -> dict:
         if not same:
             raise RuntimeError("weights after load_state differ from those saved")
 
+    _stage("the model and the data", lambda: run.check_model_takes(train_dl))
     train_times = _stage("training batches", train_batches)
     val_times = _stage("validation batches", val_batches) if val_dl is not None else []
     keys = _stage("metric keys", metric_keys)
@@ -120,9 +126,3 @@ def preflight(job) -> dict:
               f"process(es); metric keys {', '.join(keys)} on every process; checkpoint round trip ok; "
               f"estimated epoch {epoch_s:.1f} s; peak {where} {peak_mb:.0f} MB per process", flush=True)
     return report
-
-
-if __name__ == "__main__":
-    from .main import main
-
-    sys.exit(main([*sys.argv[1:], "preflight=true"]))

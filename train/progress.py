@@ -1,9 +1,10 @@
 """Progress on the main process: a tqdm bar on a terminal; plain lines for log files.
 
 On a terminal the bar redraws in place and shows the running loss and metrics every
-`log_step_freq` steps. When stdout is not a terminal (SLURM, CI, `| tee`) carriage-return
+`log_step_freq` batches. When stdout is not a terminal (SLURM, CI, `| tee`) carriage-return
 redraws would bury a log file, so one plain line is written every `log_every_s` seconds instead:
-epoch, step/total, loss, samples/s and ETA.
+epoch, batch/total, loss, samples/s and ETA. After a mid-epoch resume both start at the resumed
+batch, and rates count only the batches trained since.
 """
 
 from __future__ import annotations
@@ -20,7 +21,20 @@ def _fmt_s(seconds: float) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
-class ProgressBar(Callback):
+class _EpochProgress(Callback):
+    """What both forms share: where the epoch started (batch, samples, time)."""
+
+    def on_epoch_begin(self, epoch):
+        loop = self.loop
+        self.epoch, self.first_batch, self.first_samples = epoch, loop.batch, loop.samples_seen
+        self.start = time.monotonic()
+
+    def rate(self, now: float) -> float:
+        elapsed = now - self.start
+        return (self.loop.samples_seen - self.first_samples) / elapsed if elapsed > 0 else 0.0
+
+
+class ProgressBar(_EpochProgress):
     """A tqdm bar per epoch (main process only)."""
 
     def __init__(self, stream=None):
@@ -28,24 +42,23 @@ class ProgressBar(Callback):
         self.bar = None
 
     def on_epoch_begin(self, epoch):
+        super().on_epoch_begin(epoch)
         if not self.loop.is_main_process:
             return
         from tqdm.auto import tqdm
 
-        last = self.loop.epochs_planned[1]
-        self.bar = tqdm(total=self.loop.steps_per_epoch, desc=f"epoch {epoch}/{last}", unit="step",
-                        leave=False, dynamic_ncols=True, file=self.stream)
+        self.bar = tqdm(total=self.loop.batches_per_epoch, initial=self.loop.batch,
+                        desc=f"epoch {epoch}/{self.loop.last_epoch}", unit="batch", leave=False,
+                        dynamic_ncols=True, file=self.stream)
 
-    def on_train_batch_end(self, step):
+    def on_train_batch_end(self, batch):
         if self.bar is not None:
             self.bar.update(1)
 
-    def on_log(self, epoch, step, logs):
+    def on_log(self, epoch, batch, logs):
         if self.bar is not None:
-            elapsed = self.bar.format_dict["elapsed"]
-            samples = self.loop._sums.count * self.loop.accelerator.num_processes
             shown = {k: f"{v:.4f}" for k, v in logs.items()}
-            shown["samples/s"] = f"{samples / elapsed:.0f}" if elapsed > 0 else "-"
+            shown["samples/s"] = f"{self.rate(time.monotonic()):.0f}"
             self.bar.set_postfix(shown, refresh=False)
 
     def on_epoch_end(self, epoch, row):
@@ -53,8 +66,11 @@ class ProgressBar(Callback):
             self.bar.close()
             self.bar = None
 
+    def on_interrupt(self, epoch, batch):
+        self.on_epoch_end(epoch, None)  # clear the bar before the stop's message
 
-class ProgressLines(Callback):
+
+class ProgressLines(_EpochProgress):
     """One line every `every_s` seconds, without carriage returns (main process only)."""
 
     def __init__(self, every_s: float = 30.0, print_fn=print):
@@ -62,23 +78,20 @@ class ProgressLines(Callback):
         self.print = print_fn
 
     def on_epoch_begin(self, epoch):
-        self.epoch = epoch
-        self.start = self.last = time.monotonic()
+        super().on_epoch_begin(epoch)
+        self.last = self.start
 
-    def on_train_batch_end(self, step):
+    def on_train_batch_end(self, batch):
         now = time.monotonic()
         if now - self.last < self.every_s or not self.loop.is_main_process:
             return  # the common case costs one clock read
         self.last = now
         loop = self.loop
-        total = loop.steps_per_epoch
-        logs = loop.running_logs()
-        samples = loop._sums.count * loop.accelerator.num_processes
-        rate = samples / (now - self.start)
-        eta = (now - self.start) / step * (total - step)
-        values = " ".join(f"{k} {v:.4f}" for k, v in logs.items())
-        self.print(f"epoch {self.epoch}/{loop.epochs_planned[1]} step {step}/{total} {values} "
-                   f"{rate:.0f} samples/s eta {_fmt_s(eta)}", flush=True)
+        total = loop.batches_per_epoch
+        eta = (now - self.start) / max(1, batch - self.first_batch) * (total - batch)
+        values = " ".join(f"{k} {v:.4f}" for k, v in loop.running_logs().items())
+        self.print(f"epoch {self.epoch}/{loop.last_epoch} batch {batch}/{total} {values} "
+                   f"{self.rate(now):.0f} samples/s eta {_fmt_s(eta)}", flush=True)
 
 
 def progress_for(enabled, every_s: float, stream=None) -> Callback:

@@ -1,6 +1,6 @@
 """Experiment tracking through Accelerate's trackers: Weights & Biases and TensorBoard.
 
-The resolved config is logged once, running metrics every `log_step_freq` steps and each epoch's
+The resolved config is logged once, running metrics every `log_step_freq` batches and each epoch's
 history row, all by the global main process only (Accelerate hands other processes a dummy
 tracker, which this module never touches). The W&B run id is kept in `<output_dir>/wandb_run_id`
 so that a rerun in the same output folder continues the same run instead of starting a new one.
@@ -13,10 +13,6 @@ from pathlib import Path
 from .callbacks import Callback
 
 RUN_ID_FILE = "wandb_run_id"
-
-
-def tracker_names(cfg) -> list[str]:
-    return [name for name, on in (("wandb", cfg.tracking.wandb), ("tensorboard", cfg.tracking.tensorboard)) if on]
 
 
 def wandb_run_id(output_dir: Path, from_checkpoint: str | None = None) -> str:
@@ -39,23 +35,28 @@ def wandb_run_id(output_dir: Path, from_checkpoint: str | None = None) -> str:
     return run_id
 
 
-def start_trackers(accelerator, cfg, output_dir: Path, run_id: str | None = None) -> tuple[dict, str | None]:
-    """Start the configured trackers (all processes call this; only the main one logs).
-    `run_id` continues that W&B run (a resumed checkpoint's). Returns where each writes, for the
-    plan, and the W&B run id (None without W&B)."""
-    names = tracker_names(cfg)
+def start_trackers(accelerator, options, output_dir: Path, run_id: str | None = None,
+                   config=None) -> tuple[dict, str | None]:
+    """Start the trackers `options.trackers` names (all processes call this; only the main one
+    logs). `run_id` continues that W&B run (a resumed checkpoint's). Logs `config` (a
+    `train.Config`) or else the options. Returns where each writes, for the plan, and the W&B
+    run id (None without W&B)."""
+    names = list(options.trackers)
     if not names:
         return {}, None
     init_kwargs, where = {}, {}
     run_id = run_id if "wandb" in names else None
     if "wandb" in names:
         run_id = wandb_run_id(output_dir, run_id) if accelerator.is_main_process else None
-        init_kwargs["wandb"] = dict(id=run_id, resume="allow", dir=str(output_dir), entity=cfg.tracking.entity,
-                                    name=cfg.tracking.run_name, tags=list(cfg.tracking.tags))
-        where["wandb"] = f"{output_dir}/wandb (run id {run_id}; offline runs: `wandb sync {output_dir}/wandb/offline-run-*`)"
+        init_kwargs["wandb"] = dict(id=run_id, resume="allow", dir=str(output_dir), entity=options.tracking_entity,
+                                    name=options.tracking_run_name, tags=list(options.tracking_tags))
+        where["wandb"] = f"{output_dir}/wandb (run id {run_id}; offline: wandb sync {output_dir}/wandb/offline-run-*)"
     if "tensorboard" in names:
-        where["tensorboard"] = f"{output_dir}/tensorboard/{cfg.tracking.project}"
-    accelerator.init_trackers(cfg.tracking.project, config=_flat(cfg.to_dict()), init_kwargs=init_kwargs)
+        where["tensorboard"] = f"{output_dir}/tensorboard/{options.tracking_project}"
+    import dataclasses
+
+    logged = config.to_dict() if config is not None else dataclasses.asdict(options)
+    accelerator.init_trackers(options.tracking_project, config=_flat(logged), init_kwargs=init_kwargs)
     return where, run_id
 
 
@@ -72,9 +73,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 class Tracking(Callback):
     """Sends running metrics (`train/<name>`) at log points and each epoch's row to the trackers."""
 
-    def on_log(self, epoch, step, logs):
+    def on_log(self, epoch, batch, logs):
         loop = self.loop
-        loop.accelerator.log({f"train/{k}": v for k, v in logs.items()} | {"epoch": epoch}, step=loop.global_step)
+        loop.accelerator.log({f"train/{k}": v for k, v in logs.items()} | {"epoch": epoch}, step=loop.step)
 
     def on_epoch_end(self, epoch, row):
-        self.loop.accelerator.log(dict(row), step=self.loop.global_step)
+        self.loop.accelerator.log(dict(row), step=self.loop.step)

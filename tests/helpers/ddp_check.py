@@ -25,7 +25,8 @@ model.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(
 scores = model.evaluate(loaders.val)
 preds = model.predict(loaders.val)
 history = model.fit(1, loaders.train, loaders.val)
-rank = model._get_loop().accelerator.process_index
-world = model._get_loop().accelerator.num_processes
+from accelerate import PartialState  # noqa: E402
+
+rank, world = PartialState().process_index, PartialState().num_processes
 torch.save({"scores": scores, "preds": preds, "history": history.to_dict("list"), "world": world},
            out / f"rank{rank}.pt")

@@ -1,0 +1,60 @@
+"""A user's own training script (a test fixture): a model and data the project has never seen,
+trained through the class front with an output folder, so that it gets checkpoints, exact resume,
+preemption and Ctrl-C handling like the script front.
+
+    python tests/helpers/user_script.py OUTPUT_DIR [--epochs N] [--every STEPS] [--seed S]
+"""
+
+import argparse
+import os
+
+import torch
+from torch import nn
+
+import train
+
+parser = argparse.ArgumentParser()
+parser.add_argument("output_dir", nargs="?", default=os.environ.get("TRAIN_OUTPUT_DIR", "runs/user_script"))
+parser.add_argument("--epochs", type=int, default=2)
+parser.add_argument("--every", type=int, default=2, help="a checkpoint every N optimizer steps")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--size", type=int, default=2048)
+args = parser.parse_args()
+
+
+class Blobs(torch.utils.data.Dataset):
+    """Three Gaussian blobs in 16 dimensions, the same for a given seed."""
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(0, 3, (n,), generator=g)
+        centres = torch.randn(3, 16, generator=torch.Generator().manual_seed(99)) * 0.4
+        self.x = centres[self.y] + torch.randn(n, 16, generator=g)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+class Net(nn.Module):
+    def __init__(self, hidden=256):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+train.seed_everything(args.seed)  # the initial weights
+net = Net()
+model = train.Model(net)
+optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+model.compile(loss_func=nn.CrossEntropyLoss(), optimizer=optimizer,
+              metrics_dict={"accuracy": train.metrics.accuracy},
+              lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
+dl_train = torch.utils.data.DataLoader(Blobs(args.size, 1), batch_size=64, shuffle=True)
+dl_val = torch.utils.data.DataLoader(Blobs(500, 2), batch_size=128)
+history = model.fit(args.epochs, dl_train, dl_val, output_dir=args.output_dir, checkpoint_every=args.every,
+                    seed=args.seed, progress=False)

@@ -1,0 +1,129 @@
+"""Devices, processes and precision: the `Accelerator` a run uses, and how to say what it is.
+
+Everything here goes through `accelerate`: the same settings give one process on a CPU, one GPU,
+all GPUs of a node or many nodes, depending on how the script was launched.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import os
+from datetime import timedelta
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
+
+from .errors import ConfigError
+
+_shutdown_registered: list = []
+
+
+def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulation_steps: int = 1,
+                     seed: Optional[int] = None, collective_timeout_s: Optional[float] = None,
+                     **kwargs) -> Accelerator:
+    """An `Accelerator` set up for the loop. `mixed_precision=None` takes the launcher's choice
+    (`accelerate launch --mixed_precision ...`), else fp32. The shuffling order of each epoch is a
+    function of `seed` (None: torch's seed when the loader is prepared) and the epoch.
+    `collective_timeout_s` bounds how long a process waits for the others in any collective (it
+    takes effect with the first accelerator of a process, which creates the process group)."""
+    if mixed_precision == "fp16" and not _has_gpu():
+        raise ConfigError("mixed_precision=fp16 needs a GPU; on a CPU use mixed_precision=bf16 or no")
+    handlers = list(kwargs.pop("kwargs_handlers", []))
+    if collective_timeout_s is not None:
+        handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s)))
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        # the seedable sampler makes shuffling a function of (seed, epoch) on every process,
+        # which is what makes an interrupted run resumable at the exact next batch
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed, non_blocking=True),
+        step_scheduler_with_optimizer=False,  # the loop steps the schedule itself (Loop.train_step)
+        kwargs_handlers=handlers,
+        **kwargs,
+    )
+    if accelerator.num_processes > 1 and not _shutdown_registered:
+        atexit.register(shutdown, accelerator)
+        _shutdown_registered.append(True)
+    return accelerator
+
+
+def _has_gpu() -> bool:
+    xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or xpu
+
+
+def shutdown(accelerator: Accelerator) -> None:
+    """Release prepared objects, then end training (which destroys the process group).
+
+    Two gloo ranks sometimes aborted at interpreter exit ("terminate called without an active
+    exception") when DDP models outlived the process group; releasing them first cured it. Safe
+    to call twice: the second call finds no group.
+    """
+    accelerator.free_memory()
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        accelerator.end_training()
+
+
+def set_tf32(on: Optional[bool]) -> None:
+    """TF32 for float32 matmuls and cuDNN convolutions (NVIDIA Ampere and later): ~10 bits of
+    mantissa instead of 23, several times the speed. None leaves torch's defaults (matmul off,
+    convolutions on)."""
+    if on is not None:
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+
+
+def local_processes(accelerator: Accelerator) -> int:
+    """Processes of this run on this node (they share its CPUs)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+
+
+def describe(accelerator: Accelerator) -> str:
+    """The processes and precision in words, e.g. '2 processes on CPUs (gloo), fp32'."""
+    world, device = accelerator.num_processes, accelerator.device
+    nodes = max(1, world // max(1, local_processes(accelerator)))
+    if world == 1:
+        where = f"1 process on {'the CPU' if device.type == 'cpu' else device}"
+    else:
+        kind = {"cpu": "CPUs", "cuda": "GPUs"}.get(device.type, device.type)
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "?"
+        where = f"{world} processes on {kind} ({backend}" + (f", {nodes} nodes)" if nodes > 1 else ")")
+        strategy = accelerator.distributed_type.value
+        if strategy in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            where += f", {strategy.lower()}"
+    precision = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with a grad scaler"}
+    return f"{where}, {precision.get(accelerator.mixed_precision, accelerator.mixed_precision)}"
+
+
+def all_ok(accelerator: Accelerator, ok: bool) -> bool:
+    """True on every process if `ok` is true on every process (one small collective)."""
+    if accelerator.num_processes == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=accelerator.device)
+    return accelerator.reduce(flag, "max").item() == 0.0
+
+
+def from_main(accelerator: Accelerator, fn):
+    """`fn()` run on the main process only, its result (or its `RunError`) shared with every process,
+    so that all of them go on, or stop with the same error, together."""
+    result, error = None, None
+    if accelerator.is_main_process:
+        from .errors import RunError
+
+        try:
+            result = fn()
+        except RunError as e:
+            error = e
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        shared = broadcast_object_list([result, error])
+        result, error = shared
+    if error is not None:
+        error.same_on_every_process = True
+        raise error
+    return result

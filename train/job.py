@@ -1,0 +1,73 @@
+"""The script's run: a config turned into data, a model, an optimizer, a schedule and a `Run`.
+
+This is all the script front adds to the class front: names and import paths in a YAML file
+instead of objects in Python. Everything a run does with them is `train.Run`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_paths(cfg) -> None:
+    """Relative data paths are taken from the working directory, else from the project root, so
+    that the script runs from anywhere."""
+    path = Path(cfg.data.path)
+    if not path.is_absolute() and not path.exists() and (ROOT / path).exists():
+        cfg.data.path = str(ROOT / path)
+
+
+def options_from(cfg):
+    """The config's run options (everything but the model, the data and the optimizer)."""
+    from .options import RunOptions
+
+    ck, stop, tr = cfg.checkpoint, cfg.early_stopping, cfg.tracking
+    return RunOptions(
+        output_dir=cfg.output_dir, resume=cfg.resume, checkpoint=ck.enabled, checkpoint_every=ck.every_steps,
+        keep_last=ck.keep_last, checkpoint_monitor=ck.monitor, checkpoint_mode=ck.mode, seed=cfg.seed,
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_grad_norm=cfg.max_grad_norm, nonfinite=cfg.nonfinite, compile=cfg.compile,
+        channels_last=cfg.channels_last, tf32=cfg.tf32, collective_timeout_s=cfg.collective_timeout_s,
+        trackers=[n for n, on in (("wandb", tr.wandb), ("tensorboard", tr.tensorboard)) if on],
+        tracking_project=tr.project, tracking_entity=tr.entity, tracking_run_name=tr.run_name,
+        tracking_tags=tr.tags, early_stopping=stop.monitor, early_stopping_mode=stop.mode,
+        early_stopping_patience=stop.patience, early_stopping_min_delta=stop.min_delta,
+        early_stopping_restore_best=stop.restore_best, progress=cfg.progress, log_every_s=cfg.log_every_s,
+        log_step_freq=cfg.log_step_freq, name=cfg.model)
+
+
+def build(cfg):
+    """The `Run` and the data loaders `cfg` describes, on every process; nothing is written."""
+    from accelerate.utils import set_seed
+
+    from .build import build_loss, build_optimizer, build_scheduler
+    from .data import make_loaders
+    from .devices import local_processes
+    from .metrics import metrics_by_name
+    from .models import build_model
+    from .run import Run, accelerator_for
+
+    resolve_paths(cfg)
+    options = options_from(cfg)
+    metrics = metrics_by_name(cfg.metrics)
+    accelerator = accelerator_for(options)
+    set_seed(cfg.seed)  # the model's initial weights
+    loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed)
+    world = accelerator.num_processes
+    if loaders.val is not None and len(loaders.val.dataset) < world:
+        raise ConfigError(f"the validation set has {len(loaders.val.dataset)} sample(s), fewer than the {world} "
+                          f"processes; give data.val_size >= {world}, or data.val_size=0 for no validation")
+    in_channels = loaders.train.dataset[0][0].shape[0]
+    model = build_model(cfg.model, in_channels=in_channels, num_classes=cfg.data.num_classes)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    steps_per_epoch = math.ceil(math.ceil(len(loaders.train) / world) / cfg.gradient_accumulation_steps)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch)
+    run = Run(model, optimizer, build_loss(cfg.loss), metrics, scheduler=scheduler,
+              scheduler_interval=cfg.scheduler.interval, options=options, accelerator=accelerator, config=cfg,
+              plan_notes=loaders.notes)
+    return run, loaders

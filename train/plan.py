@@ -1,0 +1,44 @@
+"""The plan: what a run will do, said once before training, each line within 100 columns."""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+
+from .devices import describe
+
+WIDTH = 100
+
+
+def plan_lines(run, epochs: int, train) -> list[str]:
+    o, acc, loop = run.options, run.accelerator, run.loop
+    world, accumulation = acc.num_processes, o.gradient_accumulation_steps
+    batch = getattr(train, "batch_size", None) or getattr(getattr(train, "base_dataloader", None), "batch_size", None)
+    batches = len(train)  # per process
+    steps = math.ceil(batches / accumulation)
+    lines = [f"plan: {run.name} on {describe(acc)}"]
+    if batch:
+        lines.append(f"batch {batch} per process x {world} process(es) x accumulation {accumulation} = "
+                     f"{batch * world * accumulation} samples per optimizer step")
+    lines.append(f"{batches} batches per epoch per process = {steps} optimizer steps; {epochs} epoch(s)")
+    lines += [f"data: {note}" for note in run.plan_notes]
+    restart = int(os.environ.get("TRAIN_RESTART", "0"))
+    if restart:
+        lines.append(f"restart {restart} of {os.environ.get('TRAIN_MAX_RESTARTS', '?')} after a crash")
+    if run.resumed is not None:
+        pos, done = run.resumed.position, len(run.resumed.history)
+        where = (f"epoch {pos['epoch']}, batch {pos['batch']} of {batches}" if pos["epoch"] > done
+                 else f"the end of epoch {done}")
+        then = f"training to epoch {epochs}" if epochs > done else f"all {epochs} epoch(s) done, nothing to train"
+        lines.append(f"resuming from {run.resumed.path} ({where}, step {pos['step']}); {then}")
+    if run.checkpoint is not None:
+        every = f"every {o.checkpoint_every} optimizer steps and " if o.checkpoint_every else ""
+        lines.append(f"checkpoints: {every}at each epoch end to {run.checkpoint.root}/ (keep {o.keep_last} + "
+                     f"best by {run.checkpoint.monitor}); SIGUSR1/SIGTERM save one and exit 75, Ctrl-C exits 130")
+    files = "history.csv, history.png, model.safetensors" + (", config.yaml" if run.config is not None else "")
+    lines.append(f"outputs: {o.output_dir}/ ({files})")
+    lines += [f"tracking: {name} -> {where}" for name, where in run.trackers.items()]
+    lines = [lines[0], *("  " + line for line in lines[1:])]
+    return [part for line in lines for part in textwrap.wrap(line, WIDTH, subsequent_indent="      ",
+                                                             break_long_words=False, break_on_hyphens=False)]

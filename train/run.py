@@ -1,0 +1,289 @@
+"""A training run from start to finish: the object every front builds and drives.
+
+`Run(model, optimizer, loss, metrics, options=RunOptions(...))` owns the accelerator and the
+loop; `run.fit(epochs, train, val)` trains. With `options.output_dir` it also owns everything
+around the loop: the folder's lock, finding and verifying a checkpoint to resume from (`resume`),
+the plan printout, `config.yaml` (where a config was given), `history.csv`, `history.png`,
+checkpoints, trackers, the final `model.safetensors`, and the endings on purpose: SIGUSR1/SIGTERM
+save and end the process with exit 75, Ctrl-C saves and ends it with exit 130 (each after one
+line, without a traceback). Without an output folder nothing is written and no signal is caught.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+from . import resume as resuming
+from .callbacks import EarlyStopping, EpochTable, HistoryCSV, SlowDataWarning, StepLog, StopSignals
+from .checkpoint import Checkpoint
+from .devices import from_main, make_accelerator, set_tf32
+from .errors import ConfigError, NonFiniteLoss, Preempted, RunError, UserError, WriteError
+from .history import metric_columns
+from .loop import Loop, call_model
+from .options import RunOptions
+from .checks import first_line, model_takes_data
+from .supervisor import record_exit, record_start
+
+
+def accelerator_for(options: RunOptions):
+    """The accelerator a run with these options uses (make it first where the device is needed
+    before the run exists, e.g. to place data on it; then pass it to `Run`)."""
+    from accelerate.utils import ProjectConfiguration
+
+    o = options
+    set_tf32(o.tf32)
+    out = Path(o.output_dir) if o.output_dir else None
+    project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")) if out else None
+    return make_accelerator(o.mixed_precision, o.gradient_accumulation_steps, o.seed, o.collective_timeout_s,
+                            log_with=list(o.trackers) or None, dynamo_backend="inductor" if o.compile else None,
+                            project_config=project)
+
+
+class Run:
+    def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, loss=None,
+                 metrics: Optional[Mapping[str, object]] = None, *, scheduler=None, scheduler_interval: str = "epoch",
+                 options: Optional[RunOptions] = None, accelerator=None, callbacks: Iterable = (),
+                 config=None, plan_notes: Iterable[str] = ()):
+        """`metrics` maps names to `f(y_pred, y_true)` or torchmetrics-style objects; `scheduler`
+        is stepped per epoch or per optimizer step (`scheduler_interval`). `accelerator`: one made
+        beforehand with `train.devices.make_accelerator` (the script needs its device to place the
+        data), else one is made from the options. `config` (a `train.Config`) is written to
+        `config.yaml`; `plan_notes` are extra lines for the plan (how the data is loaded)."""
+        self.options = o = options or RunOptions()
+        self.accelerator = accelerator = accelerator or accelerator_for(o)
+        self.loop = Loop(model, optimizer, loss, metrics, accelerator=accelerator, scheduler=scheduler,
+                         scheduler_interval=scheduler_interval, max_grad_norm=o.max_grad_norm,
+                         nonfinite=o.nonfinite, channels_last=o.channels_last)
+        self.callbacks = list(callbacks)
+        self.config = config
+        self.plan_notes = list(plan_notes)
+        self.name = o.name or type(model).__name__
+        self.resumed: Optional[resuming.Resumed] = None
+        self.checkpoint: Optional[Checkpoint] = None
+        self.trackers: dict = {}
+        self._lock = None
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # ---------------------------------------------------------------------------------- fit
+    def fit(self, epochs: int, train, val=None, callbacks: Iterable = ()):
+        """Train until epoch `epochs` (the run's total: after a resume from epoch 2, `fit(4)`
+        trains epochs 3 and 4); returns the history DataFrame, the same on every process."""
+        o, loop = self.options, self.loop
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise UserError(f"epochs must be an int >= 0; got {epochs!r}")
+        stop_signals = StopSignals() if o.output_dir else None
+        try:
+            if o.seed is not None:
+                from accelerate.utils import set_seed
+
+                set_seed(o.seed)
+            train, val = loop.prepare_loader(train), loop.prepare_loader(val)
+            self.check_model_takes(train)
+            if o.output_dir is None:
+                return loop.fit(epochs, train, val, [*self._watchers(val), *self.callbacks, *callbacks],
+                                o.log_step_freq)
+            self._open(Path(o.output_dir))
+            record_start(o.output_dir)
+            service = self._service(Path(o.output_dir), val is not None, stop_signals)
+            last = [self.checkpoint] if self.checkpoint else []  # it saves what the others updated
+            if self.resumed is not None:
+                resuming.apply_callback_states(self.resumed, [*service, *last])
+            self._announce(epochs, train)
+            history = loop.fit(epochs, train, val, [*service, *self.callbacks, *callbacks, *last], o.log_step_freq)
+            self._write_weights(Path(o.output_dir) / "model.safetensors")
+            record_exit(0, "finished", **self._where())
+            return history
+        except Preempted as e:  # Interrupted too: a checkpoint was saved; end the process quietly
+            if self.is_main_process and e.label == "preempted":
+                self._say_stderr(f"preempted: {e}; {self._where_to_resume(preempted=True)}")
+            record_exit(e.exit_code, str(e), **self._where())
+            raise SystemExit(e.exit_code) from None
+        except RunError as e:
+            if isinstance(e, (NonFiniteLoss, WriteError)) and self.checkpoint is not None:
+                e.args = (f"{e}; {self._where_to_resume(preempted=False)}",)
+            record_exit(e.exit_code, str(e), **self._where())
+            raise
+        except BaseException as e:
+            contact = lost_contact(e)
+            record_exit(1, contact or f"{type(e).__name__}: {first_line(e)}", **self._where())
+            if contact:  # not a bug here: one line, and the supervisor (if any) restarts the job
+                where = self._where()
+                self._say_stderr(f"[rank {self.accelerator.process_index}] error: {contact} at epoch "
+                                 f"{where['epoch']} batch {where['batch']}")
+                raise SystemExit(1) from None
+            raise
+        finally:
+            if stop_signals is not None:
+                stop_signals.restore()
+            self._finish_trackers()
+            self._close_lock()
+
+    def evaluate(self, data, prefix: str = "val_") -> dict:
+        return self.loop.evaluate(data, prefix)
+
+    def predict(self, data) -> torch.Tensor:
+        return self.loop.predict(data)
+
+    # ------------------------------------------------------------------- before training
+    def check_model_takes(self, train) -> None:
+        """See `train.checks.model_takes_data`: before anything is written, with one line on failure."""
+        model_takes_data(self.loop, train, self.name)
+
+    def _open(self, out: Path) -> None:
+        """Lock the output folder, then find, verify and load the checkpoint to resume from."""
+        from .lock import OutputLock
+
+        def lock():
+            created = not out.exists()
+            self._lock = OutputLock(out)
+            self._lock.acquire()
+            self._created_folder = created
+
+        from_main(self.accelerator, lock)
+        say = lambda line: print(line, flush=True)  # noqa: E731
+        path = from_main(self.accelerator, lambda: resuming.find(self.options.resume, out, say))
+        if path is not None:
+            self.resumed = resuming.load(self.loop, path)
+
+    def _service(self, out: Path, validation: bool, stop_signals) -> list:
+        """The callbacks of a run with an output folder, but for the checkpoint (`self.checkpoint`)."""
+        from .plots import HistoryPlot
+        from .progress import progress_for
+        from .tracking import Tracking, start_trackers
+
+        o = self.options
+        columns = [*metric_columns(self.loop.metrics, validation), "lr"]
+        run_id = self.resumed.tracker_run_id if self.resumed else None
+        self.trackers, run_id = start_trackers(self.accelerator, o, out, run_id, self.config)
+        service = [progress_for(o.progress, o.log_every_s), *self._watchers(validation, columns),
+                   SlowDataWarning(), HistoryCSV(out / "history.csv"), HistoryPlot(out / "history.png"),
+                   *([Tracking()] if self.trackers else []), stop_signals]
+        if o.checkpoint:
+            monitor = o.checkpoint_monitor or ("val_loss" if validation else "loss")
+            self.checkpoint = Checkpoint(out / "checkpoints", o.checkpoint_every, o.keep_last,
+                                         check_column(monitor, columns, "checkpoint_monitor"),
+                                         o.checkpoint_mode, tracker_run_id=run_id)
+        return service
+
+    def _watchers(self, validation, columns=None) -> list:
+        """The table, the tutorial's step lines and early stopping: with or without a folder."""
+        o = self.options
+        columns = columns or [*metric_columns(self.loop.metrics, bool(validation)), "lr"]
+        watchers = [EpochTable(), *([StepLog()] if o.step_lines and o.log_step_freq else [])]
+        if o.early_stopping:
+            watchers.append(EarlyStopping(check_column(o.early_stopping, columns, "early_stopping"),
+                                          o.early_stopping_mode, o.early_stopping_patience,
+                                          o.early_stopping_min_delta, o.early_stopping_restore_best))
+        return watchers
+
+    def _announce(self, epochs: int, train) -> None:
+        if not self.is_main_process:
+            return
+        from .plan import plan_lines
+
+        if self.config is not None:
+            from .config import save_config
+
+            save_config(self.config, Path(self.options.output_dir) / "config.yaml")
+        for line in plan_lines(self, epochs, train):
+            print(line, flush=True)
+
+    # ------------------------------------------------------------------- after training
+    def _write_weights(self, path: Path) -> None:
+        """Final weights as safetensors, written atomically by the main process. Every process
+        takes part in collecting the state dict (sharded models gather it)."""
+        state = self.accelerator.get_state_dict(self.loop.model)
+        error = None
+        if self.is_main_process:
+            from safetensors.torch import save_file
+
+            from .files import atomic_write
+
+            # a compiled model's keys start with `_orig_mod.`: save the plain model's names
+            state = {k.removeprefix("_orig_mod."): v.detach().cpu().contiguous() for k, v in state.items()}
+            try:
+                atomic_write(path, lambda tmp: save_file(state, tmp))
+            except Exception as e:
+                error = e
+        from .devices import all_ok
+
+        if not all_ok(self.accelerator, error is None):
+            from .checkpoint import free_space
+
+            raise WriteError(f"could not write {path} ({first_line(error) if error else 'on another process'}); "
+                             f"{free_space(path.parent)}")
+        if self.is_main_process:
+            import textwrap
+
+            files = "history.csv, history.png, model.safetensors" + (", config.yaml" if self.config else "")
+            line = f"wrote {self.options.output_dir}/: {files}" + (", checkpoints/" if self.checkpoint else "")
+            print(textwrap.fill(line, 100, subsequent_indent="    ", break_long_words=False), flush=True)
+
+    def _where(self) -> dict:
+        loop = self.loop
+        return {"epoch": loop.epoch, "batch": loop.batch, "step": loop.step, "output_dir": self.options.output_dir}
+
+    def _where_to_resume(self, preempted: bool) -> str:
+        if self.checkpoint is None:
+            return "no checkpoint (checkpoints are off)"
+        latest = resuming.latest(self.checkpoint.root)
+        if latest is None:
+            return "no checkpoint was saved yet"
+        if preempted:
+            return f"checkpoint {latest} saved; run the same command again to resume"
+        return f"the last good checkpoint is {latest} (latest)"
+
+    def _say_stderr(self, text: str) -> None:
+        import sys
+
+        print(text, file=sys.stderr, flush=True)
+
+    def _finish_trackers(self) -> None:
+        for tracker in getattr(self.accelerator, "trackers", []):
+            try:
+                tracker.finish()
+            except Exception:  # a tracker that cannot finish must not hide the run's own ending
+                pass
+        if self.trackers:
+            self.accelerator.trackers = []
+
+    def _close_lock(self) -> None:
+        if self._lock is None:
+            return
+        self._lock.release()
+        out = self._lock.path.parent
+        if getattr(self, "_created_folder", False) and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that never started leaves nothing behind
+        self._lock = None
+
+    def close(self) -> None:
+        """Release the prepared objects and the process group."""
+        self.loop.close()
+
+
+def check_column(column: str, columns: list[str], option: str) -> str:
+    if column not in columns:
+        import difflib
+
+        close = difflib.get_close_matches(column, columns, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(columns)}"
+        raise ConfigError(f"{option} is '{column}', which is not a history column; {hint}")
+    return column
+
+
+def lost_contact(error: BaseException) -> Optional[str]:
+    """A collective that failed because another process died or stalled, in words (else None)."""
+    signs = ("connection reset", "gloo", "nccl", "timed out")
+    if isinstance(error, torch.distributed.DistError) or (
+            isinstance(error, RuntimeError) and any(s in str(error).lower() for s in signs)):
+        import re
+
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error)).split(". ")[0]  # gloo's source path and advice off
+        return f"lost contact with another process ({detail})"
+    return None

@@ -1,0 +1,297 @@
+"""Supervise a training job: restart it after a crash, keep its exit codes and its output honest.
+
+    python train/supervisor.py [--max-restarts N] [--grace S] [--filter-launcher] -- COMMAND ...
+
+COMMAND is a launcher (`accelerate launch ...`) or a script. Each training process reports to the
+supervisor through small files (`record_start` / `record_exit`, called by `train.Run`): its pid, its
+output folder, and how it ended. When the job ends, the supervisor decides:
+
+- every process finished: exit 0;
+- a process ended on purpose (bad input 2, NaN 3, disk full 74, preempted 75, Ctrl-C 130): exit
+  with that code, no restart (the process has said why in one line);
+- anything else is a crash (a process killed by a signal or the OOM killer, a bug, a lost peer,
+  a stalled peer whose collective timed out): one line naming it, then the same command again,
+  which resumes from the latest checkpoint, up to N times (`restart 1 of 3`); then exit 1.
+
+Once one process has failed, the others get `--grace` seconds to end by themselves (they do, within
+a few seconds, when a peer is gone); then the whole process tree is killed, stopped processes
+included, so a stalled rank cannot hold the job. SIGINT, SIGTERM and SIGUSR1 reaching the
+supervisor are passed to the training processes (the launcher runs in a session of its own and
+ignores USR1, so it neither sees a terminal's Ctrl-C nor dies of SLURM's USR1).
+
+torchrun's own restarts (`--max_restarts`) were tried first: after a rank was killed the restarted
+ranks never reconnected (gloo's connectFullMesh refused) and they cannot tell a deliberate exit from
+a crash, so the supervisor restarts the whole launcher instead. Accelerate's multi-process launcher
+ends every failed job with torchrun's traceback and error report; with `--filter-launcher` the
+launcher's own lines are held back (and shown only when no training process ever started) while
+the training processes' output passes through. This file uses the standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+DIR_ENV, RESTART_ENV, MAX_ENV = "TRAIN_SUPERVISOR_DIR", "TRAIN_RESTART", "TRAIN_MAX_RESTARTS"
+DELIBERATE = {2: "bad input", 3: "NaN loss", 74: "write error", 75: "preempted", 130: "interrupted"}
+
+
+# ------------------------------------------------------------------------ the processes' side
+def _record(**fields) -> None:
+    folder = os.environ.get(DIR_ENV)
+    if not folder:
+        return
+    rank = int(os.environ.get("RANK", "0"))
+    path = Path(folder) / f"rank-{rank}.json"
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**old, "rank": rank, "pid": os.getpid(), **fields}))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the supervisor's folder is gone: it is not watching any more
+
+
+def record_start(output_dir) -> None:
+    """This process started training into `output_dir` (a no-op without a supervisor)."""
+    _record(host=socket.gethostname(), output_dir=str(output_dir), code=None)
+
+
+def record_exit(code: int, reason: str, **where) -> None:
+    """This process is ending with exit `code` because of `reason`, at `where` (epoch, batch, ...)."""
+    _record(code=code, reason=reason, **where)
+
+
+# ------------------------------------------------------------------------ the supervisor's side
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(_children(p))
+    return out
+
+
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+class LauncherFilter:
+    """Relays a launcher's merged output line by line, holding back the launcher's own lines:
+    torch.distributed's log lines and, from the launcher's traceback on, everything (the ranks
+    are gone by then). Parses torchrun's 'failed (exitcode: -9) local_rank: 1 (pid: 123)'."""
+
+    ELASTIC = re.compile(r"^[IWE]\d{4} [\d:.]+ +\d+ .*torch/distributed/")
+    FAILED = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
+    LAUNCHER_FRAME = re.compile(r'File ".*(/bin/accelerate|/bin/torchrun|accelerate/commands/|torch/distributed/run)')
+
+    def __init__(self):
+        self.held: list[str] = []
+        self.exit_codes: dict[int, int] = {}  # pid -> exit code, as torchrun saw it
+        self.pending: dict[int, str] = {}  # per stream: a traceback's first line, until its first frame says whose
+        self.swallow = False
+        self.lock = threading.Lock()
+
+    def relay(self, stream, out) -> threading.Thread:
+        """Relay `stream` to `out` in a thread of its own (one per pipe, so that neither fills up)."""
+        def run():
+            for line in iter(stream.readline, ""):
+                with self.lock:
+                    for shown in self._line(id(out), line):
+                        out.write(shown)
+                        out.flush()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def _line(self, key: int, line: str) -> list[str]:
+        if self.swallow or self.ELASTIC.match(line):
+            match = self.FAILED.search(line)
+            if match:
+                self.exit_codes[int(match.group(3))] = int(match.group(1))
+            self.held.append(line)
+            return []
+        if line.startswith("Traceback (most recent call last):"):
+            self.pending[key] = line
+            return []
+        first = self.pending.pop(key, None)
+        if first is not None:
+            if self.LAUNCHER_FRAME.search(line):
+                self.swallow = True
+                self.held.extend([first, line])
+                return []
+            return [first, line]
+        return [line]
+
+
+class Supervisor:
+    def __init__(self, command, max_restarts: int, grace: float, filter_launcher: bool, say=None):
+        self.command, self.max_restarts, self.grace = command, max_restarts, grace
+        self.filter_launcher = filter_launcher
+        self.say = say or (lambda text: print(f"supervisor: {text}", file=sys.stderr, flush=True))
+        self.signals: list[int] = []  # received, not yet passed on
+        self.stopped_by = 0  # the first stop signal received
+
+    def _on_signal(self, signum, frame):
+        self.signals.append(signum)
+        self.stopped_by = self.stopped_by or signum
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        restart = 0
+        while True:
+            with tempfile.TemporaryDirectory(prefix="train-supervisor-") as folder:
+                code, records, why = self._attempt(Path(folder), restart)
+            if code is not None:
+                return code
+            if restart >= self.max_restarts:
+                self.say(f"{why}; no restarts left (max_restarts={self.max_restarts}), giving up")
+                return 1
+            restart += 1
+            self.say(f"{why}; restarting{_from_latest(records)} (restart {restart} of {self.max_restarts})")
+            time.sleep(2)  # let the other nodes' processes end and free their ports
+
+    def _attempt(self, folder: Path, restart: int):
+        """Run the command once; returns (exit code, records, None) to stop with that code, or
+        (None, records, what happened) for a crash worth a restart."""
+        env = dict(os.environ, **{DIR_ENV: str(folder), RESTART_ENV: str(restart), MAX_ENV: str(self.max_restarts)})
+        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) if self.filter_launcher else {}
+        proc = subprocess.Popen(self.command, env=env, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN), **pipes)
+        filt = LauncherFilter()
+        relays = [filt.relay(proc.stdout, sys.stdout), filt.relay(proc.stderr, sys.stderr)] \
+            if self.filter_launcher else []
+        failed_at, stalled = None, []
+        while proc.poll() is None:
+            time.sleep(0.1)
+            records = _read(folder)
+            self._pass_signals(proc, records)
+            failed = any(r.get("code") not in (None, 0) or (r.get("code") is None and not _alive(r["pid"]))
+                         for r in records)
+            if failed and failed_at is None:
+                failed_at = time.monotonic()
+                # a process that timed out waiting for the others: those still alive and silent stalled
+                if any("timed out" in str(r.get("reason", "")).lower() for r in records):
+                    stalled = [r["rank"] for r in records if r.get("code") is None and _alive(r["pid"])]
+            if failed_at is not None and time.monotonic() - failed_at > self.grace:
+                _kill(set(_tree(proc.pid)) | {r["pid"] for r in records})
+        for relay in relays:
+            relay.join(timeout=10)
+        records = _read(folder)
+        _kill(r["pid"] for r in records if _alive(r["pid"]) and r["pid"] != os.getpid())  # stopped leftovers
+        codes = [r.get("code") for r in records]
+        if records and all(c == 0 for c in codes):
+            return 0, records, None
+        deliberate = [c for c in codes if c in DELIBERATE]
+        if deliberate:
+            return (130 if 130 in deliberate else deliberate[0]), records, None
+        if self.stopped_by:  # stopped before any process could save: not a crash to repeat
+            return 128 + self.stopped_by, records, None
+        if not records:  # nothing started training: the launcher or the script failed first
+            if filt.held:
+                sys.stderr.write("".join(filt.held))
+            return proc.returncode or 1, records, None
+        exit_codes = dict(filt.exit_codes) if self.filter_launcher else {}
+        if not self.filter_launcher and proc.returncode is not None:
+            exit_codes[proc.pid] = proc.returncode
+        return None, records, _what_happened(records, exit_codes, stalled)
+
+    def _pass_signals(self, proc, records) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            targets = [r["pid"] for r in records if r.get("code") is None] or _children(proc.pid) or [proc.pid]
+            for pid in targets:
+                try:
+                    os.kill(pid, signum)
+                except OSError:
+                    pass
+
+
+def _read(folder: Path) -> list[dict]:
+    records = []
+    for path in sorted(folder.glob("rank-*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(records, key=lambda r: r.get("rank", 0))
+
+
+def _what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int]) -> str:
+    """One phrase: which process failed how, and where the job was."""
+    failed = next((r for r in records if r.get("code") not in (None, 0)), None)
+    killed = next((r for r in records if exit_codes.get(r["pid"], 0) < 0), None)
+    silent = next((r for r in records if r.get("code") is None), None)
+    if stalled:
+        culprit = f"rank {stalled[0]} stalled" + (f" (rank {failed['rank']}: {failed['reason']})" if failed else "")
+    elif killed:
+        culprit = f"rank {killed['rank']} exited ({signal.Signals(-exit_codes[killed['pid']]).name})"
+    elif silent:  # ended without a word: a signal it could not handle (SIGKILL, the OOM killer)
+        culprit = f"rank {silent['rank']} died without a word (killed by a signal?)"
+    else:
+        culprit = f"rank {failed['rank']} failed ({failed.get('reason', 'unknown')})"
+    where = next((r for r in records if r.get("epoch")), None)
+    return culprit + (f" at epoch {where['epoch']} batch {where['batch']}" if where else "")
+
+
+def _from_latest(records: list[dict]) -> str:
+    for r in records:
+        pointer = Path(r.get("output_dir") or "") / "checkpoints" / "latest"
+        if r.get("output_dir") and pointer.is_file():
+            return f" from {pointer.read_text().strip()}"
+    return ""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="train/supervisor.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-restarts", type=int, default=int(os.environ.get("MAX_RESTARTS", 3)),
+                        help="restarts after crashes before giving up (default: $MAX_RESTARTS or 3)")
+    parser.add_argument("--grace", type=float, default=10.0,
+                        help="seconds the other processes get to end after one failed (default 10)")
+    parser.add_argument("--filter-launcher", action="store_true",
+                        help="hold back the launcher's own traceback and log lines")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command to supervise")
+    return Supervisor(command, args.max_restarts, args.grace, args.filter_launcher).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
