@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT / "data" / "mnist"
 PYTHON = sys.executable
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+# the launch wrappers and SLURM jobs find `python` and `accelerate` on PATH: this environment's
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def two_rank_env(**extra) -> dict:

@@ -4,7 +4,7 @@ NHWC layout. (torch.compile is exercised by hand: on this CPU it compiles for ~3
 import pytest
 import torch
 
-from train.data import tune
+from train.tune import tune
 from train.loop import Loop
 
 

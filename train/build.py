@@ -1,52 +1,91 @@
-"""Config -> torch objects: the optimizer, the LR schedule and the loss, each by name."""
+"""Config -> torch objects: the model, the loss, the metrics, the optimizer and the LR schedule,
+each a built-in name or an import path (`train.registry`)."""
 
 from __future__ import annotations
 
-import math
+import functools
+import inspect
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
+from .registry import build, resolve, short_name
+
+LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "nll": nn.NLLLoss, "mse": nn.MSELoss, "l1": nn.L1Loss,
+          "smooth_l1": nn.SmoothL1Loss, "huber": nn.HuberLoss, "bce_with_logits": nn.BCEWithLogitsLoss,
+          "bce": nn.BCELoss}
+CLASSIFICATION_LOSSES = ("cross_entropy", "nll")  # whose targets are class indices
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+              "rmsprop": torch.optim.RMSprop}
+WITH_MOMENTUM = ("sgd", "rmsprop")
+
+
+def build_model(cfg, in_channels: int) -> nn.Module:
+    """The config's model: a built-in (sized by the data's channels and data.num_classes) or the
+    user's class or factory called with model_args."""
+    from .models import MODELS
+
+    model = resolve(cfg.model, MODELS, "model")
+    args = dict(cfg.model_args)
+    if cfg.model in MODELS:
+        args = {"in_channels": in_channels, "num_classes": cfg.data.num_classes, **args}
+    net = build(model, args, "model", cfg.model)
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"model '{cfg.model}' gave a {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def build_loss(name: str, args: dict):
+    """A loss class is instantiated with `args`; a function is used as is (with `args` bound)."""
+    loss = resolve(name, LOSSES, "loss")
+    if inspect.isclass(loss):
+        return build(loss, args, "loss", name)
+    if not callable(loss):
+        raise ConfigError(f"loss '{name}' is a {type(loss).__name__}, not a callable loss(y_pred, y_true)")
+    return functools.partial(loss, **args) if args else loss
+
+
+def build_metrics(names) -> dict:
+    """`{column name: metric}`: built-ins by name, else imported functions f(y_pred, y_true), or
+    classes with update/compute/reset (instantiated without arguments)."""
+    from .metrics import METRICS
+
+    metrics = {}
+    for name in names:
+        metric = resolve(name, METRICS, "metric")
+        if inspect.isclass(metric):
+            metric = build(metric, {}, "metric", name)
+        if not callable(metric) and not hasattr(metric, "compute"):
+            raise ConfigError(f"metric '{name}' is a {type(metric).__name__}: give a function f(y_pred, y_true) "
+                              f"or an object with update/compute/reset")
+        metrics[name if name in METRICS else short_name(name)] = metric
+    return metrics
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     """`cfg` is the `optimizer` section of the config."""
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"unknown optimizer '{cfg.name}'; choose adam, adamw or sgd")
+    cls = resolve(cfg.name, OPTIMIZERS, "optimizer")
+    args = {"lr": cfg.lr, **({"weight_decay": cfg.weight_decay} if cfg.weight_decay or cfg.name in OPTIMIZERS else {}),
+            **({"momentum": cfg.momentum} if cfg.name in WITH_MOMENTUM else {}), **cfg.args}
+    optimizer = build(cls, args, "optimizer", cfg.name, params)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optimizer '{cfg.name}' gave a {type(optimizer).__name__}, not a torch.optim.Optimizer")
+    return optimizer
 
 
 def build_scheduler(cfg, optimizer, epochs: int, steps_per_epoch: int):
     """`cfg` is the `scheduler` section; `steps_per_epoch` counts optimizer steps per process.
     Returns None for `name: none`."""
-    intervals = epochs if cfg.interval == "epoch" else epochs * steps_per_epoch
-    if cfg.name == "none":
-        return None
-    if cfg.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    if cfg.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, intervals))
-    if cfg.name == "onecycle":
-        if cfg.interval != "step":
-            raise ConfigError("scheduler.name=onecycle is stepped per optimizer step; set scheduler.interval=step")
-        max_lr = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(1, intervals))
-    raise ConfigError(f"unknown scheduler '{cfg.name}'; choose none, step, cosine or onecycle")
-
-
-def build_loss(name: str):
-    if name == "cross_entropy":
-        return nn.CrossEntropyLoss()
-    if name == "nll":
-        return nn.NLLLoss()
-    raise ConfigError(f"unknown loss '{name}'; choose cross_entropy or nll")
-
-
-def optimizer_steps_per_epoch(batches: int, num_processes: int, accumulation: int) -> int:
-    """Optimizer steps each process takes per epoch once the batches are split over processes."""
-    return math.ceil(math.ceil(batches / num_processes) / accumulation)
+    intervals = max(1, epochs if cfg.interval == "epoch" else epochs * steps_per_epoch)
+    builtins = {
+        "none": lambda opt: None,
+        "step": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma, **cfg.args),
+        "cosine": lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=intervals, **cfg.args),
+        "onecycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=intervals, **cfg.args)}
+    if cfg.name == "onecycle" and cfg.interval != "step":
+        raise ConfigError("scheduler.name=onecycle is stepped per optimizer step; set scheduler.interval=step")
+    if cfg.name in builtins:
+        return builtins[cfg.name](optimizer)
+    return build(resolve(cfg.name, builtins, "scheduler"), cfg.args, "scheduler", cfg.name, optimizer)

@@ -7,13 +7,14 @@ import torch
 
 from .errors import UserError
 from .loop import call_model
+from .metrics import is_stateful
 from .rng import rng_untouched
 
 
 def model_takes_data(loop, train, name: str) -> None:
-    """One training sample through the model and the loss, on every process, in eval mode and
-    without drawing from any RNG. Raises `UserError` naming the model, the input's shape and
-    torch's message. Skipped for data that cannot be indexed (an iterable data set)."""
+    """One training sample through the model, the loss and each metric, on every process, in eval
+    mode and without drawing from any RNG. Raises `UserError` naming the model, the input's shape
+    and torch's message. Skipped for data that cannot be indexed (an iterable data set)."""
     dataset = getattr(train, "dataset", None)
     if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__"):
         return
@@ -37,6 +38,16 @@ def model_takes_data(loop, train, name: str) -> None:
         except Exception as e:
             raise UserError(f"the loss cannot take model {name}'s output {shape_of(preds)} with the labels "
                             f"{shape_of(labels)}: {type(e).__name__}: {first_line(e)}") from None
+        for metric_name, metric in loop.metrics.items():
+            try:
+                if is_stateful(metric):
+                    metric.update(preds, labels)
+                    metric.reset()
+                else:
+                    metric(preds, labels)
+            except Exception as e:
+                raise UserError(f"metric '{metric_name}' cannot take model {name}'s output {shape_of(preds)} with "
+                                f"the labels {shape_of(labels)}: {type(e).__name__}: {first_line(e)}") from None
 
 
 def batch_of_one(item):

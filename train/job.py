@@ -41,33 +41,43 @@ def options_from(cfg):
         log_step_freq=cfg.log_step_freq, name=cfg.model)
 
 
+def build_model_class_only(cfg) -> None:
+    """Resolve the model's import path (without building it), to fail fast on a typo."""
+    from .models import MODELS
+    from .registry import resolve
+
+    resolve(cfg.model, MODELS, "model")
+
+
 def build(cfg):
     """The `Run` and the data loaders `cfg` describes, on every process; nothing is written."""
     from accelerate.utils import set_seed
 
-    from .build import build_loss, build_optimizer, build_scheduler
+    from .build import CLASSIFICATION_LOSSES, build_loss, build_metrics, build_model, build_optimizer, build_scheduler
     from .data import make_loaders
     from .devices import local_processes
-    from .metrics import metrics_by_name
-    from .models import build_model
+    from .models import MODELS
     from .run import Run, accelerator_for
 
     resolve_paths(cfg)
     options = options_from(cfg)
-    metrics = metrics_by_name(cfg.metrics)
+    loss, metrics = build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics)
+    if cfg.model not in MODELS:
+        build_model_class_only(cfg)  # a wrong import path says so before any data is read
     accelerator = accelerator_for(options)
     set_seed(cfg.seed)  # the model's initial weights
-    loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed)
+    classes = cfg.data.num_classes if cfg.loss in CLASSIFICATION_LOSSES else None  # labels checked against it
+    loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed, num_classes=classes)
     world = accelerator.num_processes
     if loaders.val is not None and len(loaders.val.dataset) < world:
         raise ConfigError(f"the validation set has {len(loaders.val.dataset)} sample(s), fewer than the {world} "
                           f"processes; give data.val_size >= {world}, or data.val_size=0 for no validation")
-    in_channels = loaders.train.dataset[0][0].shape[0]
-    model = build_model(cfg.model, in_channels=in_channels, num_classes=cfg.data.num_classes)
+    in_channels = loaders.train.dataset[0][0].shape[0] if cfg.model in MODELS else None  # built-ins only
+    model = build_model(cfg, in_channels)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     steps_per_epoch = math.ceil(math.ceil(len(loaders.train) / world) / cfg.gradient_accumulation_steps)
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch)
-    run = Run(model, optimizer, build_loss(cfg.loss), metrics, scheduler=scheduler,
+    run = Run(model, optimizer, loss, metrics, scheduler=scheduler,
               scheduler_interval=cfg.scheduler.interval, options=options, accelerator=accelerator, config=cfg,
               plan_notes=loaders.notes)
     return run, loaders

@@ -12,29 +12,53 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import the package, not train/*.py as top-level modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from train.config import describe_keys, load_config  # noqa: E402
+from train.config import load_config  # noqa: E402
 from train.errors import RunError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "mnist.yaml"
 
 
+def help_listing(argv) -> str:
+    """The keys with the values the given --config and overrides would run with (`--help` only)."""
+    from train.configfile import describe_keys
+
+    config, overrides = str(DEFAULT_CONFIG), []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            config = argv[i + 1]
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        elif "=" in arg and not arg.startswith("-") and (i == 0 or argv[i - 1] != "--config"):
+            overrides.append(arg)
+    try:
+        return f"config keys, with the values of {config} and the overrides given:\n" + \
+            describe_keys(load_config(config, overrides))
+    except RunError as e:
+        return f"config keys, with their defaults ({e}):\n" + describe_keys()
+
+
 def parse_args(argv):
+    wants_help = any(a in ("-h", "--help") for a in argv)
     parser = argparse.ArgumentParser(
         prog="accelerate launch train/main.py",
-        description="Train a model with the one Accelerate loop. Overrides are key=value "
-                    "(dotted keys, values read as YAML), e.g. epochs=1 optimizer.lr=0.02.",
-        epilog="config keys (with their defaults):\n" + describe_keys(),
+        description=textwrap.fill(
+            "Train a model with the one Accelerate loop. Overrides are key=value (dotted keys, values "
+            "read as YAML), e.g. epochs=1 optimizer.lr=0.02 model_args.hidden=64. Models, losses, "
+            "metrics, optimizers, schedules and data factories are built-in names or import paths "
+            "'package.module:Name'; the project folder and the current folder are importable.", 100),
+        epilog=help_listing(argv) if wants_help else None,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/mnist.yaml)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides before and after --config
 
 
 def run(cfg):

@@ -12,8 +12,6 @@ from typing import Callable, Mapping
 
 import torch
 
-from .errors import ConfigError
-
 MetricFn = Callable[[torch.Tensor, torch.Tensor], object]
 
 
@@ -24,14 +22,28 @@ def accuracy(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
     return hits.float().mean() if hits.device.type == "mps" else hits.double().mean()
 
 
-METRICS: dict[str, MetricFn] = {"accuracy": accuracy}
+def _errors(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    """Per-sample differences, in float64 where the device has it; (N, 1) predictions against (N,)
+    targets are compared sample by sample, not broadcast into an N x N table."""
+    dtype = torch.float32 if y_pred.device.type == "mps" else torch.float64
+    y_pred, y_true = y_pred.to(dtype), y_true.to(dtype)
+    if y_pred.dim() == y_true.dim() + 1 and y_pred.shape[-1] == 1:
+        y_pred = y_pred.squeeze(-1)
+    return (y_pred - y_true).reshape(len(y_true), -1)
 
 
-def metrics_by_name(names) -> dict[str, MetricFn]:
-    unknown = [n for n in names if n not in METRICS]
-    if unknown:
-        raise ConfigError(f"unknown metric '{unknown[0]}'; choose from {', '.join(METRICS)}")
-    return {n: METRICS[n] for n in names}
+def mae(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error per sample (averaged over outputs), then over the batch."""
+    return _errors(y_pred, y_true).abs().mean(dim=1).mean()
+
+
+def mse(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per sample (averaged over outputs), then over the batch."""
+    return _errors(y_pred, y_true).pow(2).mean(dim=1).mean()
+
+
+# each a mean over the batch's samples, so that sample-weighted sums make them exact over an epoch
+METRICS: dict[str, MetricFn] = {"accuracy": accuracy, "mae": mae, "mse": mse}
 
 
 def is_stateful(metric) -> bool:

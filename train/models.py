@@ -1,4 +1,5 @@
-"""Named models. The config's `model` key picks one; this module knows nothing of data or the loop."""
+"""The built-in models, by name. The config's `model` key picks one of these or imports the user's
+own (`train.build.build_model`); this module knows nothing of data or the loop."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from typing import Callable
 
 from torch import nn
 
-from .errors import ConfigError
 
 
 class TutorialCNN(nn.Module):
@@ -55,9 +55,3 @@ class FastCNN(nn.Module):
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"tutorial_cnn": TutorialCNN, "fast_cnn": FastCNN}
-
-
-def build_model(name: str, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
-    if name not in MODELS:
-        raise ConfigError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
-    return MODELS[name](in_channels=in_channels, num_classes=num_classes)
