@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: train test bench clean
+.PHONY: train test test-fast clean
 
 # The virtual environment with the project installed (editable) and its test extras.
 $(STAMP): pyproject.toml
@@ -20,6 +20,10 @@ train: $(STAMP)
 ## test: the test suite (real processes, CPU only; starts a local one-node SLURM cluster, installing it if needed, and stops it)
 test: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q $(ARGS)
+
+## test-fast: the tests without real multi-process runs, full epochs or SLURM (under 2 minutes)
+test-fast: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m "not slow" $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check of the speed issue, prepared as one script for a session that is lent a GPU
-# (run it from the repository root on the device machine: `bash bench/gpu.sh`). It uses the
-# machine's own python3, which already has torch, accelerate, lightning, pandas and matplotlib;
-# torchkeras is not there, so that peer is left out unless its wheel is carried.
-# Writes everything under $OUT (default bench/out/gpu): device.txt, bench.txt/gpu.json (the
-# side-by-side benchmark on the whole training set), fast.txt and fast_history.csv
-# (configs/mnist_fast.yaml), main.txt and main_history.csv (the reference job, 3 epochs).
-# Not yet run on a GPU: the first session with a device records its figures in bench/RESULTS.md.
+# The speed figures on a GPU, in one script: `bash bench/gpu.sh` from the repository root of a
+# machine with CUDA. It prints the GPU and the versions, runs the side-by-side benchmark on the whole
+# training set (bench/run.py), the speed recipe (configs/mnist_fast.yaml) and the reference job
+# (3 epochs), and writes under $OUT (default bench/out/gpu): device.txt, bench.txt and gpu.json,
+# fast.txt and fast_history.csv, main.txt and main_history.csv. It uses `python3` as found on PATH
+# (torch, accelerate, pandas, matplotlib; lightning and torchkeras are compared when installed).
 set -uo pipefail
 out=${OUT:-bench/out/gpu}
 mkdir -p "$out"

@@ -253,6 +253,22 @@ def first_step(tmp: Path, reps: int) -> dict:
             "floor_script_first_step_s": floor_s, "first_step_after_floor_script_s": first - floor_s}
 
 
+SMOKE = ["epochs=1", "data.train_size=128", "data.val_size=0", "progress=false", "checkpoint.enabled=false"]
+
+
+def smoke_run(tmp: Path, reps: int) -> dict:
+    """Whole-process wall time of a one-batch smoke run of the script against the hand-written
+    script (`bench/floor_first_step.py`: import torch, build the CNN and Adam, one step), alternated
+    so that the machine's drift hits both alike."""
+    script, floor = [], []
+    for i in range(reps):
+        script.append(wall([PY, str(ROOT / "train" / "main.py"), *SMOKE, f"output_dir={tmp / f'smoke{i}'}"]))
+        floor.append(wall([PY, str(ROOT / "bench" / "floor_first_step.py")]))
+    script_s, floor_s = statistics.median(script), statistics.median(floor)
+    return {"smoke_run_s": script_s, "floor_script_s": floor_s, "ratio": script_s / floor_s,
+            "smoke_runs_s": script, "floor_scripts_s": floor}
+
+
 def memory_and_two_processes(tmp: Path, samples: int) -> dict:
     """Peak RSS of the main job in one process and in two (gloo ranks) together, and their throughput."""
     args = [f"data.train_size={samples}", "data.val_size=1001", "epochs=1", "progress=false"]
@@ -281,7 +297,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--only", nargs="*", help="contenders to run (default: all available)")
     parser.add_argument("--skip-jobs", action="store_true", help="skip import/first-step/memory figures")
+    parser.add_argument("--smoke-only", type=int, metavar="REPS",
+                        help="only the start-up figure: REPS alternated smoke runs and hand-written scripts")
     args = parser.parse_args(argv)
+    if args.smoke_only:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            result = smoke_run(Path(tmp_name), args.smoke_only)
+        print(f"smoke run {result['smoke_run_s']:.2f} s, hand-written script {result['floor_script_s']:.2f} s "
+              f"(medians of {args.smoke_only}): ratio {result['ratio']:.3f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     wanted = args.only or list(CONTENDERS)
@@ -312,6 +338,7 @@ def main(argv=None) -> int:
             results["import_ratio_train_to_accelerate"] = (results["import_s"]["import train"]
                                                            / results["import_s"]["import accelerate"])
             results["first_step"] = first_step(tmp, 3)
+            results["smoke_run"] = smoke_run(tmp, 5)
             results["processes"] = memory_and_two_processes(tmp, min(args.samples, 12800))
 
     print_table(results)

@@ -25,7 +25,8 @@ def two_rank_env(**extra) -> dict:
 
 
 def launch_two(script, *args, timeout=300, **env) -> subprocess.CompletedProcess:
-    """`accelerate launch` with two CPU ranks (the form that really starts two; see FACTS)."""
+    """`accelerate launch` with two CPU ranks: ACCELERATE_USE_CPU=1 with --multi_gpu (`--cpu --num_processes 2`
+    silently starts one process)."""
     cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *map(str, args)]
     return subprocess.run(cmd, cwd=ROOT, env=two_rank_env(**env), capture_output=True, text=True, timeout=timeout)
@@ -105,6 +106,22 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def rank_processes(below: int, marker: str = "") -> list[int]:
+    """The training processes (torchrun's workers: they have LOCAL_RANK in their environment)
+    below `below` whose command line contains `marker`, in rank order."""
+    found = []
+    for pid in descendants(below):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            continue
+        rank = [e for e in environ if e.startswith(b"RANK=")]
+        if rank and any(e.startswith(b"LOCAL_RANK=") for e in environ) and marker in cmdline:
+            found.append((int(rank[0][5:]), pid))
+    return [pid for _, pid in sorted(found)]
 
 
 def kill_group(proc: subprocess.Popen) -> str:

@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
 
 
 def test_benchmark_runs_on_a_tiny_size(tmp_path):

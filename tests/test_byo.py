@@ -35,6 +35,7 @@ def evaluate_alone(config_args, out):
     return Loop(model, None, build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics)).evaluate(loaders.val)
 
 
+@pytest.mark.slow
 def test_digits_reaches_95_percent_and_two_processes_measure_the_same(tmp_path):
     one = run_one(MAIN, *DIGITS, f"output_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr
@@ -51,6 +52,7 @@ def test_digits_reaches_95_percent_and_two_processes_measure_the_same(tmp_path):
     assert alone["val_accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_digits_killed_mid_run_resumes_bit_for_bit(tmp_path):
     args = [*DIGITS, "epochs=4", "checkpoint.every_steps=3"]  # 23 optimizer steps an epoch
     reference = run_one(MAIN, *args, f"output_dir={tmp_path / 'reference'}")
@@ -68,6 +70,7 @@ def test_digits_killed_mid_run_resumes_bit_for_bit(tmp_path):
     assert_same_run(out, tmp_path / "reference", epochs=4, context=where)
 
 
+@pytest.mark.slow
 def test_diabetes_is_regression_with_exact_metrics_over_two_processes(tmp_path):
     args = [*DIABETES, "epochs=8"]
     two = launch_two(MAIN, *args, f"output_dir={tmp_path}")
@@ -91,7 +94,7 @@ CASES = {
     "wrong attribute": (["model=examples.digits.model:Nett"],
                         "cannot import 'examples.digits.model:Nett': module 'examples.digits.model' has no "
                         "attribute 'Nett'; did you mean 'Net'?"),
-    "unknown built-in loss": (["loss=cross_entropi"], "unknown loss 'cross_entropi'; did you mean 'cross_entropy'?"),
+    "unknown built-in loss": (["loss=cross_entropi"], "unknown loss 'cross_entropi' (did you mean 'cross_entropy'?)"),
     "model arguments it does not take": (["model_args.hiden=3"], "model 'examples.digits.model:Net' does not take"),
     "a factory that returns a number": ([f"data.factory={HELPERS}:not_data", "data.args={}"],
                                         f"data factory '{HELPERS}:not_data' returned a int; return the training"),
@@ -127,6 +130,7 @@ def test_help_shows_the_values_of_the_config_it_would_run():
     assert "an import path 'package.module:Name'" in flat(text)
 
 
+@pytest.mark.slow
 def test_the_custom_fit_example_trains_and_a_rerun_resumes(tmp_path):
     script = ROOT / "examples" / "custom_fit.py"
     env = {"TRAIN_OUTPUT_DIR": str(tmp_path)}

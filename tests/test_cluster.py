@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 
 from conftest import MNIST, ROOT
 
+pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
+
 SMOKE = ["epochs=2", "data.train_size=2048", "data.val_size=1001", f"data.path={MNIST}",
          "checkpoint.every_steps=3", "progress=false"]
 
@@ -38,16 +40,15 @@ def test_two_nodes_over_loopback_form_one_job(tmp_path):
     assert rows["epoch"].tolist() == [1, 2]
 
     # the job's validation numbers equal one process evaluating the same weights
+    from train.build import build_metrics, build_model
     from train.config import load_config
     from train.data import make_loaders
     from train.loop import Loop
-    from train.metrics import metrics_by_name
-    from train.models import build_model
 
     cfg = load_config(ROOT / "configs" / "mnist.yaml", SMOKE)
-    model = build_model(cfg.model)
+    model = build_model(cfg, in_channels=1)
     model.load_state_dict(load_file(str(out / "model.safetensors")))
-    loop = Loop(model, None, torch.nn.functional.cross_entropy, metrics_by_name(["accuracy"]))
+    loop = Loop(model, None, torch.nn.functional.cross_entropy, build_metrics(["accuracy"]))
     alone = loop.evaluate(make_loaders(cfg).val)
     last = rows.iloc[-1]
     assert alone["val_accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-12)
@@ -178,3 +179,40 @@ def test_sbatch_with_your_own_model_and_data_from_a_config(slurm, tmp_path):
     assert done.returncode == 0, done.stderr + log
     assert "plan: examples.digits.model:Net on 2 processes on CPUs (gloo)" in log and log.count("plan: ") == 1
     assert history(out)["epoch"].tolist() == [1, 2, 3]
+
+
+def test_a_killed_rank_inside_sbatch_is_restarted_without_a_requeue(slurm, uninterrupted, tmp_path):
+    import random
+    import signal
+
+    from conftest import rank_processes
+
+    seed = random.randrange(10**6)
+    target = random.Random(seed).randint(9, 13)
+    where = f"(SIGKILL to a rank after step {target}; random seed {seed})"
+    job = sbatch(slurm, tmp_path)
+    job_id = job.stdout.readline().strip()
+    deadline = time.monotonic() + 300
+
+    def training_ranks():
+        return rank_processes(1, f"output_dir={tmp_path}")
+
+    while not ((tmp_path / "checkpoints" / "latest").exists() and _latest(tmp_path) >= target
+               and len(training_ranks()) == 2):
+        assert job.poll() is None and time.monotonic() < deadline, f"the job ended before step {target}"
+        time.sleep(0.01)
+    os.kill(training_ranks()[1], signal.SIGKILL)
+    _, stderr = job.communicate(timeout=600)
+    log = job_log(tmp_path)
+    assert job.returncode == 0, f"{where}\n{stderr}{log}"
+    assert "(restart 1 of 3)" in log and "requeue" not in log and "SLURM_RESTART_COUNT=1" not in log, log
+    assert log.count(f"slurm/train.sh: job {job_id},") == 1  # the same job, started once
+    reference, mine = load_file(str(uninterrupted[0] / "model.safetensors")), load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(reference[k], mine[k]) for k in reference), where
+
+
+def _latest(out: Path) -> int:
+    try:
+        return int((out / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    except (OSError, ValueError, IndexError):
+        return 0

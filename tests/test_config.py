@@ -1,6 +1,7 @@
 import pytest
 
-from train.config import describe_keys, load_config
+from train.config import load_config
+from train.configfile import describe_keys
 from train.errors import ConfigError
 
 from conftest import ROOT
@@ -30,8 +31,8 @@ def test_wrong_type_and_range():
         load_config(MNIST_YAML, ["batch_size=0"])
     with pytest.raises(ConfigError, match="'epochs' must be >= 0, got -1"):
         load_config(MNIST_YAML, ["epochs=-1"])
-    with pytest.raises(ConfigError, match="'optimizer.name' must be one of adam, adamw, sgd; got 'adamm'"):
-        load_config(MNIST_YAML, ["optimizer.name=adamm"])
+    with pytest.raises(ConfigError, match="'scheduler.interval' must be one of epoch, step; got 'epochs'"):
+        load_config(MNIST_YAML, ["scheduler.interval=epochs"])
     with pytest.raises(ConfigError, match="not of the form key=value"):
         load_config(MNIST_YAML, ["epochs"])
 

@@ -6,6 +6,8 @@ import torch
 
 from conftest import ROOT, launch_two, run_one
 
+pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
+
 HELPER = ROOT / "tests" / "helpers" / "ddp_check.py"
 
 

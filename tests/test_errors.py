@@ -47,9 +47,12 @@ CASES = {
     "labels out of range": (["data.num_classes=5"], "labels range over 0..9 but data.num_classes=5"),
     "batch size 0": (["batch_size=0"], "config key 'batch_size' must be > 0, got 0"),
     "negative epochs": (["epochs=-1"], "config key 'epochs' must be >= 0, got -1"),
-    "unknown optimizer": (["optimizer.name=adamm"], "config key 'optimizer.name' must be one of adam, adamw, sgd"),
-    "unknown loss": (["loss=mse"], "config key 'loss' must be one of cross_entropy, nll; got 'mse'"),
-    "unknown scheduler": (["scheduler.name=linear"], "config key 'scheduler.name' must be one of none, step"),
+    "no training data": (["data.train_size=0"], "config key 'data.train_size' must be > 0 or null (all)"),
+    "unknown optimizer": (["optimizer.name=adamm"], "unknown optimizer 'adamm' (did you mean 'adam'?); choose one"),
+    "unknown loss": (["loss=mae"], "unknown loss 'mae' (did you mean 'mse'?); choose one of cross_entropy, nll, mse"),
+    "unknown scheduler": (["scheduler.name=linear"], "unknown scheduler 'linear'; choose one of none, step, cosine"),
+    "regression loss on class labels": (["loss=mse"], "the loss cannot take model tutorial_cnn's output (10,) with the "
+                                                      "labels (): UserWarning: Using a target size"),
     "fp16 on a CPU": (["mixed_precision=fp16"], "mixed_precision=fp16 needs a GPU; on a CPU use"),
     "resume from nothing": (["resume={tmp}/no-such-checkpoint"], "no-such-checkpoint': no such checkpoint"),
     "resume another model": (["resume={other}"], "is of a different model (layers.9.bias: [12] saved, [10] now)"),
@@ -87,6 +90,7 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--debug", "optimizer.lrr=0.1", f"output_dir={tmp_path}"])
 
 
+@pytest.mark.slow
 def test_validation_set_smaller_than_the_processes(tmp_path):
     out = tmp_path / "out"
     done = launch_two(ROOT / "train" / "main.py", *SMOKE, "data.val_size=1", f"output_dir={out}")

@@ -16,19 +16,23 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import MNIST, PYTHON, ROOT, assert_same_run, latest_step, start_process, wait_for
+
+pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
 
 ARGS = ["epochs=2", "data.train_size=4096", "data.val_size=500", f"data.path={MNIST}", "checkpoint.every_steps=100"]
 VENV = Path(sys.executable).parent.parent
 
 
-def under_a_terminal(cmd, when, columns=100, timeout=300):
+def under_a_terminal(cmd, when, columns=100, timeout=300, cwd=ROOT):
     """Run `cmd` on a pseudo-terminal in a new session; once the screen satisfies `when`, send
     SIGINT to its process group, as a terminal's Ctrl-C does. Returns (exit code, screen)."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = dict(os.environ, PATH=f"{VENV}/bin:{os.environ['PATH']}")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=follower, stdout=follower, stderr=follower, env=env,
+    proc = subprocess.Popen(cmd, cwd=cwd, stdin=follower, stdout=follower, stderr=follower, env=env,
                             start_new_session=True)
     os.close(follower)
     chunks, sent, deadline = [], False, time.monotonic() + timeout

@@ -16,6 +16,8 @@ import torch
 
 from conftest import MNIST, ROOT
 
+pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
+
 MAIN = ROOT / "train" / "main.py"
 SMALL = ["data.train_size=1024", "data.val_size=500", f"data.path={MNIST}"]
 

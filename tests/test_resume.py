@@ -18,6 +18,8 @@ import pytest
 from conftest import (ACCELERATE, MNIST, PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step,
                       start_process, two_rank_env, wait_for)
 
+pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
+
 MAIN = ROOT / "train" / "main.py"
 # 2048 samples of batch 128: 16 batches per epoch on one process, 8 per rank on two
 SMOKE = ["epochs=2", "data.train_size=2048", "data.val_size=1001", f"data.path={MNIST}",

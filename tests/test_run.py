@@ -32,6 +32,7 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_user_script_writes_what_the_script_writes(uninterrupted):
     folder, stdout = uninterrupted[1]
     assert {p.name for p in folder.iterdir()} == {"history.csv", "history.png", "model.safetensors", "checkpoints"}
@@ -44,6 +45,7 @@ def test_a_user_script_writes_what_the_script_writes(uninterrupted):
     assert (two / "checkpoints" / "latest").read_text().strip() == "step-00000064"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sigkill_in_epoch_2_then_rerun_is_exact(tmp_path, uninterrupted, processes):
     steps = 64 // processes  # optimizer steps per epoch
@@ -63,6 +65,7 @@ def test_sigkill_in_epoch_2_then_rerun_is_exact(tmp_path, uninterrupted, process
     assert_same_run(tmp_path, uninterrupted[processes][0], context=f"{where}, resumed from step {killed}")
 
 
+@pytest.mark.slow
 def test_sigusr1_in_a_user_script_saves_and_exits_75(tmp_path, uninterrupted):
     proc = start_process([PYTHON, str(SCRIPT), str(tmp_path), *ARGS], dict(os.environ, PYTHONUNBUFFERED="1"))
     wait_for(lambda: latest_step(tmp_path) >= 70, proc, "a checkpoint in epoch 2")

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, start_process, wait_for
 
+pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
+
 pytest.importorskip("datasets")
 SIDE, TRAIN, VAL = 576, 1500, 250  # 995 KB a decoded image: 1.4 GB of training images, 11 MB of PNG
 

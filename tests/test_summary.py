@@ -41,9 +41,9 @@ def test_parameters_of_non_leaf_modules_are_counted():
 
 def test_fast_cnn_of_the_speed_recipe():
     from train.config import load_config
-    from train.models import build_model
+    from train.build import build_model
 
     cfg = load_config(ROOT / "configs" / "mnist_fast.yaml")
-    model = build_model(cfg.model)
+    model = build_model(cfg, in_channels=1)
     assert sum(p.numel() for p in model.parameters()) == 94_186
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -1,15 +1,31 @@
 """A PyTorch training loop on Hugging Face Accelerate, with three fronts over one loop:
 the script (`accelerate launch train/main.py`), functions (`train_step`, `valid_step`,
-`train_model`) and a Keras-like class (`Model`), all driving one `Run`."""
+`train_model`) and a Keras-like class (`Model`), all driving one `Run`.
 
-from .api import Model
-from .config import Config, load_config
-from .errors import ConfigError, DataError, UserError
-from .functional import train_model, train_step, valid_step
-from .loop import Loop
-from .devices import make_accelerator
-from .options import RunOptions
-from .run import Run
+The names below are imported on first use, so that `import train.<module>` of a light module
+(the supervisor, the plot worker, the config) does not pay for torch.
+"""
+
+import importlib
+
+_NAMES = {
+    "Model": "api", "Run": "run", "RunOptions": "options", "Loop": "loop", "make_accelerator": "devices",
+    "train_step": "functional", "valid_step": "functional", "train_model": "functional",
+    "Config": "config", "load_config": "config", "UserError": "errors", "ConfigError": "errors",
+    "DataError": "errors",
+}
+__all__ = [*_NAMES, "seed_everything"]
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    try:  # train.metrics, train.models, ...: the submodules
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise  # a submodule that exists but cannot import what it needs
+        raise AttributeError(f"module 'train' has no attribute '{name}'") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -18,7 +34,3 @@ def seed_everything(seed: int) -> None:
     from accelerate.utils import set_seed
 
     set_seed(seed)
-
-
-__all__ = ["Model", "Run", "RunOptions", "Loop", "make_accelerator", "train_step", "valid_step", "train_model",
-           "seed_everything", "Config", "load_config", "UserError", "ConfigError", "DataError"]

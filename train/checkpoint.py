@@ -34,7 +34,7 @@ import torch
 from .callbacks import Callback
 from .devices import all_ok
 from .errors import WriteError
-from .files import atomic_write_text
+from .files import atomic_write_text, file_mode
 
 LATEST, BEST = "latest", "best"
 LOOP_FILE, CALLBACKS_FILE, SCHEDULER_FILE, MANIFEST = "loop.json", "callbacks.pt", "scheduler.pt", "manifest.json"
@@ -61,6 +61,12 @@ def file_crc32(path: Path) -> int:
 
 
 def write_manifest(folder: Path) -> None:
+    """`manifest.json`: each file's size and CRC-32. Also gives every file the umask's mode
+    (safetensors writes 0600, which a team sharing the folder cannot read)."""
+    mode = file_mode()
+    for p in folder.rglob("*"):
+        if p.is_file():
+            os.chmod(p, mode)
     files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "crc32": file_crc32(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
@@ -74,10 +80,22 @@ def free_space(folder: Path) -> str:
         return "free space unknown"
 
 
-def _reason(error: Optional[BaseException]) -> str:
+def _reason(error: Optional[BaseException], written: Path) -> str:
+    """Why a save failed, in a few words. torch.save reports a full disk as a RuntimeError about
+    stream positions: when the free space is less than what the save had written, say so."""
+    import re
+
     if error is None:
         return "another process failed"
-    text = getattr(error, "strerror", None) or str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = re.sub(r"^\[[^\]]*\]\s*[.:]?\s*", "", str(error).strip().splitlines()[0] if str(error).strip() else "")
+    try:
+        size = sum(p.stat().st_size for p in written.rglob("*") if p.is_file())
+        if shutil.disk_usage(written.parent).free < max(size, 2**20):
+            return "No space left on device" + (f": {text}" if text else "")
+    except OSError:
+        pass
     return text or type(error).__name__
 
 
@@ -169,9 +187,10 @@ class Checkpoint(Callback):
             except Exception as e:  # torch.save and safetensors report a full disk as RuntimeError
                 error = e
         if not all_ok(acc, error is None):  # every process learns that one of them failed
+            reason = _reason(error, tmp)
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise WriteError(f"could not save checkpoint {name} to {self.root}/ ({_reason(error)}); "
+            raise WriteError(f"could not save checkpoint {name} to {self.root}/ ({reason}); "
                              f"{free_space(self.root)}; make room and run the same command again to resume")
         try:
             if acc.is_main_process:
@@ -189,7 +208,7 @@ class Checkpoint(Callback):
             error = e
             shutil.rmtree(tmp, ignore_errors=True)
         if not all_ok(acc, error is None):  # nobody reads or moves on before the checkpoint is complete
-            raise WriteError(f"could not complete checkpoint {name} in {self.root}/ ({_reason(error)}); "
+            raise WriteError(f"could not complete checkpoint {name} in {self.root}/ ({_reason(error, tmp)}); "
                              f"{free_space(self.root)}; make room and run the same command again to resume")
         self.last_saved = final
         return final

@@ -3,6 +3,8 @@ half-way through the plan."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .errors import UserError
@@ -34,7 +36,9 @@ def model_takes_data(loop, train, name: str) -> None:
         finally:
             model.train(was_training)
         try:
-            loop.loss_func(preds, labels)
+            with warnings.catch_warnings():  # e.g. MSE of (N, 10) against (N,): torch only warns, then broadcasts
+                warnings.simplefilter("error", UserWarning)
+                loop.loss_func(preds, labels)
         except Exception as e:
             raise UserError(f"the loss cannot take model {name}'s output {shape_of(preds)} with the labels "
                             f"{shape_of(labels)}: {type(e).__name__}: {first_line(e)}") from None

@@ -1,7 +1,10 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one.
 
 Written by hand because the standard library has no single call for it: write a temporary file
-in the same folder (same file system, so the rename is atomic), fsync it, then `os.replace`.
+in the same folder (same file system, so the rename is atomic), fsync it, then `os.replace`. The
+file gets the mode a plain `open()` would give it under the process's umask (0644 under 022), so
+that a team sharing an output folder can read it: `mkstemp` makes 0600, and some writers
+(safetensors) recreate the file with 0600 themselves, so the mode is set after writing.
 """
 
 from __future__ import annotations
@@ -12,17 +15,22 @@ from pathlib import Path
 from typing import Callable
 
 
+def file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (0644 under 022)."""
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)` to produce the file, then move it onto `path` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would have
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -60,6 +60,17 @@ class History:
         return pd.DataFrame(self.rows)
 
     def to_csv(self, path: str | Path) -> None:
-        """Write the history as CSV atomically: a reader never sees half a file."""
-        frame = self.frame()
-        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+        """Write the history as CSV atomically: a reader never sees half a file. Written with the
+        csv module (what pandas writes for these rows, without importing pandas: a script run
+        never needs it), floats in their shortest exact form."""
+        import csv
+
+        columns = list(dict.fromkeys(c for row in self.rows for c in row))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, columns, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        atomic_write(path, write)

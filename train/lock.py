@@ -59,7 +59,7 @@ class OutputLock:
     def _open_locked(self) -> int:
         """The lock file, opened and flocked (FolderInUse if a live process here holds it)."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for any file
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -257,6 +257,11 @@ class Loop:
         """Train until epoch `epochs` (the run's total: epochs already in the history, from an
         earlier fit or a checkpoint, count), validating after each; returns the history as a
         pandas DataFrame (the same on every process)."""
+        return self.train(epochs, dl_train, dl_val, callbacks, log_step_freq).frame()
+
+    def train(self, epochs: int, dl_train, dl_val=None, callbacks: Iterable = (),
+              log_step_freq: Optional[int] = None) -> History:
+        """`fit`, returning the `History` itself (no pandas needed)."""
         if self.optimizer is None:
             raise UserError("no optimizer: pass one to compile() / Loop(...) before fit()")
         dl_train, dl_val = self.prepare_loader(dl_train), self.prepare_loader(dl_val)
@@ -279,7 +284,7 @@ class Loop:
             self.history.append(row)
             events.on_epoch_end(epoch, row)
         events.on_train_end()
-        return self.history.frame()
+        return self.history
 
     # -------------------------------------------------------------------- state
     def state_dict(self) -> dict:

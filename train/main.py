@@ -63,7 +63,7 @@ def parse_args(argv):
 
 def run(cfg):
     """Train as `cfg` says (or run the preflight), continuing from a checkpoint when `cfg.resume`
-    finds one; returns the history DataFrame (the same on every process)."""
+    finds one; returns the `History` (the same on every process)."""
     from train.job import build
 
     job, loaders = build(cfg)
@@ -72,7 +72,7 @@ def run(cfg):
             from train.preflight import preflight
 
             return preflight(job, loaders)
-        return job.fit(cfg.epochs, loaders.train, loaders.val)
+        return job.train(cfg.epochs, loaders.train, loaders.val)
     finally:
         job.close()
 
@@ -88,6 +88,9 @@ def report(e: RunError) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from train.plots import start_helper
+
+    start_helper()  # history.png's drawing process imports matplotlib while this one imports torch
     try:
         run(load_config(args.config, args.overrides))
     except RunError as e:
@@ -102,4 +105,18 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as stop:  # preempted (75) or interrupted (130): the run said why
+        code = stop.code if isinstance(stop.code, int) else 1
+    # Everything is written, fsynced and closed, and the helpers have ended: leave without the
+    # interpreter's teardown of torch's modules, which takes about a second here. Not while loader
+    # worker processes live: the teardown is what stops them (else they would hold our stdout open
+    # until they notice they are orphans). A crash does not come here: its traceback is Python's.
+    import multiprocessing
+
+    if multiprocessing.active_children():
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,7 +1,19 @@
-"""`history.png`: one panel per quantity (loss, then each metric), train against validation per epoch."""
+"""`history.png`: one panel per quantity (loss, then each metric), train against validation per epoch.
+
+Drawing happens in a helper process (`python -m train.plots`, started by `start_helper` as early
+as the front can: the script does it before importing torch): it imports matplotlib on another
+core while the run starts and trains, and a drawing never holds up a step.
+The run sends it the history after an epoch (at most every `every_s` seconds) and at the end, then
+waits for the last drawing. Should the helper be unable to start, the run draws in-process. This
+module imports no torch, so the helper starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,19 +22,23 @@ from .files import atomic_write
 from .history import quantities
 
 
-def plot_history(frame, path: str | Path) -> int:
-    """Write the figure to `path` (atomically); returns the number of panels."""
-    import matplotlib
+def plot_history(rows: list[dict], path: str | Path) -> int:
+    """Draw the history `rows` (one dict per epoch) to `path` (atomically); returns the number of
+    panels. Uses matplotlib's object API with the Agg canvas, not pyplot: no figure manager and
+    no display."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display needed; must precede pyplot
-    import matplotlib.pyplot as plt
-
-    names = quantities(frame.columns)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), dpi=100, squeeze=False)
-    for ax, name in zip(axes[0], names):
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    names = quantities(columns)
+    fig = Figure(figsize=(4.5 * len(names), 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    epochs = [row["epoch"] for row in rows]
+    for ax, name in zip(axes, names):
         for column, label, style in ((name, "train", "o-"), (f"val_{name}", "validation", "s--")):
-            if column in frame:
-                ax.plot(frame["epoch"], frame[column], style, label=label)
+            if column in columns:
+                ax.plot(epochs, [row.get(column, float("nan")) for row in rows], style, label=label)
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -30,26 +46,99 @@ def plot_history(frame, path: str | Path) -> int:
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
     return len(names)
 
 
+def serve() -> None:
+    """The helper: one JSON request per line on stdin ({"rows": [...], "path": ...}), drawn in
+    order; ends at {"quit": true} or at end of input. (Not at end of input alone: loader workers
+    forked from the run inherit the pipe and would keep it open.)"""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    warm = Figure(figsize=(2, 2))  # fonts and code paths loaded now, while the run starts
+    FigureCanvasAgg(warm)
+    ax = warm.subplots()
+    ax.plot([1, 2], [1, 2], "o-", label="x")
+    ax.legend()
+    warm.tight_layout()
+    warm.savefig(io.BytesIO(), format="png")
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("quit"):
+            return
+        plot_history(request["rows"], request["path"])
+
+
+_helper = None
+
+
+def start_helper():
+    """Start the drawing helper of this process (once; on the main process only) and return it."""
+    global _helper
+    if _helper is None and os.environ.get("RANK", "0") == "0":
+        try:
+            _helper = subprocess.Popen([sys.executable, "-m", "train.plots"], stdin=subprocess.PIPE, text=True,
+                                       cwd=Path(__file__).resolve().parent.parent)
+        except OSError:  # no helper: the run draws in-process
+            _helper = None
+    return _helper
+
+
+def _stop_helper():
+    global _helper
+    helper, _helper = _helper, None
+    if helper is None:
+        return True
+    try:
+        helper.stdin.write('{"quit": true}\n')
+        helper.stdin.close()
+    except OSError:  # it is gone already
+        pass
+    return helper.wait() == 0
+
+
 class HistoryPlot(Callback):
-    """Redraws `history.png` after an epoch when the last drawing is `every_s` seconds old, and
-    at the end (main process only): a drawing costs ~0.3 s, more than a short epoch."""
+    """Redraws `history.png` after an epoch when the last drawing is `every_s` seconds old, and at
+    the end (main process only)."""
 
     def __init__(self, path: str | Path, every_s: float = 10.0):
         self.path, self.every_s = Path(path), every_s
-        self.drawn_at, self.drawn_epochs = None, 0
+        self.sent_at, self.sent_epochs = None, 0
+        self.helper = None
+
+    def on_train_begin(self):
+        if self.loop.is_main_process:
+            self.helper = start_helper()
 
     def _draw(self):
-        plot_history(self.loop.history.frame(), self.path)
-        self.drawn_at, self.drawn_epochs = time.monotonic(), len(self.loop.history)
+        rows = self.loop.history.rows
+        self.sent_at, self.sent_epochs = time.monotonic(), len(rows)
+        if self.helper is not None and self.helper.poll() is None:
+            try:
+                self.helper.stdin.write(json.dumps({"rows": rows, "path": str(self.path)}) + "\n")
+                self.helper.stdin.flush()
+                return
+            except OSError:
+                pass
+        plot_history(rows, self.path)
 
     def on_epoch_end(self, epoch, row):
-        if self.loop.is_main_process and (self.drawn_at is None or time.monotonic() - self.drawn_at >= self.every_s):
+        if self.loop.is_main_process and (self.sent_at is None or time.monotonic() - self.sent_at >= self.every_s):
             self._draw()
 
     def on_train_end(self):
-        if self.loop.is_main_process and len(self.loop.history) and self.drawn_epochs != len(self.loop.history):
+        if not self.loop.is_main_process:
+            return
+        if len(self.loop.history) and self.sent_epochs != len(self.loop.history):
             self._draw()
+        if self.helper is not None:
+            self.helper = None
+            if not _stop_helper() and len(self.loop.history):  # it failed: draw here
+                plot_history(self.loop.history.rows, self.path)
+
+
+if __name__ == "__main__":
+    serve()

@@ -37,8 +37,10 @@ def resolve(spec: str, builtins: Mapping[str, Any], what: str) -> Any:
     if spec in builtins:
         return builtins[spec]
     if not isinstance(spec, str) or not is_import_path(spec):
-        raise ConfigError(f"unknown {what} '{spec}'{_did_you_mean(str(spec), builtins)}; choose one of "
-                          f"{', '.join(builtins)}, or give an import path such as 'package.module:Name'")
+        close = difflib.get_close_matches(str(spec), list(builtins), n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown {what} '{spec}'{hint}; choose one of {', '.join(builtins)}, or give an import "
+                          f"path such as 'package.module:Name'")
     module_path, sep, attr = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
     if not module_path or not attr:
         raise ConfigError(f"cannot import '{spec}': give it as 'package.module:Name' or 'path/to/file.py:Name'")

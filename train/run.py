@@ -74,6 +74,10 @@ class Run:
     def fit(self, epochs: int, train, val=None, callbacks: Iterable = ()):
         """Train until epoch `epochs` (the run's total: after a resume from epoch 2, `fit(4)`
         trains epochs 3 and 4); returns the history DataFrame, the same on every process."""
+        return self.train(epochs, train, val, callbacks).frame()
+
+    def train(self, epochs: int, train, val=None, callbacks: Iterable = ()):
+        """`fit`, returning the `train.history.History` itself (the script needs no pandas)."""
         o, loop = self.options, self.loop
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise UserError(f"epochs must be an int >= 0; got {epochs!r}")
@@ -86,8 +90,8 @@ class Run:
             train, val = loop.prepare_loader(train), loop.prepare_loader(val)
             self.check_model_takes(train)
             if o.output_dir is None:
-                return loop.fit(epochs, train, val, [*self._watchers(val), *self.callbacks, *callbacks],
-                                o.log_step_freq)
+                return loop.train(epochs, train, val, [*self._watchers(val), *self.callbacks, *callbacks],
+                                  o.log_step_freq)
             self._open(Path(o.output_dir))
             record_start(o.output_dir)
             service = self._service(Path(o.output_dir), val is not None, stop_signals)
@@ -95,7 +99,7 @@ class Run:
             if self.resumed is not None:
                 resuming.apply_callback_states(self.resumed, [*service, *last])
             self._announce(epochs, train)
-            history = loop.fit(epochs, train, val, [*service, *self.callbacks, *callbacks, *last], o.log_step_freq)
+            history = loop.train(epochs, train, val, [*service, *self.callbacks, *callbacks, *last], o.log_step_freq)
             self._write_weights(Path(o.output_dir) / "model.safetensors")
             record_exit(0, "finished", **self._where())
             return history

@@ -32,8 +32,10 @@ IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dty
 
 
 # ---------------------------------------------------------------------------------------- IDX
-def read_idx(path: str | Path, expect_ndim: Optional[int] = None) -> np.ndarray:
-    """Parse one IDX file (optionally gzip-compressed), checking its magic number and size.
+def read_idx(path: str | Path, expect_ndim: Optional[int] = None, records: Optional[int] = None) -> np.ndarray:
+    """Parse one IDX file (optionally gzip-compressed), checking its magic number and size. With
+    `records`, only the first that many are read (a smoke run need not inflate 47 MB); the file's
+    full length is then not checked.
 
     Written by hand: the format is 20 lines, and torchvision's reader needs its own folder layout.
     """
@@ -45,7 +47,15 @@ def read_idx(path: str | Path, expect_ndim: Optional[int] = None) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(4)
+            if len(raw) == 4 and raw[0] == 0 and raw[1] == 0 and raw[2] in IDX_DTYPES:
+                raw += f.read(4 * raw[3])
+                shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(raw[3]))
+                if records is not None and shape and records < shape[0]:
+                    record = int(np.prod(shape[1:])) * np.dtype(IDX_DTYPES[raw[2]]).itemsize
+                    raw += f.read(records * record)
+                else:
+                    raw += f.read()
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut gzip is an EOFError
         raise DataError(f"data file '{path}' is corrupt ({e}); replace it with a good copy") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
@@ -57,6 +67,8 @@ def read_idx(path: str | Path, expect_ndim: Optional[int] = None) -> np.ndarray:
                         f"images and labels may be swapped")
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if records is not None and shape and records < shape[0]:
+        shape = (records, *shape[1:])
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
         raise DataError(f"data file '{path}' is truncated or padded: {len(raw)} bytes, expected "
@@ -122,10 +134,11 @@ def _as_nchw(images: np.ndarray) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------- sources
-def load_mnist(folder: str | Path, split: str) -> ArrayData:
+def load_mnist(folder: str | Path, split: str, records: Optional[int] = None) -> ArrayData:
+    """MNIST's `train` or `test` split from its IDX files (the first `records` only, if given)."""
     images_file, labels_file = MNIST_FILES["train" if split == "train" else "test"]
-    images = read_idx(Path(folder) / images_file, expect_ndim=3)
-    labels = read_idx(Path(folder) / labels_file, expect_ndim=1)
+    images = read_idx(Path(folder) / images_file, expect_ndim=3, records=records)
+    labels = read_idx(Path(folder) / labels_file, expect_ndim=1, records=records)
     if len(images) != len(labels):
         raise DataError(f"MNIST {split}: {len(images)} images but {len(labels)} labels in '{folder}'")
     return ArrayData(_as_nchw(images), torch.from_numpy(labels.astype(np.int64)))
@@ -267,7 +280,8 @@ def load_splits(cfg):
         train, val = load_python(cfg)
         val = val if want_val else None
     else:
-        load = {"mnist": lambda split: load_mnist(cfg.path, split), "torchvision": lambda split: load_torchvision(cfg, split),
+        sizes = {"train": cfg.train_size, "val": cfg.val_size}
+        load = {"mnist": lambda split: load_mnist(cfg.path, split, sizes[split]), "torchvision": lambda split: load_torchvision(cfg, split),
                 "hf": lambda split: load_hf(cfg, split)}.get(cfg.source)
         if load is None:
             raise ConfigError(f"data.source must be one of mnist, torchvision, hf, python; got {cfg.source!r}")

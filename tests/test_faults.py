@@ -1,0 +1,235 @@
+"""Faults survived without a human, with real processes: a crashed rank and a stalled rank are
+restarted by the supervisor from the latest checkpoint (one node, and two "nodes" over loopback);
+a damaged newest checkpoint is skipped; a crafted one is refused before anything of it is loaded;
+a full disk during a save keeps the previous checkpoint; a second run in a live run's folder
+refuses. Kill points are seeded and printed in failure messages."""
+
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (MNIST, PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, rank_processes,
+                      start_process, wait_for)
+
+pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
+
+MAIN = ROOT / "train" / "main.py"
+SMOKE = ["epochs=2", "data.train_size=2048", "data.val_size=1001", f"data.path={MNIST}",
+         "checkpoint.every_steps=3", "progress=false"]
+
+
+def cpu2(out, *extra, timeout=600):
+    """launch/cpu2.sh (two gloo ranks under the supervisor), output merged."""
+    return start_process([str(ROOT / "launch" / "cpu2.sh"), *SMOKE, f"output_dir={out}", *extra],
+                         dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+
+
+def ranks(proc) -> list[int]:
+    """The training processes below a wrapper (the supervisor, the launcher, the ranks), by rank."""
+    return rank_processes(proc.pid)
+
+
+@pytest.fixture(scope="module")
+def reference_two(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted-two")
+    proc = cpu2(out)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    return out
+
+
+def test_a_killed_rank_is_restarted_and_the_run_ends_exactly(tmp_path, reference_two):
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    target, victim = rng.randint(9, 13), rng.randint(0, 1)  # a step of epoch 2 (8 steps an epoch per rank)
+    where = f"(SIGKILL to rank {victim} after step {target}; random seed {seed})"
+    proc = cpu2(tmp_path)
+    wait_for(lambda: latest_step(tmp_path) >= target and len(ranks(proc)) == 2, proc, f"step {target} {where}")
+    os.kill(ranks(proc)[victim], signal.SIGKILL)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"{where}\n{log}"
+    restart = re.search(r"supervisor: rank (\d) exited \(SIGKILL\) at epoch 2 batch \d+; restarting from "
+                        r"step-\d{8} \(restart 1 of 3\)", log)
+    assert restart and int(restart.group(1)) == victim, f"{where}\n{log}"
+    assert "Traceback" not in log, log
+    assert_same_run(tmp_path, reference_two, context=where)
+
+
+def test_a_stalled_rank_ends_the_job_within_the_timeout_and_it_recovers(tmp_path, reference_two):
+    timeout = 5
+    proc = cpu2(tmp_path, f"collective_timeout_s={timeout}")
+    wait_for(lambda: latest_step(tmp_path) >= 9 and len(ranks(proc)) == 2, proc, "step 9")
+    stopped = ranks(proc)[1]
+    os.kill(stopped, signal.SIGSTOP)  # a hung GPU, a stuck NFS read, a deadlock
+    started, lines = time.monotonic(), []
+    for line in proc.stdout:
+        lines.append(line)
+        if "supervisor: " in line and "restarting" in line:
+            break
+    waited = time.monotonic() - started
+    rest, _ = proc.communicate(timeout=600)
+    log = "".join(lines) + rest
+    assert waited < timeout + 30, f"{waited:.0f} s before the restart\n{log}"
+    assert proc.returncode == 0, log
+    assert "lost contact with another process (Timed out" in log and "rank 1 stalled" in log, log
+    assert_same_run(tmp_path, reference_two)
+
+
+def test_two_nodes_over_loopback_restart_together(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MAIN_PORT="29531")
+
+    def nodes(out):
+        return [start_process([str(ROOT / "launch" / "multinode.sh"), str(rank), "2", "127.0.0.1", *SMOKE,
+                               f"output_dir={out}"], env) for rank in (0, 1)]
+
+    reference = nodes(tmp_path / "reference")
+    logs = [p.communicate(timeout=600)[0] for p in reference]
+    assert [p.returncode for p in reference] == [0, 0], logs
+    seed = random.randrange(10**6)
+    target = random.Random(seed).randint(9, 13)
+    out = tmp_path / "out"
+    procs = nodes(out)
+    wait_for(lambda: latest_step(out) >= target and ranks(procs[1]), procs[0], f"step {target} (seed {seed})")
+    os.kill(ranks(procs[1])[0], signal.SIGKILL)  # the rank of node 1
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert all("(restart 1 of 3)" in log for log in logs), logs
+    assert_same_run(out, tmp_path / "reference", context=f"(kill after step {target}; seed {seed})")
+
+
+def killed_midway(out, target, *extra):
+    proc = start_process([PYTHON, str(MAIN), *SMOKE, f"output_dir={out}", "checkpoint.keep_last=3", *extra],
+                         dict(os.environ, PYTHONUNBUFFERED="1"))
+    wait_for(lambda: latest_step(out) >= target, proc, f"a checkpoint at step {target}")
+    kill_group(proc)
+    return latest_step(out)
+
+
+def run_main(out, *extra):
+    return subprocess.run([PYTHON, str(MAIN), *SMOKE, f"output_dir={out}", "checkpoint.keep_last=3", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reference_one(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted-one")
+    done = run_main(out)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_with_one_line(tmp_path, reference_one):
+    step = killed_midway(tmp_path, 20)
+    checkpoints = tmp_path / "checkpoints"
+    newest, previous = f"step-{step:08d}", sorted(p.name for p in checkpoints.glob("step-*"))[-2]
+    weights = checkpoints / newest / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:100])  # what a broken disk leaves
+    refused = run_main(tmp_path, f"resume={checkpoints / newest}")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: checkpoint {checkpoints / newest} is damaged (model.safetensors: 100 bytes, expected {size}); "
+        f"give another checkpoint, or resume=auto"], refused.stderr
+    again = run_main(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"checkpoint {newest} is damaged (model.safetensors: 100 bytes, expected {size}); resuming from " \
+           f"{previous}" in again.stdout
+    assert_same_run(tmp_path, reference_one)
+
+
+class Marker:
+    """Unpickled, it would create a file: what a crafted checkpoint does to whoever loads it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_checkpoint_is_refused_before_any_of_it_runs(tmp_path, reference_one):
+    import torch
+
+    step = killed_midway(tmp_path, 9)
+    folder = tmp_path / "checkpoints" / f"step-{step:08d}"
+    marker = tmp_path / "pwned"
+    for name in ("scheduler.pt", "random_states_0.pkl", "optimizer.bin", "callbacks.pt", "custom_checkpoint_0.pkl"):
+        torch.save({"state": Marker(str(marker))}, folder / name)
+    # the attacker could rewrite the manifest too: sizes and checksums then match
+    from train.checkpoint import write_manifest
+
+    write_manifest(folder)
+    refused = run_main(tmp_path)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert re.fullmatch(r"error: checkpoint file .*/callbacks\.pt would run code when loaded \(it imports "
+                        r"io\.open(, \S+)*\); refusing it: resume from a checkpoint you trust", lines[0]), lines
+    assert not marker.exists()
+    # without a rewritten manifest the files are merely damaged: resume=auto takes an older checkpoint
+    (folder / "manifest.json").write_text(json.dumps({"files": {"optimizer.bin": {"size": 1, "crc32": 0}}}))
+    again = run_main(tmp_path)
+    assert again.returncode == 0 and "is damaged" in again.stdout, again.stderr
+    assert not marker.exists()
+    assert_same_run(tmp_path, reference_one)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, hashlib.md5(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_run_in_a_live_runs_folder_refuses_and_a_dead_ones_lock_does_not(tmp_path, reference_one):
+    first = start_process([PYTHON, str(MAIN), *SMOKE, f"output_dir={tmp_path}", "checkpoint.keep_last=3"],
+                          dict(os.environ, PYTHONUNBUFFERED="1"))
+    wait_for(lambda: latest_step(tmp_path) >= 6, first, "the first run's checkpoints")
+    os.kill(first.pid, signal.SIGSTOP)  # alive but still: its folder holds still while we look
+    before = snapshot(tmp_path)
+    second = run_main(tmp_path)
+    assert second.returncode == 2, second.stdout + second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        rf"error: output_dir {tmp_path} is in use by pid {first.pid} on \S+ since [\d:\- ]+; wait for it to end, "
+        r"or pick another output_dir", lines[0]), lines
+    assert snapshot(tmp_path) == before, "the refused run changed the folder"
+    kill_group(first)  # a SIGKILLed holder: its lock must not block the rerun
+    again = run_main(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in flat(again.stdout)
+    assert_same_run(tmp_path, reference_one)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.8 MB file system (a tmpfs, root only): room for two checkpoints of the tutorial CNN."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1800k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(small_disk, reference_one):
+    out = small_disk / "out"
+    full = run_main(out)
+    lines = full.stderr.strip().splitlines()
+    assert full.returncode == 74 and len(lines) == 1, full.stdout + full.stderr
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    assert re.fullmatch(rf"error: could not save checkpoint step-\d{{8}} to {out}/checkpoints/ \(No space left on "
+                        rf"device[^;]*\); [\d.]+ MB free; make room and run the same command again to resume; the last "
+                        rf"good checkpoint is {out}/checkpoints/{latest} \(latest\)", lines[0]), lines
+    assert not list((out / "checkpoints").glob(".tmp-*")), "the partial save was left behind"
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    again = run_main(out)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {out}/checkpoints/{latest}" in flat(again.stdout)
+    assert_same_run(out, reference_one)

@@ -1,0 +1,98 @@
+"""What a new user meets first: lines that fit a 100-column terminal, a progress bar that resumes
+where the run was, files the team can read, a plot with a panel per quantity, one line for a bad
+value."""
+
+import io
+import os
+import re
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import MNIST, ROOT
+
+MAIN = ROOT / "train" / "main.py"
+SMALL = ["data.train_size=1024", "data.val_size=256", f"data.path={MNIST}"]
+
+
+@pytest.mark.slow
+def test_every_line_of_a_run_fits_100_columns(tmp_path):
+    from test_interrupts import under_a_terminal
+
+    out = "runs/a-rather-long-name-for-an-output-folder"  # in the folder the user works in
+    args = [sys.executable, str(MAIN), *SMALL, "epochs=3", "checkpoint.every_steps=3", f"output_dir={out}",
+            "early_stopping.monitor=lr", "early_stopping.mode=max", "early_stopping.patience=1",
+            "scheduler.name=none", "nonfinite=skip"]
+    screens = []
+    for _ in range(2):  # the second run resumes (and says so in the plan)
+        code, screen = under_a_terminal(args, lambda screen: False, columns=100, cwd=tmp_path)
+        assert code == 0, screen
+        screens.append(screen)
+    assert "resuming from" in screens[1] and "early stopping after epoch 2" in screens[0]
+    for screen in screens:
+        for line in screen.replace("\r\n", "\n").split("\n"):
+            for part in line.split("\r"):  # redraws of the progress bar aside
+                if part.startswith("epoch ") and "%|" in part:
+                    continue
+                assert len(part.rstrip()) <= 100, f"{len(part.rstrip())} columns: {part!r}"
+
+
+def test_the_plan_says_the_processes_in_words(tmp_path):
+    done = subprocess.run([sys.executable, str(MAIN), *SMALL, "epochs=1", f"output_dir={tmp_path}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first == "plan: tutorial_cnn on 1 process on the CPU, fp32", first
+    assert "(NO)" not in done.stdout
+
+
+def test_files_are_readable_by_the_team_under_umask_022(tmp_path):
+    done = subprocess.run([sys.executable, str(MAIN), *SMALL, "epochs=1", "checkpoint.every_steps=3",
+                           f"output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: os.umask(0o022))
+    assert done.returncode == 0, done.stderr
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
+    assert "model.safetensors" in modes and "checkpoints/latest" in modes
+    wrong = {name: oct(mode) for name, mode in modes.items()
+             if mode != (0o755 if (tmp_path / name).is_dir() else 0o644)}
+    assert not wrong, wrong
+
+
+def test_the_progress_bar_starts_at_the_resumed_batch(tmp_path):
+    from test_checkpoint import build, loader
+
+    from train import resume
+    from train.checkpoint import Checkpoint
+    from train.progress import ProgressBar
+
+    build().fit(2, loader(), callbacks=[Checkpoint(tmp_path, every_steps=3, keep_last=10)])
+    loop = build()
+    resume.load(loop, tmp_path / "step-00000012")  # batch 4 of 8 in epoch 2
+    stream = io.StringIO()
+    bar = ProgressBar(stream)
+    first_draw = []
+    original = bar.on_epoch_begin
+
+    def on_epoch_begin(epoch):
+        original(epoch)
+        first_draw.append(stream.getvalue().split("\r")[-1])
+
+    bar.on_epoch_begin = on_epoch_begin
+    loop.fit(2, loader(), callbacks=[bar])
+    assert re.search(r"epoch 2/2: +50%\|.*\| 4/8 ", first_draw[0]), first_draw
+
+
+def test_the_plot_has_a_panel_per_quantity_with_nonfinite_skip(tmp_path):
+    from train.history import quantities
+    from train.plots import plot_history
+
+    columns = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "skipped_steps", "epoch_s",
+               "data_s", "compute_s", "samples_per_s", "flops_per_s"]
+    assert quantities(columns) == ["loss", "accuracy"]
+    rows = [dict(zip(columns, [e, 1.0 / e, 0.5, 1.1, 0.4, 0.01, 0, 1.0, 0.1, 0.9, 100.0, 1e9])) for e in (1, 2)]
+    assert plot_history(rows, tmp_path / "history.png") == 2
+    head = (tmp_path / "history.png").read_bytes()[:24]
+    assert int.from_bytes(head[16:20], "big") == 2 * 450  # two panels of 4.5 inches at 100 dpi
