@@ -41,7 +41,7 @@ def run_one(script, *args, timeout=300, **env) -> subprocess.CompletedProcess:
 @pytest.fixture
 def small_cfg(tmp_path):
     """A smoke-sized MNIST config: 2048 training and 1001 validation samples."""
-    from train.config import load_config
+    from train.configfile import load_config
 
     return load_config(ROOT / "configs" / "mnist.yaml",
                        ["epochs=2", "data.train_size=2048", "data.val_size=1001", f"data.path={MNIST}",

@@ -24,7 +24,7 @@ def evaluate_alone(config_args, out):
     from safetensors.torch import load_file
 
     from train.build import build_loss, build_metrics, build_model
-    from train.config import load_config
+    from train.configfile import load_config
     from train.data import make_loaders
     from train.loop import Loop
 

@@ -41,7 +41,7 @@ def test_two_nodes_over_loopback_form_one_job(tmp_path):
 
     # the job's validation numbers equal one process evaluating the same weights
     from train.build import build_metrics, build_model
-    from train.config import load_config
+    from train.configfile import load_config
     from train.data import make_loaders
     from train.loop import Loop
 
@@ -77,6 +77,19 @@ def sbatch(env, out: Path, *args, wait=True) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def preempt_after_first_checkpoint(slurm, job, out: Path) -> str:
+    """Wait for `job`'s first checkpoint in `out`, then do what a scheduler does before preempting:
+    USR1 to the batch shell and every process of the job. Returns the job id."""
+    job_id = job.stdout.readline().strip()
+    latest = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not latest.exists():
+        assert job.poll() is None and time.monotonic() < deadline, "the job ended before its first checkpoint"
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm, check=True)
+    return job_id
+
+
 def job_log(out: Path) -> str:
     return "\n".join(p.read_text() for p in sorted(out.glob("train-*.out")))
 
@@ -102,14 +115,7 @@ def test_sbatch_smoke_job(uninterrupted):
 
 def test_sbatch_preemption_requeues_resumes_and_matches(slurm, uninterrupted, tmp_path):
     job = sbatch(slurm, tmp_path)
-    job_id = job.stdout.readline().strip()
-    latest = tmp_path / "checkpoints" / "latest"
-    deadline = time.monotonic() + 300
-    while not latest.exists():
-        assert job.poll() is None and time.monotonic() < deadline, "the job ended before its first checkpoint"
-        time.sleep(0.05)
-    # what a scheduler does before preempting: USR1 to the batch shell and every process of the job
-    subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm, check=True)
+    job_id = preempt_after_first_checkpoint(slurm, job, tmp_path)
     _, stderr = job.communicate(timeout=600)  # --wait waits across the requeue
     log = job_log(tmp_path)
     assert job.returncode == 0, stderr + log
@@ -151,13 +157,7 @@ def test_a_user_script_preempted_on_slurm_is_requeued_and_resumes_exactly(slurm,
     job = subprocess.Popen(["sbatch", "--parsable", "--wait", "--gpus-per-node=0", f"--output={tmp_path}/%x-%j.out",
                             "slurm/train.sh", USER_SCRIPT[0], str(out), *USER_SCRIPT[1:]],
                            cwd=ROOT, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    job_id = job.stdout.readline().strip()
-    latest = out / "checkpoints" / "latest"
-    deadline = time.monotonic() + 300
-    while not latest.exists():
-        assert job.poll() is None and time.monotonic() < deadline, "the job ended before its first checkpoint"
-        time.sleep(0.05)
-    subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm, check=True)
+    job_id = preempt_after_first_checkpoint(slurm, job, out)
     _, stderr = job.communicate(timeout=600)
     log = "\n".join(p.read_text() for p in sorted(tmp_path.glob("train-*.out")))
     assert job.returncode == 0, stderr + log

@@ -1,6 +1,6 @@
 import pytest
 
-from train.config import load_config
+from train.configfile import load_config
 from train.configfile import describe_keys
 from train.errors import ConfigError
 

@@ -40,7 +40,7 @@ def test_parameters_of_non_leaf_modules_are_counted():
 
 
 def test_fast_cnn_of_the_speed_recipe():
-    from train.config import load_config
+    from train.configfile import load_config
     from train.build import build_model
 
     cfg = load_config(ROOT / "configs" / "mnist_fast.yaml")

@@ -11,7 +11,7 @@ import importlib
 _NAMES = {
     "Model": "api", "Run": "run", "RunOptions": "options", "Loop": "loop", "make_accelerator": "devices",
     "train_step": "functional", "valid_step": "functional", "train_model": "functional",
-    "Config": "config", "load_config": "config", "UserError": "errors", "ConfigError": "errors",
+    "Config": "config", "load_config": "configfile", "UserError": "errors", "ConfigError": "errors",
     "DataError": "errors",
 }
 __all__ = [*_NAMES, "seed_everything"]

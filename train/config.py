@@ -2,7 +2,8 @@
 
 Everything a run needs is one `Config` (dataclasses, so the keys are typed and listed in one
 place, each with a line of help that `--help` prints). Reading YAML, applying `key=value`
-overrides and checking values is `train.configfile`'s job. This module knows nothing of torch.
+overrides and checking values is `train.configfile`'s job (`load_config`). This module knows
+nothing of torch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .options import MODES, NONFINITE, PRECISIONS
+from .options import MODES, NONFINITE, PRECISIONS, SCHEDULER_INTERVALS
 
 
 def key(default: Any = None, help: str = "", choices: tuple = ()):
@@ -66,7 +67,7 @@ class OptimizerConfig:
 @dataclass
 class SchedulerConfig:
     name: str = key("none", f"none, step, cosine, onecycle, {IMPORT} (an LRScheduler class)")
-    interval: str = key("epoch", "step the schedule once per epoch or once per optimizer step", ("epoch", "step"))
+    interval: str = key("epoch", "step the schedule once per epoch or once per optimizer step", SCHEDULER_INTERVALS)
     step_size: int = key(1, "step: decay every step_size intervals")
     gamma: float = key(0.1, "step: the decay factor")
     args: dict = key({}, "more keyword arguments of the schedule")
@@ -140,13 +141,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def load_config(path=None, overrides=()) -> Config:
-    """Read the YAML file at `path` (or the defaults), apply `key=value` overrides, validate."""
-    from .configfile import load
-
-    return load(path, overrides)
 
 
 def save_config(cfg: Config, path) -> None:

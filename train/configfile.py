@@ -1,6 +1,6 @@
 """Config files: YAML + `key=value` overrides -> a checked `Config`, and the `--help` listing.
 
-`load(path, overrides)` reads a YAML file, applies dotted overrides such as `optimizer.lr=0.02`
+`load_config(path, overrides)` reads a YAML file, applies dotted overrides such as `optimizer.lr=0.02`
 or `model_args.hidden=64`, checks names, types and ranges, and raises `ConfigError` with one line
 that says what to change. Names of models, losses, metrics, optimizers, schedules and data
 factories are checked where they are resolved (`train.registry`), with a did-you-mean.
@@ -143,7 +143,8 @@ def build_config(values: dict) -> Config:
     return cfg
 
 
-def load(path=None, overrides=()) -> Config:
+def load_config(path=None, overrides=()) -> Config:
+    """Read the YAML file at `path` (or the defaults), apply `key=value` overrides, validate."""
     known = all_keys()
     values = _flatten(_read_yaml(Path(path)), known) if path else {}
     values.update(parse_override(o) for o in overrides)

@@ -128,3 +128,14 @@ def from_main(accelerator: Accelerator, fn):
         error.same_on_every_process = True
         raise error
     return result
+
+
+def to_device(item, device):
+    """A tensor, or a tuple/list/dict of them, on `device` (other values as they are)."""
+    if torch.is_tensor(item):
+        return item.to(device, non_blocking=True)
+    if isinstance(item, dict):
+        return {k: to_device(v, device) for k, v in item.items()}
+    if isinstance(item, (tuple, list)):
+        return type(item)(to_device(v, device) for v in item)
+    return item

@@ -20,16 +20,14 @@ from accelerate import Accelerator
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
 from .callbacks import CallbackList
-from .devices import make_accelerator, shutdown
+from .devices import make_accelerator, shutdown, to_device
 from .errors import Interrupted, Preempted, UserError, check_choice
 from .history import History, make_row
 from .metrics import EpochSums
+from .options import NONFINITE, SCHEDULER_INTERVALS
 from .rng import restore_rng
 from .status import StatusCheck
 from .timing import EpochTimer, count_flops
-
-NONFINITE = ("stop", "skip")
-SCHEDULER_INTERVALS = ("epoch", "step")
 
 
 def call_model(model, features):
@@ -116,7 +114,8 @@ class Loop:
         return self._loaders[id(dl)][1]
 
     def to_device(self, *items):
-        return tuple(_to(t, self.device) for t in items)
+        """Tensors (or tuples/dicts of them) moved to this loop's device."""
+        return tuple(to_device(t, self.device) for t in items)
 
     def layout(self, features):
         """4-d batches in NHWC order when the model is (channels_last)."""
@@ -314,12 +313,3 @@ class Loop:
         self._loaders.clear()
         shutdown(self.accelerator)
 
-
-def _to(item, device):
-    if torch.is_tensor(item):
-        return item.to(device, non_blocking=True)
-    if isinstance(item, dict):
-        return {k: _to(v, device) for k, v in item.items()}
-    if isinstance(item, (tuple, list)):
-        return type(item)(_to(v, device) for v in item)
-    return item

@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the package, not train/*.py as top-level modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from train.config import load_config  # noqa: E402
+from train.configfile import load_config  # noqa: E402
 from train.errors import RunError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,6 +16,7 @@ from .errors import UserError, check_choice
 
 PRECISIONS = ("no", "bf16", "fp16")
 NONFINITE = ("stop", "skip")
+SCHEDULER_INTERVALS = ("epoch", "step")
 MODES = ("min", "max")
 TRACKERS = ("wandb", "tensorboard")
 

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    from .config import load_config
+    from .configfile import load_config
     from .errors import UserError
     from .job import resolve_paths
 
