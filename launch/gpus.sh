@@ -2,7 +2,7 @@
 # Every GPU of this node, one process each. Arguments: [script.py] then overrides.
 set -euo pipefail
 here=$(dirname "$0")
-gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l || true)  # no nvidia-smi at all: 0 GPUs
 if (( gpus == 0 )); then echo "launch/gpus.sh: no GPU found (nvidia-smi -L); use launch/one.sh or launch/cpu2.sh" >&2; exit 2; fi
 if (( gpus == 1 )); then exec "$here/gpu1.sh" "$@"; fi
 source "$here/common.sh"

@@ -39,9 +39,10 @@ else
 fi
 nodes=${SLURM_NNODES:-1}
 # rank 0's host is the first of the allocation; the port comes from the job id, so that two jobs
-# sharing a node do not collide
+# sharing a node do not collide. Each job owns MAX_RESTARTS + 1 ports: a restart after a crash uses
+# the next one (launch/multinode.sh), and consecutive job ids (array tasks) do not overlap.
 main_addr=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-port=$(( 20000 + SLURM_JOB_ID % 20000 ))
+port=$(( 20000 + (SLURM_JOB_ID % 4000) * (${MAX_RESTARTS:-3} + 1) ))
 restarts=${SLURM_RESTART_COUNT:-0}
 echo "slurm/train.sh: job $SLURM_JOB_ID${SLURM_ARRAY_TASK_ID:+ (array task $SLURM_ARRAY_TASK_ID)}, $nodes node(s)," \
      "main $main_addr:$port, SLURM_RESTART_COUNT=$restarts$( ((restarts > 0)) && echo ': resuming from the latest checkpoint')"
@@ -59,16 +60,17 @@ trap forward_usr1 USR1
 # One `accelerate launch` per node (launch/multinode.sh), under the supervisor, which restarts the
 # node's processes after a crash without giving up the allocation. The node rank must be read on each
 # node: \$SLURM_NODEID is escaped so that the task's shell expands it, not this one (else every node
-# is rank 0). The supervisor ignores nothing but passes USR1 on; the launcher ignores USR1 (trap ''
-# here, and the supervisor again for its child); the training processes install their own handler.
+# is rank 0). USR1 is ignored from here down (trap ''), so that no launcher dies of it; the
+# supervisor and the training processes install their own handlers, and the supervisor passes it on.
 srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \
     "trap '' USR1; RDZV_BACKEND=c10d MAIN_PORT=$port exec launch/multinode.sh \$SLURM_NODEID $nodes $main_addr \
      \"\$@\"" srun-task "$@" &
 step=$!
 status=0
 wait "$step" || status=$?
-# a trapped signal ends `wait` early: wait again until the training processes have saved and exited
-while kill -0 "$step" 2>/dev/null; do wait "$step" || status=$?; done
+# a trapped signal ends `wait` early (status 138): wait again until the training processes have
+# saved and exited, and keep the status of that last wait
+while kill -0 "$step" 2>/dev/null; do status=0; wait "$step" || status=$?; done
 if (( preempted && status != 0 )); then
     echo "slurm/train.sh: checkpoint saved; requeueing job $SLURM_JOB_ID (it resumes where it stopped)"
     scontrol requeue "$SLURM_JOB_ID"

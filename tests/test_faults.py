@@ -233,3 +233,29 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(small_disk, ref
     assert again.returncode == 0, again.stderr
     assert f"resuming from {out}/checkpoints/{latest}" in flat(again.stdout)
     assert_same_run(out, reference_one)
+
+
+def test_a_stop_signal_during_start_up_is_not_lost(tmp_path):
+    """USR1 reaches the supervisor while the training process is still importing (it ignores USR1
+    until its handler is in place): the supervisor passes it on once the process listens."""
+    proc = start_process([str(ROOT / "launch" / "one.sh"), *SMOKE, f"output_dir={tmp_path}"],
+                         dict(os.environ, PYTHONUNBUFFERED="1"))
+    time.sleep(1.0)  # python and torch are still loading
+    os.kill(proc.pid, signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 75, out
+    assert "preempted: stopped by SIGUSR1 at epoch 1 batch 1;" in flat(out)
+    assert latest_step(tmp_path) == 1
+
+
+def test_a_killed_supervisor_leaves_no_training_behind(tmp_path):
+    proc = cpu2(tmp_path, "epochs=20")
+    wait_for(lambda: latest_step(tmp_path) >= 3 and len(ranks(proc)) == 2, proc, "training to start")
+    left = ranks(proc)
+    os.kill(proc.pid, signal.SIGKILL)  # the supervisor itself: its launcher gets SIGTERM from the kernel
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in left) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in left), "training processes left running"
+    assert latest_step(tmp_path) > 3  # they saved on their way out (SIGTERM: preempted)

@@ -117,3 +117,58 @@ def test_a_pickle_that_would_run_code_is_refused_before_it_is_loaded(tmp_path):
     (tmp_path / "evil.pt").write_bytes(b"not a torch file")
     with pytest.raises(UserError, match="evil.pt is not a file torch.save wrote"):
         refuse_unsafe(tmp_path)
+
+
+def test_an_unexpected_error_on_the_main_process_reaches_every_process():
+    from train.devices import from_main, make_accelerator
+    from train.errors import RunError
+
+    with pytest.raises(RunError, match="ZeroDivisionError: division by zero") as caught:
+        from_main(make_accelerator(), lambda: 1 / 0)
+    assert caught.value.same_on_every_process
+
+
+def test_saving_the_same_step_again_keeps_latest_valid(tmp_path):
+    from test_checkpoint import build, loader
+
+    from train.checkpoint import Checkpoint
+
+    loop = build()
+    ck = Checkpoint(tmp_path)
+    loop.fit(1, loader(), callbacks=[ck])  # step-00000008 at the epoch's end
+    first = (tmp_path / "step-00000008" / "manifest.json").read_text()
+    ck.save()  # the same step again, as a resumed epoch that ended where it had been saved
+    assert (tmp_path / "latest").read_text().strip() == "step-00000008"
+    assert (tmp_path / "step-00000008" / "manifest.json").is_file()
+    assert not list(tmp_path.glob(".old-*")) and not list(tmp_path.glob(".tmp-*"))
+    assert first  # the folder was replaced whole, never missing
+
+
+class Counter:
+    """A user's own stateful callback: its state travels in checkpoints."""
+
+    state_key = "counter"
+
+    def __init__(self):
+        self.epochs = 0
+        self.loop = None
+
+    def on_epoch_end(self, epoch, row):
+        self.epochs += 1
+
+    def state_dict(self):
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state):
+        self.epochs = state["epochs"]
+
+
+def test_a_users_stateful_callback_is_restored_on_resume(tmp_path):
+    from test_run import blobs, small_model
+
+    first = Counter()
+    small_model().fit(2, blobs(), callbacks=[first], output_dir=str(tmp_path), progress=False)
+    assert first.epochs == 2
+    again = Counter()
+    small_model().fit(3, blobs(), callbacks=[again], output_dir=str(tmp_path), progress=False)
+    assert again.epochs == 3  # 2 restored from the checkpoint, 1 trained now

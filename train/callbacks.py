@@ -122,14 +122,16 @@ class StepLog(Callback):
 
 
 class HistoryCSV(Callback):
-    """Rewrites `<dir>/history.csv` after each epoch (atomically; main process only)."""
+    """Rewrites `<dir>/history.csv` after each epoch (atomically, by the main process; every
+    process learns whether it could, so that a full disk ends them all with `WriteError`)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def on_epoch_end(self, epoch, row):
-        if self.loop.is_main_process:
-            self.loop.history.to_csv(self.path)
+        from .devices import write_on_main
+
+        write_on_main(self.loop.accelerator, lambda: self.loop.history.to_csv(self.path), self.path)
 
 
 
@@ -228,6 +230,19 @@ class StopSignals(Callback):
         self.previous = {}
         self.interrupts = 0
 
+    def install(self, loop) -> None:
+        """Catch the signals now, for `loop` (the run calls this before anything slow, so that a
+        signal during start-up is not lost: the loop acts on it at its first optimizer step)."""
+        import signal
+        import threading
+
+        self.loop = loop
+        if self.previous or threading.current_thread() is not threading.main_thread():
+            return  # installed already; or not the main thread (Python runs handlers in it only)
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self.previous[sig] = signal.signal(sig, self._handler)
+
     def _handler(self, signum, frame):
         import os
         import signal
@@ -241,14 +256,7 @@ class StopSignals(Callback):
         self.loop.request_stop(signum)
 
     def on_train_begin(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return  # Python runs handlers in the main thread only
-        for name in self.SIGNALS:
-            sig = getattr(signal, name)
-            self.previous[sig] = signal.signal(sig, self._handler)
+        self.install(self.loop)
 
     def on_interrupt(self, epoch, batch):
         if self.loop.status.stop_signal == "SIGINT" and self.loop.is_main_process:

@@ -107,6 +107,19 @@ def _fsync_tree(folder: Path) -> None:
     _fsync_dir(folder)
 
 
+def _fsync_own_files(folder: Path, index: int) -> None:
+    """fsync the files process `index` writes into a checkpoint (its RNG states, its epoch sums,
+    its shards: `random_states_1.pkl`, `rank-1.pt`, `__1_0.distcp`); the main process fsyncs the
+    whole folder before it renames it."""
+    import re
+
+    own = re.compile(rf"(_{index}\.|-{index}\.|__{index}_)")
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and own.search(p.name):
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -141,7 +154,7 @@ class Checkpoint(Callback):
     # events
     def on_train_begin(self):
         if self.loop.is_main_process and self.root.is_dir():
-            for stale in self.root.glob(".tmp-*"):  # left by a process killed while saving
+            for stale in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:  # a process killed while saving
                 shutil.rmtree(stale, ignore_errors=True)
         self.loop.accelerator.wait_for_everyone()
 
@@ -184,6 +197,8 @@ class Checkpoint(Callback):
         if all_ok(acc, error is None):
             try:
                 self._write(tmp, state)
+                if not acc.is_main_process:  # on a shared file system, through this node's client
+                    _fsync_own_files(tmp, acc.process_index)
             except Exception as e:  # torch.save and safetensors report a full disk as RuntimeError
                 error = e
         if not all_ok(acc, error is None):  # every process learns that one of them failed
@@ -194,16 +209,7 @@ class Checkpoint(Callback):
                              f"{free_space(self.root)}; make room and run the same command again to resume")
         try:
             if acc.is_main_process:
-                write_manifest(tmp)
-                _fsync_tree(tmp)
-                if final.exists():  # the same step saved before (resumed from an older checkpoint)
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-                _fsync_dir(self.root)
-                atomic_write_text(self.root / LATEST, name + "\n")
-                if best:
-                    atomic_write_text(self.root / BEST, name + "\n")
-                self._rotate()
+                self._commit(tmp, final, best)
         except OSError as e:
             error = e
             shutil.rmtree(tmp, ignore_errors=True)
@@ -212,6 +218,31 @@ class Checkpoint(Callback):
                              f"{free_space(self.root)}; make room and run the same command again to resume")
         self.last_saved = final
         return final
+
+    def _commit(self, tmp: Path, final: Path, best: bool) -> None:
+        """Main process: the manifest, then the folder renamed into place, then `latest` (and
+        `best`) moved to it. The same step saved again (a resumed epoch that ended where the
+        interrupted one had saved) replaces the old folder only once the new one is in place, so
+        that `latest` never names a missing folder."""
+        write_manifest(tmp)
+        _fsync_tree(tmp)
+        old = final.with_name(f".old-{final.name}") if final.exists() else None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if old is not None:
+                os.replace(old, final)
+            raise
+        _fsync_dir(self.root)
+        atomic_write_text(self.root / LATEST, final.name + "\n")
+        if best:
+            atomic_write_text(self.root / BEST, final.name + "\n")
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._rotate()
 
     def _write(self, tmp: Path, state: dict) -> None:
         """Every process writes its files into `tmp`."""

@@ -109,16 +109,21 @@ def all_ok(accelerator: Accelerator, ok: bool) -> bool:
 
 
 def from_main(accelerator: Accelerator, fn):
-    """`fn()` run on the main process only, its result (or its `RunError`) shared with every process,
-    so that all of them go on, or stop with the same error, together."""
+    """`fn()` run on the main process only, its result (or its error) shared with every process,
+    so that all of them go on, or stop with the same error, together. An error that is not one of
+    ours becomes a `RunError` naming it (a traceback on one process would leave the others
+    waiting for it)."""
+    from .errors import RunError
+
     result, error = None, None
     if accelerator.is_main_process:
-        from .errors import RunError
-
         try:
             result = fn()
         except RunError as e:
             error = e
+        except Exception as e:
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            error = RunError(f"{type(e).__name__}: {text}")
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -139,3 +144,31 @@ def to_device(item, device):
     if isinstance(item, (tuple, list)):
         return type(item)(to_device(v, device) for v in item)
     return item
+
+
+def write_on_main(accelerator: Accelerator, write, path) -> None:
+    """`write()` on the main process; if it fails (a full disk, a quota), every process raises
+    the same `WriteError`, so that none is left waiting in the next collective."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            write()
+        except Exception as e:  # safetensors and torch.save report a full disk as their own errors
+            error = e
+    if not all_ok(accelerator, error is None):
+        import shutil
+        from pathlib import Path
+
+        from .errors import WriteError
+
+        try:
+            free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        if isinstance(error, OSError) and error.strerror:
+            reason = error.strerror
+        elif error is not None:
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        else:
+            reason = "on the main process"
+        raise WriteError(f"could not write {path} ({reason}); {free}")

@@ -15,10 +15,6 @@ unless `--debug` is given; a bug keeps its traceback. Exit codes:
        shells report for a program ended by Ctrl-C)
 """
 
-# the codes a run ends with on purpose: a supervisor restarts a run only after any other
-DELIBERATE_EXITS = (0, 2, 3, 74, 75, 130)
-
-
 class RunError(Exception):
     exit_code = 1
     # True when every process raises the same error at the same point (it comes from the config,

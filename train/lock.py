@@ -45,14 +45,17 @@ class OutputLock:
         except OSError as e:
             raise UserError(f"output_dir '{self.path.parent}' is not writable ({e.strerror}); set output_dir=DIR "
                             f"to a folder you can write") from None
-        holder = self._holder()
-        here = socket.gethostname()
-        if holder and holder.get("host") != here and time.time() - self.path.stat().st_mtime < STALE_S:
-            os.close(fd)  # a live run on another host: its flock does not reach us, its heartbeat does
-            raise FolderInUse(self._in_use(holder))
-        me = {"host": here, "pid": os.getpid(), "since": datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        try:
+            holder = self._holder()
+            here = socket.gethostname()
+            if holder and holder.get("host") != here and time.time() - os.fstat(fd).st_mtime < STALE_S:
+                raise FolderInUse(self._in_use(holder))  # a live run on another host: its heartbeat says so
+            me = {"host": here, "pid": os.getpid(), "since": datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
         self.fd = fd
         threading.Thread(target=self._heartbeat, name="output-lock-heartbeat", daemon=True).start()
 

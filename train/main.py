@@ -87,19 +87,24 @@ def report(e: RunError) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from train.supervisor import record_exit
+
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as usage:  # argparse said what was wrong; a supervisor must not retry it
+        if usage.code:
+            record_exit(usage.code, "usage error", final=True)
+        raise
     from train.plots import start_helper
 
     start_helper()  # history.png's drawing process imports matplotlib while this one imports torch
     try:
         run(load_config(args.config, args.overrides))
     except RunError as e:
+        record_exit(e.exit_code, str(e), final=True)  # raised on purpose: a restart would not help
         if args.debug:
             raise
-        from train.supervisor import record_exit
-
         report(e)
-        record_exit(e.exit_code, str(e))
         return e.exit_code
     return 0
 

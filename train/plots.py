@@ -97,7 +97,11 @@ def _stop_helper():
         helper.stdin.close()
     except OSError:  # it is gone already
         pass
-    return helper.wait() == 0
+    try:
+        return helper.wait(timeout=120) == 0
+    except subprocess.TimeoutExpired:  # wedged: the caller draws in-process
+        helper.kill()
+        return False
 
 
 class HistoryPlot(Callback):
@@ -137,7 +141,10 @@ class HistoryPlot(Callback):
         if self.helper is not None:
             self.helper = None
             if not _stop_helper() and len(self.loop.history):  # it failed: draw here
-                plot_history(self.loop.history.rows, self.path)
+                try:
+                    plot_history(self.loop.history.rows, self.path)
+                except Exception as e:  # a missing plot must not fail a finished run
+                    print(f"note: could not draw {self.path} ({type(e).__name__}: {e})", flush=True)
 
 
 if __name__ == "__main__":

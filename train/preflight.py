@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import resource
 import shutil
-import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -87,11 +87,9 @@ def preflight(run, loaders) -> dict:
         return keys
 
     def checkpoint_round_trip():
-        folder = tempfile.mkdtemp(prefix="train-preflight-") if acc.is_main_process else None
-        if acc.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            folder = broadcast_object_list([folder])[0]
+        # beside output_dir, not in it, and on the same (shared) file system: every node reads it back
+        out = Path(run.options.output_dir or "preflight").resolve()
+        folder = str(out.with_name(f".{out.name}.preflight"))
         acc.save_state(folder)
         acc.wait_for_everyone()  # the main process writes; nobody reads before it is done
         saved = [p.detach().clone() for p in loop.model.parameters()]

@@ -67,11 +67,14 @@ def damage(path: Path) -> Optional[str]:
         file = path / name
         if not file.is_file():
             return f"{name}: missing"
-        size = file.stat().st_size
-        if size != expected["size"]:
-            return f"{name}: {size} bytes, expected {expected['size']}"
-        if file_crc32(file) != expected["crc32"]:
-            return f"{name}: checksum mismatch"
+        try:
+            size = file.stat().st_size
+            if size != expected["size"]:
+                return f"{name}: {size} bytes, expected {expected['size']}"
+            if file_crc32(file) != expected["crc32"]:
+                return f"{name}: checksum mismatch"
+        except OSError as e:
+            return f"{name}: unreadable ({e.strerror or e})"
     return None
 
 
@@ -79,7 +82,7 @@ def refuse_unsafe(path: Path) -> None:
     """Stop (exit 2) if any pickled file of the checkpoint would import more than plain data."""
     from torch.serialization import get_unsafe_globals_in_checkpoint
 
-    for file in sorted(path.iterdir()):
+    for file in sorted(path.rglob("*")):
         if file.suffix not in (".pt", ".pkl", ".bin") or not file.is_file():
             continue
         try:

@@ -22,7 +22,7 @@ from .checkpoint import Checkpoint
 from .devices import from_main, make_accelerator, set_tf32
 from .errors import ConfigError, NonFiniteLoss, Preempted, RunError, UserError, WriteError
 from .history import metric_columns
-from .loop import Loop, call_model
+from .loop import Loop
 from .options import RunOptions
 from .checks import first_line, model_takes_data
 from .supervisor import record_exit, record_start
@@ -83,6 +83,9 @@ class Run:
             raise UserError(f"epochs must be an int >= 0; got {epochs!r}")
         stop_signals = StopSignals() if o.output_dir else None
         try:
+            if stop_signals is not None:  # first: a signal during the slow start-up is not lost
+                stop_signals.install(loop)
+                record_start(o.output_dir)
             if o.seed is not None:
                 from accelerate.utils import set_seed
 
@@ -90,28 +93,28 @@ class Run:
             train, val = loop.prepare_loader(train), loop.prepare_loader(val)
             self.check_model_takes(train)
             if o.output_dir is None:
-                return loop.train(epochs, train, val, [*self._watchers(val), *self.callbacks, *callbacks],
-                                  o.log_step_freq)
+                return loop.train(epochs, train, val, [*self._watchers(val is not None), *self.callbacks,
+                                                       *callbacks], o.log_step_freq)
             self._open(Path(o.output_dir))
-            record_start(o.output_dir)
             service = self._service(Path(o.output_dir), val is not None, stop_signals)
             last = [self.checkpoint] if self.checkpoint else []  # it saves what the others updated
+            everyone = [*service, *self.callbacks, *callbacks, *last]
             if self.resumed is not None:
-                resuming.apply_callback_states(self.resumed, [*service, *last])
+                resuming.apply_callback_states(self.resumed, everyone)
             self._announce(epochs, train)
-            history = loop.train(epochs, train, val, [*service, *self.callbacks, *callbacks, *last], o.log_step_freq)
+            history = loop.train(epochs, train, val, everyone, o.log_step_freq)
             self._write_weights(Path(o.output_dir) / "model.safetensors")
             record_exit(0, "finished", **self._where())
             return history
         except Preempted as e:  # Interrupted too: a checkpoint was saved; end the process quietly
             if self.is_main_process and e.label == "preempted":
                 self._say_stderr(f"preempted: {e}; {self._where_to_resume(preempted=True)}")
-            record_exit(e.exit_code, str(e), **self._where())
+            record_exit(e.exit_code, str(e), final=True, **self._where())
             raise SystemExit(e.exit_code) from None
         except RunError as e:
             if isinstance(e, (NonFiniteLoss, WriteError)) and self.checkpoint is not None:
                 e.args = (f"{e}; {self._where_to_resume(preempted=False)}",)
-            record_exit(e.exit_code, str(e), **self._where())
+            record_exit(e.exit_code, str(e), final=True, **self._where())
             raise
         except BaseException as e:
             contact = lost_contact(e)
@@ -175,10 +178,10 @@ class Run:
                                          o.checkpoint_mode, tracker_run_id=run_id)
         return service
 
-    def _watchers(self, validation, columns=None) -> list:
+    def _watchers(self, validation: bool, columns=None) -> list:
         """The table, the tutorial's step lines and early stopping: with or without a folder."""
         o = self.options
-        columns = columns or [*metric_columns(self.loop.metrics, bool(validation)), "lr"]
+        columns = columns or [*metric_columns(self.loop.metrics, validation), "lr"]
         watchers = [EpochTable(), *([StepLog()] if o.step_lines and o.log_step_freq else [])]
         if o.early_stopping:
             watchers.append(EarlyStopping(check_column(o.early_stopping, columns, "early_stopping"),
@@ -187,14 +190,17 @@ class Run:
         return watchers
 
     def _announce(self, epochs: int, train) -> None:
+        """`config.yaml` (where a config was given), then the plan."""
+        if self.config is not None:
+            from .config import save_config
+            from .devices import write_on_main
+
+            path = Path(self.options.output_dir) / "config.yaml"
+            write_on_main(self.accelerator, lambda: save_config(self.config, path), path)
         if not self.is_main_process:
             return
         from .plan import plan_lines
 
-        if self.config is not None:
-            from .config import save_config
-
-            save_config(self.config, Path(self.options.output_dir) / "config.yaml")
         for line in plan_lines(self, epochs, train):
             print(line, flush=True)
 
@@ -202,26 +208,19 @@ class Run:
     def _write_weights(self, path: Path) -> None:
         """Final weights as safetensors, written atomically by the main process. Every process
         takes part in collecting the state dict (sharded models gather it)."""
-        state = self.accelerator.get_state_dict(self.loop.model)
-        error = None
-        if self.is_main_process:
-            from safetensors.torch import save_file
+        from safetensors.torch import save_file
 
-            from .files import atomic_write
+        from .devices import write_on_main
+        from .files import atomic_write
 
+        state = self.accelerator.get_state_dict(self.loop.model)  # every process: sharded models gather
+
+        def write():
             # a compiled model's keys start with `_orig_mod.`: save the plain model's names
-            state = {k.removeprefix("_orig_mod."): v.detach().cpu().contiguous() for k, v in state.items()}
-            try:
-                atomic_write(path, lambda tmp: save_file(state, tmp))
-            except Exception as e:
-                error = e
-        from .devices import all_ok
+            plain = {k.removeprefix("_orig_mod."): v.detach().cpu().contiguous() for k, v in state.items()}
+            atomic_write(path, lambda tmp: save_file(plain, tmp))
 
-        if not all_ok(self.accelerator, error is None):
-            from .checkpoint import free_space
-
-            raise WriteError(f"could not write {path} ({first_line(error) if error else 'on another process'}); "
-                             f"{free_space(path.parent)}")
+        write_on_main(self.accelerator, write, path)
         if self.is_main_process:
             import textwrap
 

@@ -198,7 +198,11 @@ def load_hf(cfg, split: str):
     if stream:
         why = "data.streaming=true" if cfg.streaming else f"over data.in_memory_limit_mb={cfg.in_memory_limit_mb}"
         return StreamedImages(ds, cfg.image_column, cfg.label_column, decoded, why)
-    images = np.stack([np.asarray(im) for im in ds[cfg.image_column]])
+    try:
+        images = np.stack([np.asarray(im) for im in ds[cfg.image_column]])
+    except ValueError as e:  # images of different sizes cannot be one array
+        raise DataError(f"the images of Hugging Face data set '{name}' cannot be held as one array ({e}); "
+                        f"resize them to one size, or set data.streaming=true") from None
     labels = torch.as_tensor(np.asarray(ds[cfg.label_column]), dtype=torch.int64)
     return ArrayData(_as_nchw(images), labels)
 

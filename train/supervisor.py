@@ -6,8 +6,9 @@ COMMAND is a launcher (`accelerate launch ...`) or a script. Each training proce
 supervisor through small files (`record_start` / `record_exit`, called by `train.Run`): its pid, its
 output folder, and how it ended. When the job ends, the supervisor decides:
 
-- every process finished: exit 0;
-- a process ended on purpose (bad input 2, NaN 3, disk full 74, preempted 75, Ctrl-C 130): exit
+- every process finished and the launcher exited 0: exit 0;
+- a process ended on purpose (it raised one of `train.errors`' run errors: bad input 2, NaN 3,
+  disk full 74, preempted 75, Ctrl-C 130, a failed preflight 1; its record says `final`): exit
   with that code, no restart (the process has said why in one line);
 - anything else is a crash (a process killed by a signal or the OOM killer, a bug, a lost peer,
   a stalled peer whose collective timed out): one line naming it, then the same command again,
@@ -17,14 +18,18 @@ Once one process has failed, the others get `--grace` seconds to end by themselv
 a few seconds, when a peer is gone); then the whole process tree is killed, stopped processes
 included, so a stalled rank cannot hold the job. SIGINT, SIGTERM and SIGUSR1 reaching the
 supervisor are passed to the training processes (the launcher runs in a session of its own and
-ignores USR1, so it neither sees a terminal's Ctrl-C nor dies of SLURM's USR1).
+ignores USR1, so it neither sees a terminal's Ctrl-C nor dies of SLURM's USR1). A stop signal that
+arrives before a process has started training is sent to it again once it has (until then it
+may ignore USR1); no restart follows a stop signal. SIGHUP counts as SIGTERM. Should the
+supervisor itself die, the launcher gets SIGTERM (the kernel's parent-death signal).
 
 torchrun's own restarts (`--max_restarts`) were tried first: after a rank was killed the restarted
 ranks never reconnected (gloo's connectFullMesh refused) and they cannot tell a deliberate exit from
 a crash, so the supervisor restarts the whole launcher instead. Accelerate's multi-process launcher
 ends every failed job with torchrun's traceback and error report; with `--filter-launcher` the
-launcher's own lines are held back (and shown only when no training process ever started) while
-the training processes' output passes through. This file uses the standard library only.
+launcher's own lines are held back (`train.launcher_filter`; shown only when no training process
+ever started) while the training processes' output passes through. Only the standard library is
+imported: the supervisor starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -32,18 +37,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a file: the project folder first, for `train.launcher_filter`
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from train.launcher_filter import LauncherFilter  # noqa: E402
+
 DIR_ENV, RESTART_ENV, MAX_ENV = "TRAIN_SUPERVISOR_DIR", "TRAIN_RESTART", "TRAIN_MAX_RESTARTS"
-DELIBERATE = {2: "bad input", 3: "NaN loss", 74: "write error", 75: "preempted", 130: "interrupted"}
 
 
 # ------------------------------------------------------------------------ the processes' side
@@ -67,9 +74,10 @@ def record_start(output_dir) -> None:
     _record(host=socket.gethostname(), output_dir=str(output_dir), code=None)
 
 
-def record_exit(code: int, reason: str, **where) -> None:
-    """This process is ending with exit `code` because of `reason`, at `where` (epoch, batch, ...)."""
-    _record(code=code, reason=reason, **where)
+def record_exit(code: int, reason: str, final: bool = False, **where) -> None:
+    """This process is ending with exit `code` because of `reason`, at `where` (epoch, batch, ...).
+    `final`: it ends on purpose (a bad input, a NaN, a stop signal): no restart would help."""
+    _record(code=code, reason=reason, final=final, **where)
 
 
 # ------------------------------------------------------------------------ the supervisor's side
@@ -109,55 +117,6 @@ def _kill(pids) -> None:
             pass
 
 
-class LauncherFilter:
-    """Relays a launcher's merged output line by line, holding back the launcher's own lines:
-    torch.distributed's log lines and, from the launcher's traceback on, everything (the ranks
-    are gone by then). Parses torchrun's 'failed (exitcode: -9) local_rank: 1 (pid: 123)'."""
-
-    ELASTIC = re.compile(r"^[IWE]\d{4} [\d:.]+ +\d+ .*torch/distributed/")
-    FAILED = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
-    LAUNCHER_FRAME = re.compile(r'File ".*(/bin/accelerate|/bin/torchrun|accelerate/commands/|torch/distributed/run)')
-
-    def __init__(self):
-        self.held: list[str] = []
-        self.exit_codes: dict[int, int] = {}  # pid -> exit code, as torchrun saw it
-        self.pending: dict[int, str] = {}  # per stream: a traceback's first line, until its first frame says whose
-        self.swallow = False
-        self.lock = threading.Lock()
-
-    def relay(self, stream, out) -> threading.Thread:
-        """Relay `stream` to `out` in a thread of its own (one per pipe, so that neither fills up)."""
-        def run():
-            for line in iter(stream.readline, ""):
-                with self.lock:
-                    for shown in self._line(id(out), line):
-                        out.write(shown)
-                        out.flush()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        return thread
-
-    def _line(self, key: int, line: str) -> list[str]:
-        if self.swallow or self.ELASTIC.match(line):
-            match = self.FAILED.search(line)
-            if match:
-                self.exit_codes[int(match.group(3))] = int(match.group(1))
-            self.held.append(line)
-            return []
-        if line.startswith("Traceback (most recent call last):"):
-            self.pending[key] = line
-            return []
-        first = self.pending.pop(key, None)
-        if first is not None:
-            if self.LAUNCHER_FRAME.search(line):
-                self.swallow = True
-                self.held.extend([first, line])
-                return []
-            return [first, line]
-        return [line]
-
-
 class Supervisor:
     def __init__(self, command, max_restarts: int, grace: float, filter_launcher: bool, say=None):
         self.command, self.max_restarts, self.grace = command, max_restarts, grace
@@ -165,14 +124,19 @@ class Supervisor:
         self.say = say or (lambda text: print(f"supervisor: {text}", file=sys.stderr, flush=True))
         self.signals: list[int] = []  # received, not yet passed on
         self.stopped_by = 0  # the first stop signal received
+        self.told: set[int] = set()  # processes that were sent a stop signal in this attempt
 
     def _on_signal(self, signum, frame):
         self.signals.append(signum)
         self.stopped_by = self.stopped_by or signum
 
+    def _on_hangup(self, signum, frame):
+        self._on_signal(signal.SIGTERM, frame)
+
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         restart = 0
         while True:
             with tempfile.TemporaryDirectory(prefix="train-supervisor-") as folder:
@@ -185,24 +149,31 @@ class Supervisor:
             restart += 1
             self.say(f"{why}; restarting{_from_latest(records)} (restart {restart} of {self.max_restarts})")
             time.sleep(2)  # let the other nodes' processes end and free their ports
+            if self.stopped_by:  # asked to stop while waiting: do not start again
+                return 128 + self.stopped_by
 
     def _attempt(self, folder: Path, restart: int):
         """Run the command once; returns (exit code, records, None) to stop with that code, or
         (None, records, what happened) for a crash worth a restart."""
         env = dict(os.environ, **{DIR_ENV: str(folder), RESTART_ENV: str(restart), MAX_ENV: str(self.max_restarts)})
-        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) if self.filter_launcher else {}
-        proc = subprocess.Popen(self.command, env=env, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN), **pipes)
+        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace") \
+            if self.filter_launcher else {}
+        proc = subprocess.Popen(self.command, env=env, start_new_session=True, preexec_fn=_launcher_signals, **pipes)
         filt = LauncherFilter()
         relays = [filt.relay(proc.stdout, sys.stdout), filt.relay(proc.stderr, sys.stderr)] \
             if self.filter_launcher else []
-        failed_at, stalled = None, []
+        failed_at, stalled, self.told = None, [], set()
         while proc.poll() is None:
             time.sleep(0.1)
             records = _read(folder)
             self._pass_signals(proc, records)
-            failed = any(r.get("code") not in (None, 0) or (r.get("code") is None and not _alive(r["pid"]))
-                         for r in records)
+            if self.stopped_by:  # processes that started training after the signal hear it now (once)
+                for r in records:
+                    if r.get("code") is None and r["pid"] not in self.told:
+                        self.told.add(r["pid"])
+                        _signal(r["pid"], self.stopped_by)
+            # a process that has ended, other than by finishing (one that caught an error goes on)
+            failed = any(r.get("code") != 0 and not _alive(r["pid"]) for r in records)
             if failed and failed_at is None:
                 failed_at = time.monotonic()
                 # a process that timed out waiting for the others: those still alive and silent stalled
@@ -215,9 +186,9 @@ class Supervisor:
         records = _read(folder)
         _kill(r["pid"] for r in records if _alive(r["pid"]) and r["pid"] != os.getpid())  # stopped leftovers
         codes = [r.get("code") for r in records]
-        if records and all(c == 0 for c in codes):
+        if records and all(c == 0 for c in codes) and proc.returncode == 0:
             return 0, records, None
-        deliberate = [c for c in codes if c in DELIBERATE]
+        deliberate = [r["code"] for r in records if r.get("final") and r.get("code")]
         if deliberate:
             return (130 if 130 in deliberate else deliberate[0]), records, None
         if self.stopped_by:  # stopped before any process could save: not a crash to repeat
@@ -234,12 +205,29 @@ class Supervisor:
     def _pass_signals(self, proc, records) -> None:
         while self.signals:
             signum = self.signals.pop(0)
-            targets = [r["pid"] for r in records if r.get("code") is None] or _children(proc.pid) or [proc.pid]
-            for pid in targets:
-                try:
-                    os.kill(pid, signum)
-                except OSError:
-                    pass
+            listening = [r["pid"] for r in records if r.get("code") is None]  # their handlers are in place
+            for pid in listening or _children(proc.pid) or [proc.pid]:
+                _signal(pid, signum)
+            self.told.update(listening)  # the others hear it again once they listen
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except OSError:
+        pass
+
+
+def _launcher_signals() -> None:
+    """In the launcher, before it starts: ignore USR1 (SLURM sends it to every process of a step;
+    the training processes install their own handler) and get SIGTERM should the supervisor die."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
 
 
 def _read(folder: Path) -> list[dict]:
@@ -255,6 +243,8 @@ def _read(folder: Path) -> list[dict]:
 def _what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int]) -> str:
     """One phrase: which process failed how, and where the job was."""
     failed = next((r for r in records if r.get("code") not in (None, 0)), None)
+    if failed is None and not any(r.get("code") is None for r in records):  # all finished, the launcher did not
+        return "a process failed after training finished (the launcher exited non-zero)"
     killed = next((r for r in records if exit_codes.get(r["pid"], 0) < 0), None)
     silent = next((r for r in records if r.get("code") is None), None)
     if stalled:
