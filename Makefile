@@ -21,7 +21,7 @@ train: $(STAMP)
 test: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q $(ARGS)
 
-## test-fast: the tests without real multi-process runs, full epochs or SLURM (under 2 minutes)
+## test-fast: the tests without real multi-process runs, full epochs or SLURM (under a minute)
 test-fast: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m "not slow" $(ARGS)
 

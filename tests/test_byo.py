@@ -90,7 +90,7 @@ HELPERS = "tests.helpers.bad_things"
 CASES = {
     "wrong module": (["model=examples.digits.modle:Net"],
                      "cannot import 'examples.digits.modle:Net': no module named 'examples.digits.modle'; "
-                     "did you mean 'model'?"),
+                     "did you mean 'examples.digits.model'?"),
     "wrong attribute": (["model=examples.digits.model:Nett"],
                         "cannot import 'examples.digits.model:Nett': module 'examples.digits.model' has no "
                         "attribute 'Nett'; did you mean 'Net'?"),
@@ -103,6 +103,8 @@ CASES = {
     "a model that cannot take the data's shape": (["model=tutorial_cnn", "model_args={}"],
                                                   "model tutorial_cnn cannot take the training data: an input of "
                                                   "shape (1, 8, 8) gives RuntimeError"),
+    "a factory that raises": ([f"data.factory={HELPERS}:missing_file", "data.args={}"],
+                              f"data factory '{HELPERS}:missing_file' raised FileNotFoundError: /data/blobs.npz"),
     "a metric that raises on the first batch": ([f"metrics=[accuracy, '{HELPERS}:broken_metric']"],
                                                 "metric 'broken_metric' cannot take model "
                                                 "examples.digits.model:Net's output (10,) with the labels (): "

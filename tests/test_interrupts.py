@@ -96,3 +96,16 @@ def test_a_second_ctrl_c_during_the_save_ends_at_once(tmp_path):
     assert "interrupted at epoch 2 batch" in out and "interrupted again: stopping now, without saving" in out
     assert "Traceback" not in out
     assert (checkpoints / "latest").read_text().strip() == "step-00000032"
+
+
+def test_ctrl_c_in_a_user_script_is_one_line_too(tmp_path):
+    script = ROOT / "tests" / "helpers" / "user_script.py"
+    args = [PYTHON, str(script), str(tmp_path / "out"), "--size", "8192", "--epochs", "3"]
+
+    def in_epoch_2(screen):
+        return latest_step(tmp_path / "out") > 130  # 128 optimizer steps an epoch
+
+    code, screen = under_a_terminal(args, in_epoch_2)
+    assert code == 130, screen[-3000:]
+    assert "Traceback" not in screen and "KeyboardInterrupt" not in screen, screen[-3000:]
+    assert len(re.findall(r"interrupted at epoch 2 batch \d+: saving a checkpoint", screen)) == 1, screen[-3000:]

@@ -38,7 +38,7 @@ def test_import_paths_and_their_mistakes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve("mine:f", {}, "data factory")() == 3  # the current folder is importable
     assert resolve(f"{tmp_path}/mine.py:f", {}, "data factory")() == 3  # so is a file path
-    with pytest.raises(ConfigError, match=r"no module named 'torch.optimm'; did you mean 'optim'\?"):
+    with pytest.raises(ConfigError, match=r"no module named 'torch.optimm'; did you mean 'torch.optim'\?"):
         resolve("torch.optimm:SGD", {}, "optimizer")
     with pytest.raises(ConfigError, match=r"module 'torch.optim' has no attribute 'Adamm'; did you mean 'Adam'\?"):
         resolve("torch.optim:Adamm", {}, "optimizer")
@@ -100,6 +100,8 @@ def test_the_supervisor_holds_back_the_launchers_traceback_and_reads_its_report(
                {"rank": 1, "pid": 5127, "code": None}]
     assert _what_happened(records, filt.exit_codes, []) == "rank 1 exited (SIGKILL) at epoch 2 batch 5"
     assert _what_happened(records, {}, [1]) == "rank 1 stalled (rank 0: lost contact) at epoch 2 batch 5"
+    records[1].update(code=1, reason="RuntimeError: a bug in rank 1's model")  # the cause, not its echo
+    assert _what_happened(records, {}, []) == "rank 1 failed (RuntimeError: a bug in rank 1's model) at epoch 2 batch 5"
 
 
 def test_a_pickle_that_would_run_code_is_refused_before_it_is_loaded(tmp_path):

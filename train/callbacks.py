@@ -147,8 +147,8 @@ class SlowDataWarning(Callback):
         share = row.get("data_s", 0.0) / row["epoch_s"] if row.get("epoch_s") else 0.0
         if share > self.threshold and not self.said and self.loop.is_main_process:
             self.said = True
-            self.print(f"note: epoch {epoch} waited for data {share:.0%} of the time; raise "
-                       f"data.num_workers or keep the data in memory", flush=True)
+            self.print(f"note: epoch {epoch} waited for data {share:.0%} of the time: more loader workers "
+                       f"(data.num_workers) or data held in memory would help", flush=True)
 
 
 class EarlyStopping(Callback):

@@ -110,8 +110,9 @@ class Config:
     batch_size: int = key(128, "per process")
     seed: int = key(42, "seeds the initial weights, the data order and every random op of training")
     output_dir: str = key("runs/mnist", "where config.yaml, history.csv/png, model.safetensors and "
-                                        "checkpoints/ go; a rerun here resumes")
-    loss: str = key("cross_entropy", f"cross_entropy, nll, mse, l1, smooth_l1, huber, bce_with_logits, {IMPORT}")
+                                        "checkpoints/ go; a rerun here resumes. A config file that does "
+                                        "not set it: runs/<the file's name> (its folder's, for config.yaml)")
+    loss: str = key("cross_entropy", f"cross_entropy, nll, mse, l1, smooth_l1, huber, bce_with_logits, bce, {IMPORT}")
     loss_args: dict = key({}, "keyword arguments of the loss, e.g. {label_smoothing: 0.1}")
     metrics: list = key(["accuracy"], f"each accuracy, mae or mse, {IMPORT} (f(y_pred, y_true) or an "
                                       "object with update/compute/reset)")

@@ -147,6 +147,9 @@ def load_config(path=None, overrides=()) -> Config:
     """Read the YAML file at `path` (or the defaults), apply `key=value` overrides, validate."""
     known = all_keys()
     values = _flatten(_read_yaml(Path(path)), known) if path else {}
+    if path and "output_dir" not in values:  # a config of your own: runs/<its name>, not runs/mnist
+        stem = Path(path).stem if Path(path).stem != "config" else Path(path).resolve().parent.name
+        values["output_dir"] = f"runs/{stem}"
     values.update(parse_override(o) for o in overrides)
     return build_config(values)
 

@@ -52,8 +52,12 @@ def plot_history(rows: list[dict], path: str | Path) -> int:
 def serve() -> None:
     """The helper: one JSON request per line on stdin ({"rows": [...], "path": ...}), drawn in
     order; ends at {"quit": true} or at end of input. (Not at end of input alone: loader workers
-    forked from the run inherit the pipe and would keep it open.)"""
+    forked from the run inherit the pipe and would keep it open.) A terminal's Ctrl-C is the run's
+    to handle, not the helper's: it is ignored here."""
     import io
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -81,6 +85,7 @@ def start_helper():
     if _helper is None and os.environ.get("RANK", "0") == "0":
         try:
             _helper = subprocess.Popen([sys.executable, "-m", "train.plots"], stdin=subprocess.PIPE, text=True,
+                                       start_new_session=True,  # out of the terminal's Ctrl-C
                                        cwd=Path(__file__).resolve().parent.parent)
         except OSError:  # no helper: the run draws in-process
             _helper = None

@@ -72,8 +72,8 @@ def _import(module_path: str, spec: str):
     except ModuleNotFoundError as e:
         missing = e.name or module_path
         parent, _, leaf = missing.rpartition(".")
-        siblings = _submodules(parent)
-        hint = _did_you_mean(leaf, siblings)
+        siblings = [f"{parent}.{name}" if parent else name for name in _submodules(parent)]
+        hint = _did_you_mean(missing, siblings)
         raise ConfigError(f"cannot import '{spec}': no module named '{missing}'{hint}") from None
     except ConfigError:
         raise

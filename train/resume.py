@@ -149,8 +149,9 @@ def load(loop, path: Path) -> Resumed:
     saved, current = meta["model_shapes"], model_shapes(acc.unwrap_model(loop.model, keep_torch_compile=False))
     if saved != current:
         diff = next((k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)), "?")
-        raise ConfigError(f"checkpoint '{path}' is of a different model ({diff}: {saved.get(diff)} saved, "
-                          f"{current.get(diff)} now); use another output_dir")
+        was, now = (saved.get(diff, "absent"), current.get(diff, "absent"))
+        raise ConfigError(f"checkpoint '{path}' is of a different model ({diff}: {was} saved, {now} now); "
+                          f"use another output_dir")
     if meta.get("compiled", False) != is_compiled(acc, loop.model):
         raise ConfigError(f"checkpoint '{path}' was saved with compile={str(meta.get('compiled')).lower()}; "
                           f"resume it with the same setting")

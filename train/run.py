@@ -108,7 +108,10 @@ class Run:
             return history
         except Preempted as e:  # Interrupted too: a checkpoint was saved; end the process quietly
             if self.is_main_process and e.label == "preempted":
-                self._say_stderr(f"preempted: {e}; {self._where_to_resume(preempted=True)}")
+                import textwrap
+
+                self._say_stderr(textwrap.fill(f"preempted: {e}; {self._where_to_resume(preempted=True)}", 100,
+                                               subsequent_indent="    ", break_long_words=False))
             record_exit(e.exit_code, str(e), final=True, **self._where())
             raise SystemExit(e.exit_code) from None
         except RunError as e:

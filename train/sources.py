@@ -250,7 +250,13 @@ def load_python(cfg):
     from .registry import build, resolve
 
     factory = resolve(cfg.factory, {}, "data factory")
-    made = build(factory, cfg.args, "data factory", cfg.factory)
+    try:
+        made = build(factory, cfg.args, "data factory", cfg.factory)
+    except ConfigError:
+        raise
+    except Exception as e:  # a missing file, a bad argument value: the factory says what (--debug: its traceback)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"data factory '{cfg.factory}' raised {type(e).__name__}: {text}") from e
     if isinstance(made, dict):
         made = (made.get("train"), made.get("val", made.get("validation")))
     elif isinstance(made, torch.utils.data.Dataset):

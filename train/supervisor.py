@@ -42,6 +42,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -121,7 +122,8 @@ class Supervisor:
     def __init__(self, command, max_restarts: int, grace: float, filter_launcher: bool, say=None):
         self.command, self.max_restarts, self.grace = command, max_restarts, grace
         self.filter_launcher = filter_launcher
-        self.say = say or (lambda text: print(f"supervisor: {text}", file=sys.stderr, flush=True))
+        self.say = say or (lambda text: print(textwrap.fill(f"supervisor: {text}", 100, subsequent_indent="    ",
+                                                            break_long_words=False), file=sys.stderr, flush=True))
         self.signals: list[int] = []  # received, not yet passed on
         self.stopped_by = 0  # the first stop signal received
         self.told: set[int] = set()  # processes that were sent a stop signal in this attempt
@@ -162,10 +164,11 @@ class Supervisor:
         filt = LauncherFilter()
         relays = [filt.relay(proc.stdout, sys.stdout), filt.relay(proc.stderr, sys.stderr)] \
             if self.filter_launcher else []
-        failed_at, stalled, self.told = None, [], set()
+        failed_at, stalled, self.told, started = None, [], set(), False
         while proc.poll() is None:
             time.sleep(0.1)
             records = _read(folder)
+            started = started or bool(records) or bool(_children(proc.pid))
             self._pass_signals(proc, records)
             if self.stopped_by:  # processes that started training after the signal hear it now (once)
                 for r in records:
@@ -194,7 +197,7 @@ class Supervisor:
         if self.stopped_by:  # stopped before any process could save: not a crash to repeat
             return 128 + self.stopped_by, records, None
         if not records:  # nothing started training: the launcher or the script failed first
-            if filt.held:
+            if filt.held and not started:  # the launcher's own failure: its lines are all there is
                 sys.stderr.write("".join(filt.held))
             return proc.returncode or 1, records, None
         exit_codes = dict(filt.exit_codes) if self.filter_launcher else {}
@@ -242,7 +245,10 @@ def _read(folder: Path) -> list[dict]:
 
 def _what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int]) -> str:
     """One phrase: which process failed how, and where the job was."""
-    failed = next((r for r in records if r.get("code") not in (None, 0)), None)
+    failures = [r for r in records if r.get("code") not in (None, 0)]
+    # the cause before its echoes: a process that lost contact only heard of another's failure
+    failed = next((r for r in failures if not str(r.get("reason", "")).startswith("lost contact")),
+                  failures[0] if failures else None)
     if failed is None and not any(r.get("code") is None for r in records):  # all finished, the launcher did not
         return "a process failed after training finished (the launcher exited non-zero)"
     killed = next((r for r in records if exit_codes.get(r["pid"], 0) < 0), None)

@@ -11,6 +11,10 @@ def not_data():
     return 42
 
 
+def missing_file():
+    raise FileNotFoundError("/data/blobs.npz")
+
+
 def one_dataset_and_a_list():
     return torch.utils.data.TensorDataset(torch.zeros(8, 2), torch.zeros(8)), [1, 2, 3]
 
