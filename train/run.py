@@ -19,12 +19,12 @@ import torch
 from . import resume as resuming
 from .callbacks import EarlyStopping, EpochTable, HistoryCSV, SlowDataWarning, StepLog, StopSignals
 from .checkpoint import Checkpoint
+from .checks import first_line, model_takes_data
 from .devices import from_main, make_accelerator, set_tf32
 from .errors import ConfigError, NonFiniteLoss, Preempted, RunError, UserError, WriteError
 from .history import metric_columns
 from .loop import Loop
 from .options import RunOptions
-from .checks import first_line, model_takes_data
 from .supervisor import record_exit, record_start
 
 
@@ -43,6 +43,8 @@ def accelerator_for(options: RunOptions):
 
 
 class Run:
+    """One training run: see the module's docstring. Build it, `fit` it, `close` it."""
+
     def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, loss=None,
                  metrics: Optional[Mapping[str, object]] = None, *, scheduler=None, scheduler_interval: str = "epoch",
                  options: Optional[RunOptions] = None, accelerator=None, callbacks: Iterable = (),
