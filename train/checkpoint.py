@@ -33,8 +33,8 @@ import torch
 
 from .callbacks import Callback
 from .devices import all_ok
-from .errors import WriteError
-from .files import atomic_write_text, file_mode
+from .errors import WriteError, first_line
+from .files import atomic_write_text, file_mode, free_space
 
 LATEST, BEST = "latest", "best"
 LOOP_FILE, CALLBACKS_FILE, SCHEDULER_FILE, MANIFEST = "loop.json", "callbacks.pt", "scheduler.pt", "manifest.json"
@@ -72,24 +72,14 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
 
 
-def free_space(folder: Path) -> str:
-    try:
-        usage = shutil.disk_usage(folder if folder.exists() else folder.parent)
-        return f"{usage.free / 2**20:.1f} MB free"
-    except OSError:
-        return "free space unknown"
-
-
 def _reason(error: Optional[BaseException], written: Path) -> str:
     """Why a save failed, in a few words. torch.save reports a full disk as a RuntimeError about
     stream positions: when the free space is less than what the save had written, say so."""
-    import re
-
     if error is None:
         return "another process failed"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    text = re.sub(r"^\[[^\]]*\]\s*[.:]?\s*", "", str(error).strip().splitlines()[0] if str(error).strip() else "")
+    text = first_line(error)
     try:
         size = sum(p.stat().st_size for p in written.rglob("*") if p.is_file())
         if shutil.disk_usage(written.parent).free < max(size, 2**20):

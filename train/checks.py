@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, describe
 from .loop import call_model
 from .metrics import is_stateful
 from .rng import rng_untouched
@@ -32,7 +32,7 @@ def model_takes_data(loop, train, name: str) -> None:
                 preds = call_model(model, loop.layout(features))
         except Exception as e:
             raise UserError(f"model {name} cannot take the training data: an input of shape "
-                            f"{shape_of(features)} gives {type(e).__name__}: {first_line(e)}") from None
+                            f"{shape_of(features)} gives {describe(e)}") from None
         finally:
             model.train(was_training)
         try:
@@ -41,7 +41,7 @@ def model_takes_data(loop, train, name: str) -> None:
                 loop.loss_func(preds, labels)
         except Exception as e:
             raise UserError(f"the loss cannot take model {name}'s output {shape_of(preds)} with the labels "
-                            f"{shape_of(labels)}: {type(e).__name__}: {first_line(e)}") from None
+                            f"{shape_of(labels)}: {describe(e)}") from None
         for metric_name, metric in loop.metrics.items():
             try:
                 if is_stateful(metric):
@@ -51,7 +51,7 @@ def model_takes_data(loop, train, name: str) -> None:
                     metric(preds, labels)
             except Exception as e:
                 raise UserError(f"metric '{metric_name}' cannot take model {name}'s output {shape_of(preds)} with "
-                                f"the labels {shape_of(labels)}: {type(e).__name__}: {first_line(e)}") from None
+                                f"the labels {shape_of(labels)}: {describe(e)}") from None
 
 
 def batch_of_one(item):
@@ -74,8 +74,3 @@ def shape_of(item) -> str:
     if isinstance(item, (tuple, list)):
         return "(" + ", ".join(shape_of(v) for v in item) + ")"
     return type(item).__name__
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

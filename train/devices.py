@@ -113,7 +113,7 @@ def from_main(accelerator: Accelerator, fn):
     so that all of them go on, or stop with the same error, together. An error that is not one of
     ours becomes a `RunError` naming it (a traceback on one process would leave the others
     waiting for it)."""
-    from .errors import RunError
+    from .errors import RunError, describe
 
     result, error = None, None
     if accelerator.is_main_process:
@@ -122,8 +122,7 @@ def from_main(accelerator: Accelerator, fn):
         except RunError as e:
             error = e
         except Exception as e:
-            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            error = RunError(f"{type(e).__name__}: {text}")
+            error = RunError(describe(e))
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -156,19 +155,13 @@ def write_on_main(accelerator: Accelerator, write, path) -> None:
         except Exception as e:  # safetensors and torch.save report a full disk as their own errors
             error = e
     if not all_ok(accelerator, error is None):
-        import shutil
         from pathlib import Path
 
-        from .errors import WriteError
+        from .errors import WriteError, describe
+        from .files import free_space
 
-        try:
-            free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MB free"
-        except OSError:
-            free = "free space unknown"
         if isinstance(error, OSError) and error.strerror:
             reason = error.strerror
-        elif error is not None:
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         else:
-            reason = "on the main process"
-        raise WriteError(f"could not write {path} ({reason}); {free}")
+            reason = describe(error) if error is not None else "on the main process"
+        raise WriteError(f"could not write {path} ({reason}); {free_space(Path(path).parent)}")

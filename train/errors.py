@@ -72,6 +72,21 @@ class Interrupted(Preempted):
     label = "interrupted"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none), without the `[file.cc:12]`
+    source location that torch's and gloo's C++ errors start with."""
+    import re
+
+    text = str(error).strip()
+    return re.sub(r"^\[[^\]]*\]\s*[.:]?\s*", "", text.splitlines()[0]) if text else ""
+
+
+def describe(error: BaseException) -> str:
+    """`Type: first line of the message` (the type alone when the message is empty)."""
+    text = first_line(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def check_choice(name: str, value, choices) -> None:
     """A one-line `UserError` unless `value` is one of `choices`."""
     if value not in choices:

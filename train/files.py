@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import Callable
 
 
+def free_space(folder: str | Path) -> str:
+    """The free space of the file system holding `folder` (or its parent), for error messages."""
+    import shutil
+
+    folder = Path(folder)
+    try:
+        usage = shutil.disk_usage(folder if folder.exists() else folder.parent)
+        return f"{usage.free / 2**20:.1f} MB free"
+    except OSError:
+        return "free space unknown"
+
+
 def file_mode() -> int:
     """The mode `open()` gives a new file under this process's umask (0644 under 022)."""
     mask = os.umask(0)  # the only way to read it is to set it: put it straight back

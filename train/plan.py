@@ -12,7 +12,7 @@ WIDTH = 100
 
 
 def plan_lines(run, epochs: int, train) -> list[str]:
-    o, acc, loop = run.options, run.accelerator, run.loop
+    o, acc = run.options, run.accelerator
     world, accumulation = acc.num_processes, o.gradient_accumulation_steps
     batch = getattr(train, "batch_size", None) or getattr(getattr(train, "base_dataloader", None), "batch_size", None)
     batches = len(train)  # per process

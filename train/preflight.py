@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, describe
 from .metrics import EpochSums
 
 
@@ -31,8 +31,7 @@ def _stage(name: str, fn):
     except UserError:
         raise
     except Exception as e:  # any failure here is the finding preflight exists to report
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise PreflightError(f"preflight failed at {name}: {type(e).__name__}: {reason}") from e
+        raise PreflightError(f"preflight failed at {name}: {describe(e)}") from e
 
 
 def _batches(dl, n):

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, describe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,9 +78,7 @@ def _import(module_path: str, spec: str):
     except ConfigError:
         raise
     except Exception as e:  # the user's module itself failed: say so in one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(f"cannot import '{spec}': importing '{module_path}' raised {type(e).__name__}: "
-                          f"{first}") from None
+        raise ConfigError(f"cannot import '{spec}': importing '{module_path}' raised {describe(e)}") from None
 
 
 def _submodules(package: str) -> list[str]:

@@ -19,9 +19,9 @@ import torch
 from . import resume as resuming
 from .callbacks import EarlyStopping, EpochTable, HistoryCSV, SlowDataWarning, StepLog, StopSignals
 from .checkpoint import Checkpoint
-from .checks import first_line, model_takes_data
+from .checks import model_takes_data
 from .devices import from_main, make_accelerator, set_tf32
-from .errors import ConfigError, NonFiniteLoss, Preempted, RunError, UserError, WriteError
+from .errors import ConfigError, NonFiniteLoss, Preempted, RunError, UserError, WriteError, describe, first_line
 from .history import metric_columns
 from .loop import Loop
 from .options import RunOptions
@@ -123,7 +123,7 @@ class Run:
             raise
         except BaseException as e:
             contact = lost_contact(e)
-            record_exit(1, contact or f"{type(e).__name__}: {first_line(e)}", **self._where())
+            record_exit(1, contact or describe(e), **self._where())
             if contact:  # not a bug here: one line, and the supervisor (if any) restarts the job
                 where = self._where()
                 self._say_stderr(f"[rank {self.accelerator.process_index}] error: {contact} at epoch "
@@ -290,8 +290,6 @@ def lost_contact(error: BaseException) -> Optional[str]:
     signs = ("connection reset", "gloo", "nccl", "timed out")
     if isinstance(error, torch.distributed.DistError) or (
             isinstance(error, RuntimeError) and any(s in str(error).lower() for s in signs)):
-        import re
-
-        detail = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error)).split(". ")[0]  # gloo's source path and advice off
+        detail = first_line(error).split(". ")[0]  # gloo's advice off
         return f"lost contact with another process ({detail})"
     return None

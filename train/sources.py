@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, describe, first_line
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -184,7 +184,7 @@ def load_hf(cfg, split: str):
         ds = datasets.load_dataset(name, data_dir=data_dir, split=split_name)
     except Exception as e:  # datasets raises many types for "not there"; all are the user's to fix
         raise DataError(f"cannot load Hugging Face data set '{name}' split '{split_name}' "
-                        f"(data.path='{cfg.path}'): {str(e).splitlines()[0]}") from None
+                        f"(data.path='{cfg.path}'): {first_line(e)}") from None
     for col in (cfg.image_column, cfg.label_column):
         if col not in ds.column_names:
             raise DataError(f"Hugging Face data set has no column '{col}' (columns: "
@@ -255,8 +255,7 @@ def load_python(cfg):
     except ConfigError:
         raise
     except Exception as e:  # a missing file, a bad argument value: the factory says what (--debug: its traceback)
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DataError(f"data factory '{cfg.factory}' raised {type(e).__name__}: {text}") from e
+        raise DataError(f"data factory '{cfg.factory}' raised {describe(e)}") from e
     if isinstance(made, dict):
         made = (made.get("train"), made.get("val", made.get("validation")))
     elif isinstance(made, torch.utils.data.Dataset):
