@@ -296,7 +296,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--only", nargs="*", help="contenders to run (default: all available)")
-    parser.add_argument("--skip-jobs", action="store_true", help="skip import/first-step/memory figures")
+    parser.add_argument("--skip-jobs", action="store_true", help="skip import/first-step/memory figures "
+                        "(repeated 2 x rounds - 1 times, the first step `rounds` times)")
     parser.add_argument("--smoke-only", type=int, metavar="REPS",
                         help="only the start-up figure: REPS alternated smoke runs and hand-written scripts")
     args = parser.parse_args(argv)
@@ -334,11 +335,12 @@ def main(argv=None) -> int:
             results["project_fit_ratio_to"] = {n: medians["project fit"] / m for n, m in medians.items()
                                                if n != "project fit"}
         if not args.skip_jobs:
-            results["import_s"] = import_times(5)
+            reps = 2 * args.rounds - 1  # 5 for the default 3 rounds
+            results["import_s"] = import_times(reps)
             results["import_ratio_train_to_accelerate"] = (results["import_s"]["import train"]
                                                            / results["import_s"]["import accelerate"])
-            results["first_step"] = first_step(tmp, 3)
-            results["smoke_run"] = smoke_run(tmp, 5)
+            results["first_step"] = first_step(tmp, args.rounds)
+            results["smoke_run"] = smoke_run(tmp, reps)
             results["processes"] = memory_and_two_processes(tmp, min(args.samples, 12800))
 
     print_table(results)
@@ -365,6 +367,9 @@ def print_table(r: dict) -> None:
         print(f"first optimizer step {f['first_step_s']:.2f} s after launch; empty script {f['empty_script_s']:.2f} s "
               f"(difference {f['first_step_after_empty_s']:.2f} s); a hand-written torch script's first step "
               f"{f['floor_script_first_step_s']:.2f} s (difference {f['first_step_after_floor_script_s']:.2f} s)")
+        m = r["smoke_run"]
+        print(f"smoke run of the script {m['smoke_run_s']:.2f} s, hand-written script {m['floor_script_s']:.2f} s "
+              f"(ratio {m['ratio']:.3f})")
         p = r["processes"]
         print(f"peak RSS: one process {p['rss_one_process_mb']:.0f} MB, two processes {p['rss_two_processes_mb']:.0f} MB "
               f"(ratio {p['memory_ratio_two_to_one']:.2f}); samples/s one process "

@@ -7,4 +7,4 @@ source "$(dirname "$0")/common.sh"
 threads=$(( $(nproc) / 2 )); (( threads > 0 )) || threads=1
 export ACCELERATE_USE_CPU=1
 supervise --filter-launcher -- accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
-    --mixed_precision no --dynamo_backend no --num_cpu_threads_per_process "$threads" "$script" "$@"
+    --mixed_precision "${MIXED_PRECISION:-no}" --dynamo_backend no --num_cpu_threads_per_process "$threads" "$script" "$@"

@@ -6,5 +6,5 @@ gpus=$(nvidia-smi -L 2>/dev/null | wc -l || true)  # no nvidia-smi at all: 0 GPU
 if (( gpus == 0 )); then echo "launch/gpus.sh: no GPU found (nvidia-smi -L); use launch/one.sh or launch/cpu2.sh" >&2; exit 2; fi
 if (( gpus == 1 )); then exec "$here/gpu1.sh" "$@"; fi
 source "$here/common.sh"
-supervise --filter-launcher -- accelerate launch --config_file "$root/launch/gpus.yaml" --num_processes "$gpus" \
+supervise --filter-launcher -- accelerate launch --config_file "$root/launch/gpus.yaml" --mixed_precision "${MIXED_PRECISION:-no}" --num_processes "$gpus" \
     "$script" "$@"

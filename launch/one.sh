@@ -6,5 +6,5 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 # --quiet: no CalledProcessError traceback from the launcher after a failure (the supervisor
 # reports the script's own exit code)
-supervise -- accelerate launch --quiet --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+supervise -- accelerate launch --quiet --num_processes 1 --num_machines 1 --mixed_precision "${MIXED_PRECISION:-no}" --dynamo_backend no \
     --num_cpu_threads_per_process "$(nproc)" "$script" "$@"

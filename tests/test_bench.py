@@ -1,4 +1,5 @@
-"""The benchmark keeps working (tiny size; speed itself is never asserted in tests)."""
+"""The benchmark keeps working: every contender and every job to the end, on a tiny size (speed
+itself is never asserted in tests)."""
 
 import json
 import subprocess
@@ -11,14 +12,20 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
 
 
-def test_benchmark_runs_on_a_tiny_size(tmp_path):
+def test_benchmark_runs_every_job_on_a_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--samples", "512", "--rounds", "1",
                              "--only", "floor", "tutorial as written", "project fit", "project script",
-                             "--skip-jobs", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                             "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert set(data["median"]) == {"floor", "tutorial as written", "project fit", "project script"}
-    assert data["ratio_to_floor"]["floor"] == 1.0
+    floor = data["samples_per_s"]["floor"][0]
+    assert data["ratio_to_floor"]["project fit"] == pytest.approx(data["median"]["project fit"] / floor)
     assert all(v > 0 for v in data["median"].values())
-    assert "project fit" in result.stdout and "x floor" in result.stdout
+    # the jobs: the probe reached the first optimizer step, the smoke runs and both process counts ran
+    assert 0 < data["first_step"]["empty_script_s"] < data["first_step"]["first_step_s"]
+    assert data["smoke_run"]["smoke_run_s"] > 0 and len(data["smoke_run"]["smoke_runs_s"]) == 1
+    assert data["processes"]["samples_per_s_two_processes"] > 0 and data["processes"]["rss_two_processes_mb"] > 0
+    for line in ("project fit", "x floor", "first optimizer step", "smoke run of the script", "peak RSS"):
+        assert line in result.stdout, result.stdout

@@ -37,8 +37,39 @@ def test_truncated_file_is_named(tmp_path):
         read_idx(bad)
     cut_gzip = tmp_path / "cut.gz"
     cut_gzip.write_bytes((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes()[:1000])
-    with pytest.raises(DataError, match=r"cut.gz' is corrupt"):
+    with pytest.raises(DataError, match=r"cut.gz' is truncated \(its compressed stream ends early\)"):
         read_idx(cut_gzip)
+
+
+def mnist_copy(folder):
+    folder.mkdir()
+    for f in MNIST.glob("*.gz"):
+        shutil.copy(f, folder)
+    return folder
+
+
+def test_a_short_file_is_refused_whatever_the_run_reads_of_it(tmp_path):
+    """A smoke run reads only the first records; the files' lengths are checked all the same."""
+    half = mnist_copy(tmp_path / "half")
+    images = half / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:images.stat().st_size // 2])  # the first half, labels intact
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz' is truncated or padded: its header "
+                                        r"declares shape \(60000, 28, 28\)"):
+        load_mnist(half, "train", records=256)
+    short = mnist_copy(tmp_path / "short")
+    labels = short / "train-labels-idx1-ubyte.gz"
+    raw = gzip.decompress(labels.read_bytes())
+    labels.write_bytes(gzip.compress(raw[:-1]))  # one item short of what the header says
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz' is truncated or padded"):
+        load_mnist(short, "train", records=256)
+    fewer = mnist_copy(tmp_path / "fewer")  # consistent files, but 59999 labels for 60000 images
+    labels = fewer / "train-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[4:8] = (59999).to_bytes(4, "big")
+    labels.write_bytes(gzip.compress(bytes(raw[:-1])))
+    with pytest.raises(DataError, match=r"MNIST train: 60000 images but 59999 labels"):
+        load_mnist(fewer, "train", records=256)
+    assert len(load_mnist(MNIST, "train", records=256)) == 256  # the good files still read fast
 
 
 def test_wrong_magic_number_is_named(tmp_path):

@@ -28,12 +28,13 @@ def other_shape_checkpoint(tmp_path_factory):
     return out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
 
 
-def corrupt_copy(folder):
+def corrupt_copy(folder, keep=None):
     folder.mkdir()
     for f in MNIST.glob("*.gz"):
         shutil.copy(f, folder)
     images = folder / "train-images-idx3-ubyte.gz"
-    images.write_bytes(images.read_bytes()[:5000])  # cut short, as an interrupted download would be
+    size = int(images.stat().st_size * keep) if keep else 5000
+    images.write_bytes(images.read_bytes()[:size])  # cut short, as an interrupted download would be
     return folder
 
 
@@ -43,7 +44,8 @@ CASES = {
     "YAML syntax": (["--config", "{bad_yaml}"], "YAML syntax error at line 4: expected ',' or ']', but got ':' (while parsing a flow sequence at line 3)"),
     "missing config": (["--config", "{tmp}/nowhere.yaml"], "nowhere.yaml' not found; pass an existing file"),
     "missing data": (["data.path={tmp}"], "train-images-idx3-ubyte.gz' not found"),
-    "corrupt data": (["data.path={corrupt}"], "train-images-idx3-ubyte.gz' is corrupt"),
+    "corrupt data": (["data.path={corrupt}"], "train-images-idx3-ubyte.gz' is truncated (its compressed stream"),
+    "half an images file": (["data.path={half}"], "train-images-idx3-ubyte.gz' is truncated or padded: its header"),
     "labels out of range": (["data.num_classes=5"], "labels range over 0..9 but data.num_classes=5"),
     "batch size 0": (["batch_size=0"], "config key 'batch_size' must be > 0, got 0"),
     "negative epochs": (["epochs=-1"], "config key 'epochs' must be >= 0, got -1"),
@@ -70,6 +72,7 @@ def test_bad_input_gives_one_line_and_leaves_nothing(case, tmp_path, capsys, req
     (tmp_path / "a-file").write_text("")
     places = dict(tmp=tmp_path, bad_yaml=tmp_path / "bad.yaml",
                   corrupt=corrupt_copy(tmp_path / "corrupt") if case == "corrupt data" else "",
+                  half=corrupt_copy(tmp_path / "half", keep=0.5) if case == "half an images file" else "",
                   other=request.getfixturevalue("other_shape_checkpoint") if case == "resume another model" else "")
     out = tmp_path / "out"
     argv = [a.format(**places) for a in [*SMOKE, f"output_dir={out}", *args]]

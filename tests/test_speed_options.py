@@ -34,3 +34,14 @@ def test_channels_last_trains_the_same_model_in_nhwc():
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
     _, plain = run(False)
     assert history["val_loss"].tolist() == pytest.approx(plain["val_loss"].tolist(), abs=1e-5)
+
+
+def test_bf16_where_it_is_fast_and_a_plan_line_where_it_is_emulated(monkeypatch):
+    from train import devices
+
+    for units, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(devices, "cpu_has_bf16_units", lambda units=units: units)
+        assert devices.resolve_precision("auto", cpu=True) == expected
+        assert devices.resolve_precision("bf16", cpu=True) == "bf16"  # asked for: kept, and the plan says why slow
+        assert (devices.precision_note("bf16", "cpu") is None) == units
+        assert devices.precision_note("no", "cpu") is None

@@ -7,6 +7,12 @@ The names below are imported on first use, so that `import train.<module>` of a 
 """
 
 import importlib
+import os
+
+if os.environ.get("TRAIN_SUPERVISOR_DIR"):  # under launch/*.sh: tell the supervisor this process lives
+    from .supervised import watch_process
+
+    watch_process()
 
 _NAMES = {
     "Model": "api", "Run": "run", "RunOptions": "options", "Loop": "loop", "make_accelerator": "devices",

@@ -116,7 +116,8 @@ class Config:
     loss_args: dict = key({}, "keyword arguments of the loss, e.g. {label_smoothing: 0.1}")
     metrics: list = key(["accuracy"], f"each accuracy, mae or mse, {IMPORT} (f(y_pred, y_true) or an "
                                       "object with update/compute/reset)")
-    mixed_precision: Optional[str] = key(None, "no, bf16, fp16; null: what `accelerate launch "
+    mixed_precision: Optional[str] = key(None, "no, bf16, fp16, or auto (bf16 where the device computes it "
+                                               "in hardware, else no); null: what `accelerate launch "
                                                "--mixed_precision` says, else no", PRECISIONS)
     gradient_accumulation_steps: int = key(1, "batches per optimizer step")
     max_grad_norm: Optional[float] = key(None, "clip gradients to this norm; null: no clipping")

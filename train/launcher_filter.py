@@ -25,6 +25,7 @@ class LauncherFilter:
     def __init__(self):
         self.held: list[str] = []
         self.exit_codes: dict[int, int] = {}  # pid -> exit code, as torchrun saw it
+        self.local_ranks: dict[int, int] = {}  # pid -> local rank, for a process that died before it said its rank
         self.pending: dict[int, str] = {}  # per stream: a traceback's first line, until its first frame says whose
         self.swallow = False
         self.lock = threading.Lock()
@@ -52,6 +53,7 @@ class LauncherFilter:
             match = self.FAILED.search(line)
             if match:
                 self.exit_codes[int(match.group(3))] = int(match.group(1))
+                self.local_ranks[int(match.group(3))] = int(match.group(2))
             self.held.append(line)
             return []
         if line.startswith("Traceback (most recent call last):"):

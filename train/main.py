@@ -87,7 +87,7 @@ def report(e: RunError) -> None:
 
 
 def main(argv=None) -> int:
-    from train.supervisor import record_exit
+    from train.supervised import record_exit
 
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -120,6 +120,9 @@ if __name__ == "__main__":
     # until they notice they are orphans). A crash does not come here: its traceback is Python's.
     import multiprocessing
 
+    from train.supervised import record_ended
+
+    record_ended(code)  # a preflight or `--help` records nothing else
     if multiprocessing.active_children():
         sys.exit(code)
     sys.stdout.flush()

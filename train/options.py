@@ -14,7 +14,7 @@ from typing import Optional
 
 from .errors import UserError, check_choice
 
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("no", "bf16", "fp16", "auto")
 NONFINITE = ("stop", "skip")
 SCHEDULER_INTERVALS = ("epoch", "step")
 MODES = ("min", "max")
@@ -33,7 +33,7 @@ class RunOptions:
     checkpoint_mode: str = "min"
     # the computation
     seed: Optional[int] = None  # seeds Python, NumPy, torch and the data order at the start of fit
-    mixed_precision: Optional[str] = None  # no | bf16 | fp16; None: the launcher's choice, else no
+    mixed_precision: Optional[str] = None  # no | bf16 | fp16 | auto (bf16 where fast); None: the launcher's
     gradient_accumulation_steps: int = 1
     max_grad_norm: Optional[float] = None
     nonfinite: str = "stop"  # a NaN/inf loss: stop (exit 3) or skip the optimizer step

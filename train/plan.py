@@ -6,7 +6,7 @@ import math
 import os
 import textwrap
 
-from .devices import describe
+from .devices import describe, precision_note
 
 WIDTH = 100
 
@@ -18,6 +18,9 @@ def plan_lines(run, epochs: int, train) -> list[str]:
     batches = len(train)  # per process
     steps = math.ceil(batches / accumulation)
     lines = [f"plan: {run.name} on {describe(acc)}"]
+    slow = precision_note(acc.mixed_precision, acc.device.type)
+    if slow:
+        lines.append(f"warning: {slow}")
     if batch:
         lines.append(f"batch {batch} per process x {world} process(es) x accumulation {accumulation} = "
                      f"{batch * world * accumulation} samples per optimizer step")

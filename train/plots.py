@@ -86,6 +86,7 @@ def start_helper():
         try:
             _helper = subprocess.Popen([sys.executable, "-m", "train.plots"], stdin=subprocess.PIPE, text=True,
                                        start_new_session=True,  # out of the terminal's Ctrl-C
+                                       env={k: v for k, v in os.environ.items() if k != "TRAIN_SUPERVISOR_DIR"},
                                        cwd=Path(__file__).resolve().parent.parent)
         except OSError:  # no helper: the run draws in-process
             _helper = None

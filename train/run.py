@@ -25,7 +25,7 @@ from .errors import ConfigError, NonFiniteLoss, Preempted, RunError, UserError, 
 from .history import metric_columns
 from .loop import Loop
 from .options import RunOptions
-from .supervisor import record_exit, record_start
+from .supervised import record_exit, record_start
 
 
 def accelerator_for(options: RunOptions):
@@ -123,7 +123,7 @@ class Run:
             raise
         except BaseException as e:
             contact = lost_contact(e)
-            record_exit(1, contact or describe(e), **self._where())
+            record_exit(1, contact or describe(e), kind="lost contact" if contact else "exception", **self._where())
             if contact:  # not a bug here: one line, and the supervisor (if any) restarts the job
                 where = self._where()
                 self._say_stderr(f"[rank {self.accelerator.process_index}] error: {contact} at epoch "

@@ -56,7 +56,10 @@ def read_idx(path: str | Path, expect_ndim: Optional[int] = None, records: Optio
                     raw += f.read(records * record)
                 else:
                     raw += f.read()
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut gzip is an EOFError
+    except EOFError:  # a gzip stream cut short
+        raise DataError(f"data file '{path}' is truncated (its compressed stream ends early); "
+                        f"replace it with a good copy") from None
+    except OSError as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"data file '{path}' is corrupt ({e}); replace it with a good copy") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise DataError(f"data file '{path}' is not an IDX file (bad magic number "
@@ -68,6 +71,7 @@ def read_idx(path: str | Path, expect_ndim: Optional[int] = None, records: Optio
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     if records is not None and shape and records < shape[0]:
+        _check_full_length(path, header + int(np.prod(shape)) * dtype.itemsize, shape)
         shape = (records, *shape[1:])
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
@@ -75,6 +79,31 @@ def read_idx(path: str | Path, expect_ndim: Optional[int] = None, records: Optio
                         f"{expected} for shape {shape}; replace it with a good copy")
     # copied out of the read-only bytes: torch refuses to wrap non-writable arrays quietly
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).copy()
+
+
+def _check_full_length(path: Path, expected: int, shape: tuple) -> None:
+    """The whole file's length against its header, without inflating it (a smoke run reads only
+    its first records). A gzip file ends with its inflated length modulo 2**32 (RFC 1952, ISIZE);
+    a file cut short ends in the middle of its stream, so those bytes are anything else."""
+    size = path.stat().st_size
+    if path.suffix == ".gz":
+        with open(path, "rb") as f:
+            f.seek(max(0, size - 4))
+            actual = int.from_bytes(f.read(4), "little")
+        if actual != expected % 2**32:
+            raise DataError(f"data file '{path}' is truncated or padded: its header declares shape {shape} "
+                            f"({expected} bytes), but the file does not hold them; replace it with a good copy")
+    elif size != expected:
+        raise DataError(f"data file '{path}' is truncated or padded: {size} bytes, expected {expected} for "
+                        f"shape {shape}; replace it with a good copy")
+
+
+def idx_count(path: str | Path) -> int:
+    """The number of records an IDX file's header declares."""
+    path = Path(path)
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        raw = f.read(8)
+    return int.from_bytes(raw[4:8], "big")
 
 
 # ------------------------------------------------------------------------------ in memory
@@ -139,8 +168,10 @@ def load_mnist(folder: str | Path, split: str, records: Optional[int] = None) ->
     images_file, labels_file = MNIST_FILES["train" if split == "train" else "test"]
     images = read_idx(Path(folder) / images_file, expect_ndim=3, records=records)
     labels = read_idx(Path(folder) / labels_file, expect_ndim=1, records=records)
-    if len(images) != len(labels):
-        raise DataError(f"MNIST {split}: {len(images)} images but {len(labels)} labels in '{folder}'")
+    declared = idx_count(Path(folder) / images_file), idx_count(Path(folder) / labels_file)
+    if len(images) != len(labels) or declared[0] != declared[1]:
+        raise DataError(f"MNIST {split}: {declared[0]} images but {declared[1]} labels in '{folder}'; "
+                        f"replace the files with good copies")
     return ArrayData(_as_nchw(images), torch.from_numpy(labels.astype(np.int64)))
 
 

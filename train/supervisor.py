@@ -3,16 +3,21 @@
     python train/supervisor.py [--max-restarts N] [--grace S] [--filter-launcher] -- COMMAND ...
 
 COMMAND is a launcher (`accelerate launch ...`) or a script. Each training process reports to the
-supervisor through small files (`record_start` / `record_exit`, called by `train.Run`): its pid, its
-output folder, and how it ended. When the job ends, the supervisor decides:
+supervisor through a small file (`train.supervised`: written at `import train`, when training
+starts and when it ends): its pid, its output folder, and how it ended. When the job ends, the
+supervisor decides, and says why in one line on stderr whatever it decides:
 
-- every process finished and the launcher exited 0: exit 0;
+- the launcher exited 0: exit 0 (a training run, a preflight, `--help`, any script);
 - a process ended on purpose (it raised one of `train.errors`' run errors: bad input 2, NaN 3,
   disk full 74, preempted 75, Ctrl-C 130, a failed preflight 1; its record says `final`): exit
   with that code, no restart (the process has said why in one line);
-- anything else is a crash (a process killed by a signal or the OOM killer, a bug, a lost peer,
-  a stalled peer whose collective timed out): one line naming it, then the same command again,
-  which resumes from the latest checkpoint, up to N times (`restart 1 of 3`); then exit 1.
+- no process ever started (the launcher's own error, a bad command line): the launcher's code;
+- the script exited by itself without a crash (its own `sys.exit`): its code, no restart;
+- anything else is a crash (a process killed by a signal or the OOM killer, an exception, a lost
+  peer, a stalled peer whose collective timed out), also while a restarted job starts up: one
+  line naming it, then the same command again, which resumes from the latest checkpoint, up to N
+  times (`restart 1 of 3`); then exit 1. An exception raised by the training code at the same
+  epoch and batch as in the attempt before is a bug, not a fault: exit 1, no more restarts.
 
 Once one process has failed, the others get `--grace` seconds to end by themselves (they do, within
 a few seconds, when a peer is gone); then the whole process tree is killed, stopped processes
@@ -50,46 +55,14 @@ if __package__ in (None, ""):  # run as a file: the project folder first, for `t
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from train.launcher_filter import LauncherFilter  # noqa: E402
+from train.supervised import DIR_ENV, MAX_ENV, RESTART_ENV, _alive, is_lost_contact  # noqa: E402
 
-DIR_ENV, RESTART_ENV, MAX_ENV = "TRAIN_SUPERVISOR_DIR", "TRAIN_RESTART", "TRAIN_MAX_RESTARTS"
-
-
-# ------------------------------------------------------------------------ the processes' side
-def _record(**fields) -> None:
-    folder = os.environ.get(DIR_ENV)
-    if not folder:
-        return
-    rank = int(os.environ.get("RANK", "0"))
-    path = Path(folder) / f"rank-{rank}.json"
-    try:
-        old = json.loads(path.read_text()) if path.is_file() else {}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**old, "rank": rank, "pid": os.getpid(), **fields}))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # the supervisor's folder is gone: it is not watching any more
-
-
-def record_start(output_dir) -> None:
-    """This process started training into `output_dir` (a no-op without a supervisor)."""
-    _record(host=socket.gethostname(), output_dir=str(output_dir), code=None)
-
-
-def record_exit(code: int, reason: str, final: bool = False, **where) -> None:
-    """This process is ending with exit `code` because of `reason`, at `where` (epoch, batch, ...).
-    `final`: it ends on purpose (a bad input, a NaN, a stop signal): no restart would help."""
-    _record(code=code, reason=reason, final=final, **where)
+MEANINGS = {1: "preflight found a problem", 2: "bad input", 3: "the loss became NaN or infinite",
+            74: "an output could not be written", 75: "preempted; a checkpoint was saved",
+            130: "interrupted; a checkpoint was saved"}
 
 
 # ------------------------------------------------------------------------ the supervisor's side
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _children(pid: int) -> list[int]:
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -139,24 +112,34 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_hangup)
-        restart = 0
+        restart, previous_failure, output_dirs = 0, None, []
         while True:
             with tempfile.TemporaryDirectory(prefix="train-supervisor-") as folder:
-                code, records, why = self._attempt(Path(folder), restart)
-            if code is not None:
-                return code
+                ending = self._attempt(Path(folder), restart)
+            # an attempt that died starting up never said where it writes: the earlier ones did
+            output_dirs = [r["output_dir"] for r in ending.records if r.get("output_dir")] or output_dirs
+            if ending.code is not None:
+                self.say(ending.why)
+                return ending.code
+            if ending.failure is not None and ending.failure == previous_failure:
+                self.say(f"{ending.failure_text}; a bug, not a fault: not restarting")
+                return 1
+            previous_failure = ending.failure  # one retry tells a fault from a bug
             if restart >= self.max_restarts:
-                self.say(f"{why}; no restarts left (max_restarts={self.max_restarts}), giving up")
+                self.say(f"{ending.why}; no restarts left (max_restarts={self.max_restarts}), giving up")
                 return 1
             restart += 1
-            self.say(f"{why}; restarting{_from_latest(records)} (restart {restart} of {self.max_restarts})")
+            self.say(f"{ending.why}; restarting{_from_latest(output_dirs)} (restart {restart} of "
+                     f"{self.max_restarts})")
             time.sleep(2)  # let the other nodes' processes end and free their ports
             if self.stopped_by:  # asked to stop while waiting: do not start again
+                self.say(f"stopped by {signal.Signals(self.stopped_by).name} between attempts; exit "
+                         f"{128 + self.stopped_by}")
                 return 128 + self.stopped_by
 
-    def _attempt(self, folder: Path, restart: int):
-        """Run the command once; returns (exit code, records, None) to stop with that code, or
-        (None, records, what happened) for a crash worth a restart."""
+    def _attempt(self, folder: Path, restart: int) -> "Ending":
+        """Run the command once and say how it ended: with an exit code to stop with, or as a crash
+        worth a restart (code None)."""
         env = dict(os.environ, **{DIR_ENV: str(folder), RESTART_ENV: str(restart), MAX_ENV: str(self.max_restarts)})
         pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace") \
             if self.filter_launcher else {}
@@ -172,11 +155,12 @@ class Supervisor:
             self._pass_signals(proc, records)
             if self.stopped_by:  # processes that started training after the signal hear it now (once)
                 for r in records:
-                    if r.get("code") is None and r["pid"] not in self.told:
+                    if r.get("code") is None and r.get("phase") == "training" and r["pid"] not in self.told:
                         self.told.add(r["pid"])
                         _signal(r["pid"], self.stopped_by)
             # a process that has ended, other than by finishing (one that caught an error goes on)
-            failed = any(r.get("code") != 0 and not _alive(r["pid"]) for r in records)
+            failed = any(r.get("code") not in (0, None) or (r.get("code") is None and not r.get("ended"))
+                         for r in records if not _alive(r["pid"]))
             if failed and failed_at is None:
                 failed_at = time.monotonic()
                 # a process that timed out waiting for the others: those still alive and silent stalled
@@ -188,27 +172,46 @@ class Supervisor:
             relay.join(timeout=10)
         records = _read(folder)
         _kill(r["pid"] for r in records if _alive(r["pid"]) and r["pid"] != os.getpid())  # stopped leftovers
-        codes = [r.get("code") for r in records]
-        if records and all(c == 0 for c in codes) and proc.returncode == 0:
-            return 0, records, None
+        exit_codes = dict(filt.exit_codes) if self.filter_launcher else {}
+        for pid, local_rank in filt.local_ranks.items():  # killed before it could say who it was
+            if not any(r["pid"] == pid for r in records) and exit_codes.get(pid, 0) < 0:
+                records.append({"rank": local_rank, "name": f"local rank {local_rank}", "pid": pid, "code": None,
+                                "phase": "start-up"})
+        return self._ending(proc.returncode, records, started, exit_codes, stalled, filt)
+
+    def _ending(self, returncode: int, records: list[dict], started: bool, exit_codes: dict, stalled: list,
+                filt: LauncherFilter) -> "Ending":
+        """The rules, in order: the launcher's success; an end on purpose; a stop signal; a launcher
+        that failed before any process started; a script that exited by itself; else a crash."""
+        if returncode == 0:
+            return Ending(0, "finished (exit 0)", records)
         deliberate = [r["code"] for r in records if r.get("final") and r.get("code")]
         if deliberate:
-            return (130 if 130 in deliberate else deliberate[0]), records, None
+            code = 130 if 130 in deliberate else deliberate[0]
+            meaning = f" ({MEANINGS[code]})" if code in MEANINGS else ""
+            return Ending(code, f"exit {code}{meaning}: the job ended on purpose; not restarting", records)
         if self.stopped_by:  # stopped before any process could save: not a crash to repeat
-            return 128 + self.stopped_by, records, None
-        if not records:  # nothing started training: the launcher or the script failed first
-            if filt.held and not started:  # the launcher's own failure: its lines are all there is
+            name = signal.Signals(self.stopped_by).name
+            return Ending(128 + self.stopped_by, f"stopped by {name} before training began; exit "
+                                                 f"{128 + self.stopped_by}", records)
+        if not records and not started:  # the launcher's own failure: its lines are all there is
+            if filt.held:
                 sys.stderr.write("".join(filt.held))
-            return proc.returncode or 1, records, None
-        exit_codes = dict(filt.exit_codes) if self.filter_launcher else {}
-        if not self.filter_launcher and proc.returncode is not None:
-            exit_codes[proc.pid] = proc.returncode
-        return None, records, _what_happened(records, exit_codes, stalled)
+            return Ending(returncode or 1, f"the launcher failed before any training process started (exit "
+                                           f"{returncode}); not restarting", records)
+        ended = [r for r in records if r.get("ended")]
+        if ended and all(r.get("ended") or r.get("code") == 0 for r in records):
+            code = next((r["exit_code"] for r in ended if r.get("exit_code")), None) or returncode or 1
+            return Ending(code, f"the script exited with {code} by itself (no crash); not restarting", records)
+        ending = Ending(None, _what_happened(records, exit_codes, stalled, returncode), records)
+        ending.failure, ending.failure_text = _failure(records, exit_codes, returncode)
+        return ending
 
     def _pass_signals(self, proc, records) -> None:
         while self.signals:
             signum = self.signals.pop(0)
-            listening = [r["pid"] for r in records if r.get("code") is None]  # their handlers are in place
+            # their handlers are in place
+            listening = [r["pid"] for r in records if r.get("code") is None and r.get("phase") == "training"]
             for pid in listening or _children(proc.pid) or [proc.pid]:
                 _signal(pid, signum)
             self.told.update(listening)  # the others hear it again once they listen
@@ -243,32 +246,65 @@ def _read(folder: Path) -> list[dict]:
     return sorted(records, key=lambda r: r.get("rank", 0))
 
 
-def _what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int]) -> str:
+class Ending:
+    """How an attempt ended: `code` to exit with (None: a crash worth a restart), `why` in words,
+    and for a crash `failure`, the signature of an exception raised by the training code (which
+    process, where, what), compared with the previous attempt's to tell a bug from a fault."""
+
+    def __init__(self, code, why: str, records: list[dict]):
+        self.code, self.why, self.records = code, why, records
+        self.failure, self.failure_text = None, ""
+
+
+def _failure(records: list[dict], exit_codes: dict, returncode) -> tuple:
+    """(signature, words) of an exception raised by the training code, or (None, "") for a fault
+    (a signal, a lost or stalled peer). A process that failed before it could record anything
+    and was not killed by a signal counts too: a script that fails at start-up fails every time."""
+    raised = next((r for r in records if r.get("kind") == "exception" and r.get("code") and not r.get("final")
+                   and not is_lost_contact(str(r.get("reason", "")))), None)
+    if raised is not None:
+        reason = raised.get("reason", "")
+        where = f"at epoch {raised['epoch']} batch {raised['batch']}" if raised.get("epoch") else "while starting up"
+        return ((raised.get("epoch"), raised.get("batch"), reason.split(":")[0]),
+                f"rank {raised['rank']} failed twice {where} with {reason}")
+    signalled = any(code < 0 for code in exit_codes.values() if code is not None)
+    if not records and not signalled:
+        return ("start-up", returncode), f"the script failed twice before training started (exit {returncode})"
+    return None, ""
+
+
+def _what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int], returncode=None) -> str:
     """One phrase: which process failed how, and where the job was."""
+    if not records:  # it died before it could say anything
+        killed = next((code for code in exit_codes.values() if code is not None and code < 0), None)
+        if killed is not None:
+            return f"a process exited ({signal.Signals(-killed).name}) while starting up"
+        return f"a process failed while starting up (the launcher exited {returncode})"
     failures = [r for r in records if r.get("code") not in (None, 0)]
     # the cause before its echoes: a process that lost contact only heard of another's failure
-    failed = next((r for r in failures if not str(r.get("reason", "")).startswith("lost contact")),
-                  failures[0] if failures else None)
+    failed = next((r for r in failures if r.get("kind") != "lost contact"
+                   and not str(r.get("reason", "")).startswith("lost contact")), failures[0] if failures else None)
     if failed is None and not any(r.get("code") is None for r in records):  # all finished, the launcher did not
         return "a process failed after training finished (the launcher exited non-zero)"
     killed = next((r for r in records if exit_codes.get(r["pid"], 0) < 0), None)
-    silent = next((r for r in records if r.get("code") is None), None)
+    silent = next((r for r in records if r.get("code") is None and not r.get("ended")), None)
     if stalled:
         culprit = f"rank {stalled[0]} stalled" + (f" (rank {failed['rank']}: {failed['reason']})" if failed else "")
     elif killed:
-        culprit = f"rank {killed['rank']} exited ({signal.Signals(-exit_codes[killed['pid']]).name})"
+        who = killed.get("name", f"rank {killed['rank']}")
+        culprit = f"{who} exited ({signal.Signals(-exit_codes[killed['pid']]).name})"
     elif silent:  # ended without a word: a signal it could not handle (SIGKILL, the OOM killer)
         culprit = f"rank {silent['rank']} died without a word (killed by a signal?)"
     else:
         culprit = f"rank {failed['rank']} failed ({failed.get('reason', 'unknown')})"
     where = next((r for r in records if r.get("epoch")), None)
-    return culprit + (f" at epoch {where['epoch']} batch {where['batch']}" if where else "")
+    return culprit + (f" at epoch {where['epoch']} batch {where['batch']}" if where else " while starting up")
 
 
-def _from_latest(records: list[dict]) -> str:
-    for r in records:
-        pointer = Path(r.get("output_dir") or "") / "checkpoints" / "latest"
-        if r.get("output_dir") and pointer.is_file():
+def _from_latest(output_dirs: list[str]) -> str:
+    for folder in output_dirs:
+        pointer = Path(folder) / "checkpoints" / "latest"
+        if pointer.is_file():
             return f" from {pointer.read_text().strip()}"
     return ""
 

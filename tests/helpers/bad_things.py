@@ -26,3 +26,21 @@ class Net(torch.nn.Module):
 
     def forward(self, x):
         return self.linear(x.flatten(1))
+
+
+class FailsAtThirdBatch(torch.nn.Module):
+    """The tutorial CNN with a bug that strikes at the third training batch of every process, on
+    every attempt (the model checks before training run in eval mode and are not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        from train.models import TutorialCNN
+
+        self.net, self.batches = TutorialCNN(), 0
+
+    def forward(self, x):
+        if self.training:
+            self.batches += 1
+            if self.batches == 3:
+                raise ValueError("a bug at the third batch")
+        return self.net(x)
