@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import RunError, UserError, exit_for
 from .options import run_options
 from .summary import summary as summary_table
 
@@ -43,15 +43,18 @@ class Model(nn.Module):
         print(table)
         return table
 
-    def compile(self, loss_func: Callable, optimizer: Optional[torch.optim.Optimizer] = None,
+    def compile(self, loss_func: Optional[Callable], optimizer: Optional[torch.optim.Optimizer] = None,
                 metrics_dict: Optional[Mapping[str, object]] = None, lr_scheduler=None,
                 scheduler_interval: str = "epoch", callbacks: Iterable = (), **step_options) -> None:
-        """Set what `fit` trains with. `optimizer` defaults to Adam(lr=1e-3) over this model's
-        parameters; `metrics_dict` maps names to `f(y_pred, y_true)`. Step options:
+        """Set what `fit` trains with. `loss_func(y_pred, y_true)`, or None for the loss the model
+        returns itself (a `transformers` model given dict batches holding `labels`). `optimizer`
+        defaults to Adam(lr=1e-3) over this model's parameters; `metrics_dict` maps names to
+        `f(y_pred, y_true)`. Step options:
         `mixed_precision` (None: the launcher's), `gradient_accumulation_steps`, `max_grad_norm`,
         `nonfinite` ("stop" or "skip"), `compile`, `channels_last`, `tf32`."""
-        if not callable(loss_func):
-            raise UserError(f"compile(loss_func=...) expects a callable, got {type(loss_func).__name__}")
+        if loss_func is not None and not callable(loss_func):
+            raise UserError(f"compile(loss_func=...) expects a callable, or None for the model's own loss; got "
+                            f"{type(loss_func).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise UserError(f"compile(optimizer=...) expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
         for name, fn in (metrics_dict or {}).items():
@@ -98,10 +101,20 @@ class Model(nn.Module):
         ends the process with exit 75 on SIGUSR1/SIGTERM and 130 on Ctrl-C. Other options, as in
         `train.RunOptions`: `checkpoint_every` (optimizer steps), `keep_last`, `seed`, `trackers`
         (("wandb", "tensorboard")), `early_stopping` (a column), `progress`, `collective_timeout_s`, ...
+
+        Errors: with `output_dir` the run owns its process, as the script does: a bad input ends it
+        with one `error: ...` line and exit 2 (a NaN loss 3, a full disk 74; see the README's
+        table), no traceback. Without it (a notebook) the typed exception (`train.UserError`, ...)
+        is raised for the caller to handle.
         """
-        run = self._new_run(output_dir=output_dir, log_step_freq=log_step_freq, step_lines=True, **options)
-        self._run = run
-        history = run.fit(epochs, dl_train, dl_val, callbacks)
+        try:
+            run = self._new_run(output_dir=output_dir, log_step_freq=log_step_freq, step_lines=True, **options)
+            self._run = run
+            history = run.fit(epochs, dl_train, dl_val, callbacks)
+        except RunError as e:
+            if output_dir is None:
+                raise
+            raise exit_for(e) from None
         self._state = run.loop.state_dict()
         return history
 

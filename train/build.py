@@ -36,9 +36,17 @@ def build_model(cfg, in_channels: int) -> nn.Module:
     return net
 
 
+MODEL_LOSS = "model"  # the loss the model computes itself (a dict / ModelOutput holding `loss`)
+
+
 def build_loss(name: str, args: dict):
-    """A loss class is instantiated with `args`; a function is used as is (with `args` bound)."""
-    loss = resolve(name, LOSSES, "loss")
+    """A loss class is instantiated with `args`; a function is used as is (with `args` bound);
+    `model` gives None: the loop trains on the model's own loss."""
+    if name == MODEL_LOSS:
+        if args:
+            raise ConfigError("loss: model takes no loss_args (the model computes its loss); remove loss_args")
+        return None
+    loss = resolve(name, {**LOSSES, MODEL_LOSS: None}, "loss")
     if inspect.isclass(loss):
         return build(loss, args, "loss", name)
     if not callable(loss):

@@ -7,16 +7,29 @@ import warnings
 
 import torch
 
+from .batches import model_output, shapes, split_batch
 from .errors import UserError, describe
 from .loop import call_model
 from .metrics import is_stateful
 from .rng import rng_untouched
 
+SAMPLES_LOOKED_AT = 32  # spread over the data set: enough to meet samples of different lengths
 
-def model_takes_data(loop, train, name: str) -> None:
-    """One training sample through the model, the loss and each metric, on every process, in eval
-    mode and without drawing from any RNG. Raises `UserError` naming the model, the input's shape
-    and torch's message. Skipped for data that cannot be indexed (an iterable data set)."""
+
+def is_classification_loss(loss) -> bool:
+    """Whether a loss takes class indices as targets (cross entropy, negative log-likelihood)."""
+    fn = getattr(loss, "func", loss)  # a functools.partial with the loss's arguments
+    return isinstance(fn, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)) or fn in (
+        torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss)
+
+
+def model_takes_data(loop, train, name: str, num_classes: int | None = None) -> None:
+    """A real batch of the training data through the collate, the model, the loss and each metric,
+    on every process, in eval mode and without drawing from any RNG: two samples of different
+    shapes where the data has them (one of the first and one spread over the set), else the first
+    two. Raises `UserError` naming what does not fit. Skipped for data that cannot be indexed (an
+    iterable data set). `num_classes`, for a classification loss, is checked against the model's
+    output width."""
     dataset = getattr(train, "dataset", None)
     if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__"):
         return
@@ -24,24 +37,32 @@ def model_takes_data(loop, train, name: str) -> None:
     model = acc.unwrap_model(loop.model, keep_torch_compile=False)
     was_training = model.training
     with rng_untouched():
-        features, labels = dataset[0]
-        features, labels = loop.to_device(batch_of_one(features), batch_of_one(labels))
+        batch = first_batch(dataset, getattr(train, "collate_fn", None))
+        features, labels = split_batch(batch, loop.model_loss)
+        features, labels = loop.to_device(features, labels)
         try:
             with torch.no_grad(), acc.autocast():
                 model.eval()
-                preds = call_model(model, loop.layout(features))
+                output = call_model(model, loop.layout(features))
         except Exception as e:
             raise UserError(f"model {name} cannot take the training data: an input of shape "
                             f"{shape_of(features)} gives {describe(e)}") from None
         finally:
             model.train(was_training)
-        try:
-            with warnings.catch_warnings():  # e.g. MSE of (N, 10) against (N,): torch only warns, then broadcasts
-                warnings.simplefilter("error", UserWarning)
-                loop.loss_func(preds, labels)
-        except Exception as e:
-            raise UserError(f"the loss cannot take model {name}'s output {shape_of(preds)} with the labels "
-                            f"{shape_of(labels)}: {describe(e)}") from None
+        preds, own_loss = model_output(output, f"model {name}")
+        if loop.model_loss:
+            if own_loss is None:
+                raise UserError(f"loss: model, but model {name} returned no 'loss'; give it the labels (dict samples "
+                                f"holding 'labels') or choose a loss function")
+        else:
+            check_classes(loop.loss_func, preds, labels, name, num_classes)
+            try:
+                with warnings.catch_warnings():  # e.g. MSE of (N, 10) against (N,): torch only warns, then broadcasts
+                    warnings.simplefilter("error", UserWarning)
+                    loop.loss_func(preds, labels)
+            except Exception as e:
+                raise UserError(f"the loss cannot take model {name}'s output {shape_of(preds)} with the labels "
+                                f"{shape_of(labels)}: {describe(e)}") from None
         for metric_name, metric in loop.metrics.items():
             try:
                 if is_stateful(metric):
@@ -52,6 +73,51 @@ def model_takes_data(loop, train, name: str) -> None:
             except Exception as e:
                 raise UserError(f"metric '{metric_name}' cannot take model {name}'s output {shape_of(preds)} with "
                                 f"the labels {shape_of(labels)}: {describe(e)}") from None
+
+
+def first_batch(dataset, collate):
+    """A batch of two samples as the loader would make it: of different shapes where the first
+    `SAMPLES_LOOKED_AT` spread over the set have them."""
+    n = len(dataset)
+    if n == 0:
+        raise UserError("the training set is empty")
+    spread = sorted({round(i * (n - 1) / max(1, SAMPLES_LOOKED_AT - 1)) for i in range(min(n, SAMPLES_LOOKED_AT))})
+    in_memory = hasattr(dataset, "__getitems__")  # the fast path cuts whole batches (train.data)
+    if in_memory:
+        return collate(dataset.__getitems__(spread[:2])) if collate else dataset.__getitems__(spread[:2])
+    first = dataset[0]
+    other = next((s for s in (dataset[i] for i in spread[1:]) if shapes(s) != shapes(first)), None)
+    samples = [first, other if other is not None else dataset[spread[1]] if len(spread) > 1 else first]
+    from torch.utils.data import default_collate
+
+    try:
+        return (collate or default_collate)(samples)
+    except Exception as e:
+        if other is not None and (collate is None or collate is default_collate):
+            raise UserError(f"training samples have different shapes ({fmt_shape(shapes(first))} and "
+                            f"{fmt_shape(shapes(other))}); set data.collate: pad or give a collate function") from None
+        raise UserError(f"the collate function cannot batch the training samples "
+                        f"({fmt_shape(shapes(samples[0]))} and {fmt_shape(shapes(samples[1]))}): {describe(e)}") from None
+
+
+def check_classes(loss, preds, labels, name: str, num_classes: int | None) -> None:
+    """For a classification loss: integer targets, and a model output as wide as the classes."""
+    if not is_classification_loss(loss) or not torch.is_tensor(labels) or preds.dim() < 2:
+        return
+    if labels.is_floating_point() and labels.dim() == preds.dim() - 1:
+        raise UserError("the targets are floating point but the loss expects class indices; use a regression loss "
+                        "(loss=mse) or integer labels")
+    width = preds.shape[1]
+    if num_classes is not None and width != num_classes:
+        raise UserError(f"model {name} outputs {width} classes but data.num_classes={num_classes}; make them agree "
+                        f"(the model's output layer, or data.num_classes)")
+    if not labels.is_floating_point() and labels.numel() and int(labels.max()) >= width:
+        raise UserError(f"the labels reach {int(labels.max())} but model {name} outputs {width} classes; give the "
+                        f"model {int(labels.max()) + 1} outputs or fix the labels")
+
+
+def fmt_shape(shape) -> str:
+    return str(shape)
 
 
 def batch_of_one(item):

@@ -53,6 +53,13 @@ class DataConfig:
                                         "larger hf sets stream through workers")
     streaming: Optional[bool] = key(None, "hf: true streams (decode per sample in workers), false holds "
                                           "in memory; null: by data.in_memory_limit_mb")
+    collate: Optional[str] = key(None, "how samples become a batch: null stacks them (one shape), pad pads "
+                                       "variable-length tensors to the batch's longest, or an import path to "
+                                       "f(samples) -> batch (a factory's 'collate' is used when this is null)")
+    collate_args: dict = key({}, "keyword arguments of an imported collate (a class is built with them)")
+    pad_value: float = key(0, "collate pad: what padding is filled with (labels get -100, attention masks 0)")
+    group_by_length: bool = key(False, "batches of samples of similar lengths (sorted within shuffled "
+                                       "mega-batches, seeded by seed and epoch): less padding")
 
 
 @dataclass
@@ -112,7 +119,8 @@ class Config:
     output_dir: str = key("runs/mnist", "where config.yaml, history.csv/png, model.safetensors and "
                                         "checkpoints/ go; a rerun here resumes. A config file that does "
                                         "not set it: runs/<the file's name> (its folder's, for config.yaml)")
-    loss: str = key("cross_entropy", f"cross_entropy, nll, mse, l1, smooth_l1, huber, bce_with_logits, bce, {IMPORT}")
+    loss: str = key("cross_entropy", "cross_entropy, nll, mse, l1, smooth_l1, huber, bce_with_logits, bce, model "
+                                     f"(the loss the model returns, as transformers models do), {IMPORT}")
     loss_args: dict = key({}, "keyword arguments of the loss, e.g. {label_smoothing: 0.1}")
     metrics: list = key(["accuracy"], f"each accuracy, mae or mse, {IMPORT} (f(y_pred, y_true) or an "
                                       "object with update/compute/reset)")

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .sources import ArrayData, StreamedImages, TensorData, map_features, load_splits
 
 
@@ -129,14 +129,50 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:,.0f} MB"
 
 
+def make_collate(dcfg, from_factory=None):
+    """The collate `data.collate` names: None (torch's stacking one; a factory's own collate when it
+    gave one), `pad` (`train.batches.PadCollate`), or an import path (a class is built with
+    `data.collate_args`, a function gets them bound)."""
+    import functools
+    import inspect
+
+    from .batches import PadCollate
+    from .registry import build, resolve
+
+    if dcfg.collate is None:
+        return from_factory
+    if dcfg.collate == "pad":
+        return PadCollate(dcfg.pad_value)
+    made = resolve(dcfg.collate, {"pad": PadCollate}, "collate")
+    if inspect.isclass(made):
+        made = build(made, dcfg.collate_args, "collate", dcfg.collate)
+    elif dcfg.collate_args:
+        made = functools.partial(made, **dcfg.collate_args)
+    if not callable(made):
+        raise ConfigError(f"data.collate '{dcfg.collate}' is a {type(made).__name__}, not a function f(samples) -> batch")
+    return made
+
+
+def sample_lengths(dataset) -> list[int]:
+    """Each sample's length (its longest first dimension): the data set's own `lengths` when it has
+    them, else read sample by sample once."""
+    from .batches import sample_length
+
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is not None and len(lengths) == len(dataset):
+        return [int(n) for n in lengths]
+    return [sample_length(dataset[i]) for i in range(len(dataset))]
+
+
 def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int = 1, seed: int = 0,
-                 num_classes: Optional[int] = None) -> Loaders:
+                 num_classes: Optional[int] = None, processes: int = 1) -> Loaders:
     """Train and validation loaders for the run config `cfg` (its `data` section and
     `batch_size`, per process). Shuffling of the training set is seeded by `seed`. With
-    `num_classes`, labels are checked to lie in 0..num_classes-1 (classification)."""
+    `num_classes`, labels are checked to lie in 0..num_classes-1 (classification). `processes`
+    (all of them) sizes the length-grouped mega-batches."""
     device = torch.device(device)
     dcfg = cfg.data
-    train, val = load_splits(dcfg)
+    train, val, factory_collate = load_splits(dcfg)
     if len(train) == 0:
         raise DataError("the training set is empty; check data.path, data.train_size or the data factory")
     limit = dcfg.in_memory_limit_mb * 2**20
@@ -183,8 +219,28 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
     if workers > 0 and dcfg.prefetch_factor is not None:
         common["prefetch_factor"] = dcfg.prefetch_factor
     generator = torch.Generator().manual_seed(seed)
-    train_common = dict(common, collate_fn=batch_as_is) if in_memory else common
-    dl_train = DataLoader(train_ds, shuffle=True, generator=generator, **train_common)
-    val_common = dict(common, collate_fn=batch_as_is) if isinstance(val, (ArrayData, TensorData)) else common
+    collate = make_collate(dcfg, factory_collate)
+    if in_memory and (collate is not None or dcfg.group_by_length):
+        raise ConfigError("data.collate and data.group_by_length are for per-sample data; a TensorDataset holds "
+                          "samples of one shape (the fast path): remove them, or return another Dataset")
+    train_common = dict(common, collate_fn=batch_as_is) if in_memory else dict(common, collate_fn=collate)
+    order = dict(shuffle=True, generator=generator)
+    if dcfg.collate == "pad" or dcfg.group_by_length:  # lengths read once (no images decoded for other collates)
+        from .grouping import LengthGroupedSampler, padding_efficiency
+
+        lengths = sample_lengths(train_ds)
+        grouped = LengthGroupedSampler(lengths, cfg.batch_size * processes, seed)
+        shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+        plain = padding_efficiency(lengths, shuffled, cfg.batch_size)
+        if dcfg.group_by_length:
+            order = dict(sampler=grouped)
+            notes.append(f"length-grouped batches: padding efficiency {padding_efficiency(lengths, grouped.order(0), cfg.batch_size):.3f} "
+                         f"(real / padded tokens, epoch 1; {plain:.3f} shuffled), lengths {min(lengths)}-{max(lengths)}")
+        elif min(lengths) != max(lengths):
+            notes.append(f"padding efficiency {plain:.3f} (real / padded tokens, epoch 1), lengths "
+                         f"{min(lengths)}-{max(lengths)}; data.group_by_length=true would pad less")
+    dl_train = DataLoader(train_ds, **order, **train_common)
+    val_common = dict(common, collate_fn=batch_as_is) if isinstance(val, (ArrayData, TensorData)) \
+        else dict(common, collate_fn=collate)
     dl_val = DataLoader(val_ds, shuffle=False, **val_common) if val_ds is not None else None
     return Loaders(dl_train, dl_val, notes, mean, std)

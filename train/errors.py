@@ -72,12 +72,35 @@ class Interrupted(Preempted):
     label = "interrupted"
 
 
+def report(error: RunError) -> None:
+    """The error's one line on stderr (`error: ...`), from the main process (or from each process,
+    for an error only some processes met)."""
+    import os
+    import sys
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0 or not error.same_on_every_process:
+        who = f"[rank {rank}] " if rank else ""
+        print(f"{who}{error.label}: {error}", file=sys.stderr, flush=True)
+
+
+def exit_for(error: RunError) -> SystemExit:
+    """For a front that owns its process (a script, or `fit(output_dir=...)`): the error's one line,
+    then the `SystemExit` to raise with its exit code (no traceback)."""
+    report(error)
+    return SystemExit(error.exit_code)
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message ("" when it has none), without the `[file.cc:12]`
-    source location that torch's and gloo's C++ errors start with."""
+    source location that torch's and gloo's C++ errors start with. For an error a loader worker
+    re-raised (`Caught X in DataLoader worker process 0. Original Traceback ...`), the original's
+    last line."""
     import re
 
     text = str(error).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        return text.splitlines()[-1].split(": ", 1)[-1]
     return re.sub(r"^\[[^\]]*\]\s*[.:]?\s*", "", text.splitlines()[0]) if text else ""
 
 

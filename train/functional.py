@@ -54,6 +54,14 @@ def valid_step(model, features, labels) -> tuple[float, float]:
 def train_model(model, epochs: int, dl_train, dl_valid=None, log_step_freq: int = 100, *,
                 seed: Optional[int] = None, **options):
     """Train until epoch `epochs`; prints step lines and an epoch table; returns the history
-    DataFrame. Keyword options are those of `Model.fit` (`output_dir=...` and the rest)."""
-    run = _run_for(model, log_step_freq=log_step_freq, step_lines=True, seed=seed, **options)
-    return run.fit(epochs, dl_train, dl_valid)
+    DataFrame. Keyword options are those of `Model.fit` (`output_dir=...` and the rest), and so
+    are its errors: with `output_dir`, one `error:` line and the exit code; without, the exception."""
+    from .errors import RunError, exit_for
+
+    try:
+        run = _run_for(model, log_step_freq=log_step_freq, step_lines=True, seed=seed, **options)
+        return run.fit(epochs, dl_train, dl_valid)
+    except RunError as e:
+        if options.get("output_dir") is None:
+            raise
+        raise exit_for(e) from None

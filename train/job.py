@@ -67,7 +67,9 @@ def build(cfg):
     accelerator = accelerator_for(options)
     set_seed(cfg.seed)  # the model's initial weights
     classes = cfg.data.num_classes if cfg.loss in CLASSIFICATION_LOSSES else None  # labels checked against it
-    loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed, num_classes=classes)
+    options.num_classes = classes  # and the model's output width
+    loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed, num_classes=classes,
+                           processes=accelerator.num_processes)
     world = accelerator.num_processes
     if loaders.val is not None and len(loaders.val.dataset) < world:
         raise ConfigError(f"the validation set has {len(loaders.val.dataset)} sample(s), fewer than the {world} "

@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
+from .batches import model_output, prediction_inputs, split_batch, take_rows
 from .callbacks import CallbackList
 from .devices import make_accelerator, shutdown, to_device
 from .errors import Interrupted, Preempted, UserError, check_choice
@@ -47,7 +48,10 @@ class Loop:
     "step" (one optimizer step). `nonfinite` says what a NaN/inf loss does: "stop" raises
     `NonFiniteLoss` at the next status check (see `train.status`), naming the first bad batch;
     "skip" drops that optimizer step (one device sync per step) and counts it in the history as
-    `skipped_steps`. Callbacks hear the events listed in `train.callbacks`.
+    `skipped_steps`. `loss_func=None` trains on the loss the model returns (a dict or `transformers`
+    `ModelOutput` with `loss`; dict samples then keep their `labels` in the model's inputs). Samples
+    and outputs may take any form of `train.batches`. Callbacks hear the events listed in
+    `train.callbacks`.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], loss_func,
@@ -58,8 +62,9 @@ class Loop:
         check_choice("scheduler_interval", scheduler_interval, SCHEDULER_INTERVALS)
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise UserError(f"max_grad_norm must be > 0 or None; got {max_grad_norm!r}")
-        if not callable(loss_func):
-            raise UserError(f"the loss must be callable as loss(y_pred, y_true); got {type(loss_func).__name__}")
+        if loss_func is not None and not callable(loss_func):
+            raise UserError(f"the loss must be callable as loss(y_pred, y_true), or None for the model's own "
+                            f"loss; got {type(loss_func).__name__}")
         self.accelerator = accelerator or make_accelerator()
         self.channels_last = channels_last
         if channels_last:  # NHWC weights; 4-d batches are made NHWC in the steps
@@ -73,6 +78,7 @@ class Loop:
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
         self.loss_func = loss_func
+        self.model_loss = loss_func is None  # the model computes its loss from the labels in its inputs
         self.metrics = dict(metrics or {})
         self.max_grad_norm = max_grad_norm
         self.nonfinite = nonfinite
@@ -123,6 +129,20 @@ class Loop:
             return features.contiguous(memory_format=torch.channels_last)
         return features
 
+    def split(self, batch):
+        """(inputs, targets) of a batch, whatever its form (see `train.batches`)."""
+        return split_batch(batch, self.model_loss)
+
+    def forward(self, features, labels):
+        """The model on a batch: (predictions, loss), the loss the model's own or the loss function's."""
+        preds, own = model_output(call_model(self.model, self.layout(features)))
+        if self.model_loss:
+            if own is None:
+                raise UserError("loss: model, but the model returned no 'loss'; pass the labels to it (dict samples "
+                                "holding 'labels') or choose a loss function")
+            return preds, own
+        return preds, self.loss_func(preds, labels)
+
     def request_stop(self, signum: int) -> None:
         """Ask every process to stop at the next status check (safe to call from a signal handler)."""
         self.status.requested = signum
@@ -140,8 +160,7 @@ class Loop:
         model, acc = self.model, self.accelerator
         self.stepped = False
         with acc.accumulate(model):
-            preds = call_model(model, self.layout(features))
-            loss = self.loss_func(preds, labels)
+            preds, loss = self.forward(features, labels)
             acc.backward(loss)
             skip_check = self.nonfinite == "skip" and acc.scaler is None  # fp16's scaler skips by itself
             norm = None
@@ -166,10 +185,32 @@ class Loop:
     @torch.no_grad()
     def eval_step(self, features, labels):
         """The one eval step: forward, then predictions and labels gathered from all processes
-        (padding duplicates of the last batch dropped), then the loss over the gathered batch."""
-        preds = call_model(self.model, self.layout(features))
-        preds, labels = self.accelerator.gather_for_metrics((preds, labels))
+        (padding duplicates of the last batch dropped), then the loss over the gathered batch. The
+        model's own loss (a mean over this process's batch) is weighted by the batch's real samples
+        instead; a batch holding padding duplicates is run again on its real samples alone."""
+        acc = self.accelerator
+        preds, own = self.forward(features, labels)
+        if self.model_loss:
+            real = self._real_rows(len(labels))
+            if real < len(labels):
+                own = self.forward(take_rows(features, real), labels[:real])[1] if real else own.new_zeros(())
+            total = acc.gather(torch.stack([own.detach().double() * real, own.new_tensor(real, dtype=torch.double)])
+                               .reshape(1, 2)).sum(dim=0)
+        preds, labels = acc.gather_for_metrics((preds, labels))
+        if self.model_loss:
+            return total[0] / total[1].clamp(min=1), preds, labels
         return self.loss_func(preds, labels), preds, labels
+
+    def _real_rows(self, rows: int) -> int:
+        """How many of this process's `rows` in the current evaluation batch are real samples, not the
+        padding duplicates that make the last batches even across processes. Accelerate pads each
+        process's last batch at its end and drops `remainder`'s complement from the end of the
+        gathered (process-major) batch; so the real rows of process p are those before
+        `remainder - p * rows`."""
+        acc, state = self.accelerator, self.accelerator.gradient_state
+        if acc.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+            return rows
+        return max(0, min(rows, state.remainder - acc.process_index * rows))
 
     # -------------------------------------------------------------------- the epochs
     def train_epoch(self, dl, epoch: int, events=None, log_step_freq: Optional[int] = None) -> dict:
@@ -183,7 +224,7 @@ class Loop:
         dl, on_start = self._continue_unfinished(dl)
         events.on_epoch_begin(epoch)
         timer = EpochTimer()
-        for features, labels in timer.batches(dl, on_start):
+        for features, labels in timer.batches(dl, on_start, self.split):
             self.batch += 1
             self.samples_seen += len(labels) * self.accelerator.num_processes
             loss, preds = self.train_step(features, labels)
@@ -235,8 +276,8 @@ class Loop:
         dl = self.prepare_loader(dl)
         self.model.eval()
         sums = EpochSums(self.metrics, self.device)
-        for features, labels in dl:
-            sums.add(*self.eval_step(features, labels))
+        for batch in dl:
+            sums.add(*self.eval_step(*self.split(batch)))
         return {prefix + k: v for k, v in sums.result().items()}
 
     @torch.no_grad()
@@ -246,8 +287,7 @@ class Loop:
         self.model.eval()
         outputs = []
         for batch in dl:
-            features = batch[0] if isinstance(batch, (tuple, list)) else batch
-            preds = call_model(self.model, self.layout(features))
+            preds, _ = model_output(call_model(self.model, self.layout(prediction_inputs(batch))))
             outputs.append(self.accelerator.gather_for_metrics(preds).cpu())
         return torch.cat(outputs)
 

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a file: import the package, not train/*.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from train.configfile import load_config  # noqa: E402
-from train.errors import RunError  # noqa: E402
+from train.errors import RunError, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "mnist.yaml"
@@ -75,15 +75,6 @@ def run(cfg):
         return job.train(cfg.epochs, loaders.train, loaders.val)
     finally:
         job.close()
-
-
-def report(e: RunError) -> None:
-    """The error's one line on stderr, from the main process (or from each process, for an
-    error only some processes met)."""
-    rank = int(os.environ.get("RANK", "0"))
-    if rank == 0 or not e.same_on_every_process:
-        who = f"[rank {rank}] " if rank else ""
-        print(f"{who}{e.label}: {e}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:

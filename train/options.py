@@ -40,6 +40,7 @@ class RunOptions:
     compile: bool = False  # torch.compile the model (inductor)
     channels_last: bool = False
     tf32: Optional[bool] = None
+    num_classes: Optional[int] = None  # with a classification loss: checked against the model's output width
     collective_timeout_s: Optional[float] = 600.0  # a process waiting longer for the others ends the run
     # what a person sees
     trackers: tuple = ()  # "wandb", "tensorboard"
@@ -73,7 +74,7 @@ class RunOptions:
             check_choice("each of trackers", tracker, TRACKERS)
         for name in ("gradient_accumulation_steps", "keep_last", "log_every_s"):
             _positive(name, getattr(self, name))
-        for name in ("checkpoint_every", "max_grad_norm", "log_step_freq", "collective_timeout_s"):
+        for name in ("checkpoint_every", "max_grad_norm", "log_step_freq", "collective_timeout_s", "num_classes"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:

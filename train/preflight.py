@@ -54,7 +54,7 @@ def preflight(run, loaders) -> dict:
     def train_batches():
         loop.model.train()
         times = []
-        for features, labels in _batches(train_dl, 2):
+        for features, labels in map(loop.split, _batches(train_dl, 2)):
             start = time.perf_counter()
             loss, preds = loop.train_step(features, labels)
             sums.add(loss, preds, labels)
@@ -67,7 +67,7 @@ def preflight(run, loaders) -> dict:
     def val_batches():
         loop.model.eval()
         times = []
-        for features, labels in _batches(val_dl, 2):
+        for features, labels in map(loop.split, _batches(val_dl, 2)):
             start = time.perf_counter()
             loss, _, _ = loop.eval_step(features, labels)
             float(loss)
@@ -92,7 +92,7 @@ def preflight(run, loaders) -> dict:
         acc.save_state(folder)
         acc.wait_for_everyone()  # the main process writes; nobody reads before it is done
         saved = [p.detach().clone() for p in loop.model.parameters()]
-        features, labels = next(iter(train_dl))
+        features, labels = loop.split(next(iter(train_dl)))
         loop.train_step(features, labels)  # move the weights, so that loading has something to undo
         acc.load_state(folder)
         same = all(torch.equal(a, b) for a, b in zip(saved, loop.model.parameters()))

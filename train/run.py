@@ -53,7 +53,8 @@ class Run:
         is stepped per epoch or per optimizer step (`scheduler_interval`). `accelerator`: one made
         beforehand with `train.devices.make_accelerator` (the script needs its device to place the
         data), else one is made from the options. `config` (a `train.Config`) is written to
-        `config.yaml`; `plan_notes` are extra lines for the plan (how the data is loaded)."""
+        `config.yaml`; `plan_notes` are extra lines for the plan (how the data is loaded).
+        `loss=None` trains on the model's own loss (see `train.batches`)."""
         self.options = o = options or RunOptions()
         self.accelerator = accelerator = accelerator or accelerator_for(o)
         self.loop = Loop(model, optimizer, loss, metrics, accelerator=accelerator, scheduler=scheduler,
@@ -145,7 +146,7 @@ class Run:
     # ------------------------------------------------------------------- before training
     def check_model_takes(self, train) -> None:
         """See `train.checks.model_takes_data`: before anything is written, with one line on failure."""
-        model_takes_data(self.loop, train, self.name)
+        model_takes_data(self.loop, train, self.name, self.options.num_classes)
 
     def _open(self, out: Path) -> None:
         """Lock the output folder, then find, verify and load the checkpoint to resume from."""

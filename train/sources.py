@@ -276,8 +276,9 @@ class StreamedImages(torch.utils.data.Dataset):
 
 def load_python(cfg):
     """`data.factory(**data.args)` from the user's code: the training and validation data sets, as
-    `(train, val)`, `{"train": ..., "val": ...}` or a lone training set. A `TensorDataset` is held
-    in memory (the fast path); any other map-style `Dataset` is loaded sample by sample."""
+    `(train, val)`, `{"train": ..., "val": ..., "collate": fn}` or a lone training set. A
+    `TensorDataset` is held in memory (the fast path); any other map-style `Dataset` is loaded
+    sample by sample. Returns (train, val, the factory's collate or None)."""
     from .registry import build, resolve
 
     factory = resolve(cfg.factory, {}, "data factory")
@@ -287,7 +288,12 @@ def load_python(cfg):
         raise
     except Exception as e:  # a missing file, a bad argument value: the factory says what (--debug: its traceback)
         raise DataError(f"data factory '{cfg.factory}' raised {describe(e)}") from e
+    collate = None
     if isinstance(made, dict):
+        collate = made.get("collate")
+        if collate is not None and not callable(collate):
+            raise DataError(f"data factory '{cfg.factory}' returned a 'collate' that is a {type(collate).__name__}, "
+                            f"not a function f(samples) -> batch")
         made = (made.get("train"), made.get("val", made.get("validation")))
     elif isinstance(made, torch.utils.data.Dataset):
         made = (made, None)
@@ -298,7 +304,7 @@ def load_python(cfg):
         if ds is not None and not (isinstance(ds, torch.utils.data.Dataset) and hasattr(ds, "__len__")):
             raise DataError(f"data factory '{cfg.factory}' returned {_kind(ds)} as the {name} set; "
                             f"return map-style torch Datasets (with __len__ and __getitem__)")
-    return tuple(_in_memory(ds) for ds in made)
+    return (*(_in_memory(ds) for ds in made), collate)
 
 
 def _kind(value) -> str:
@@ -313,11 +319,11 @@ def _in_memory(ds):
 
 
 def load_splits(cfg):
-    """(train, val) of the configured source (`cfg` is the `data` section); val is None with
-    data.val_size=0 or when a factory gives none."""
-    want_val = cfg.val_size != 0
+    """(train, val, collate) of the configured source (`cfg` is the `data` section); val is None
+    with data.val_size=0 or when a factory gives none; collate is a factory's, else None."""
+    want_val, collate = cfg.val_size != 0, None
     if cfg.source == "python":
-        train, val = load_python(cfg)
+        train, val, collate = load_python(cfg)
         val = val if want_val else None
     else:
         sizes = {"train": cfg.train_size, "val": cfg.val_size}
@@ -326,7 +332,7 @@ def load_splits(cfg):
         if load is None:
             raise ConfigError(f"data.source must be one of mnist, torchvision, hf, python; got {cfg.source!r}")
         train, val = load("train"), load("val") if want_val else None
-    return _head(train, cfg.train_size), _head(val, cfg.val_size)
+    return _head(train, cfg.train_size), _head(val, cfg.val_size), collate
 
 
 def _head(data, n):

@@ -20,8 +20,9 @@ class EpochTimer:
         self.samples = 0  # this process's samples timed
         self.first_sample = None  # one input sample, for counting FLOPs after the epoch
 
-    def batches(self, loader: Iterable, on_start: Optional[Callable[[], None]] = None):
-        """The loader's batches; `on_start` runs once its iterator has produced the first one."""
+    def batches(self, loader: Iterable, on_start: Optional[Callable[[], None]] = None, split: Callable = tuple):
+        """The loader's batches as `split(batch)` = (inputs, targets); `on_start` runs once its
+        iterator has produced the first one."""
         batches = iter(loader)
         while True:
             wait = time.perf_counter()
@@ -34,10 +35,11 @@ class EpochTimer:
                     on_start()
                     on_start = None
             self.data_s += time.perf_counter() - wait
+            features, labels = split(batch)
             if self.first_sample is None:
-                self.first_sample = first_sample(batch[0])
-            self.samples += len(batch[1])
-            yield batch
+                self.first_sample = first_sample(features)
+            self.samples += len(labels)
+            yield features, labels
 
     def row(self, accelerator, flops_per_sample: Optional[float]) -> dict:
         seconds = time.perf_counter() - self.start

@@ -53,7 +53,7 @@ def tune(cfg, device: torch.device | str = "cpu", batches: int = 100, print_fn=p
     the CPUs there are, `pin_memory` on CUDA, `prefetch_factor` 2 and 4 with workers, and the
     in-memory fast path where the data allows it) and print them, best first. Returns the rows."""
     device = torch.device(device)
-    train, _ = load_splits(cfg.data)
+    train, _, _ = load_splits(cfg.data)
     candidates = []
     if isinstance(train, ArrayData):
         mean, std = channel_stats(train.images)
