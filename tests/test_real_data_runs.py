@@ -128,3 +128,13 @@ def test_the_text_example_resumes_exactly_and_two_processes_match_one(tmp_path):
     assert_same_run(tmp_path / "killed", tmp_path / "reference", context=where)
     two_processes(tmp_path / "two", *args)
     assert_two_processes_match_one(tmp_path / "two", args)
+
+
+def test_a_class_front_script_with_a_mistake_ends_with_one_line_and_exit_2(tmp_path):
+    done = subprocess.run([PYTHON, str(ROOT / "tests" / "helpers" / "class_front_mistake.py"), str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "tests")))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and \
+        done.stderr.startswith("error: training samples have different shapes ((9,) and ("), done.stderr
+    assert not (tmp_path / "out").exists()
