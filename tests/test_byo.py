@@ -141,4 +141,4 @@ def test_the_custom_fit_example_trains_and_a_rerun_resumes(tmp_path):
     assert "Total params:" in first.stdout and float(first.stdout.split()[-1]) >= 0.95
     again = run_one(script, **env)
     assert again.returncode == 0, again.stderr
-    assert "all 20 epoch(s) done, nothing to train" in flat(again.stdout)
+    assert "holds a finished run of 20 epoch(s): nothing to train for epochs=20, no file changed" in flat(again.stdout)

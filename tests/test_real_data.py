@@ -34,6 +34,7 @@ SHAPES = ("training samples have different shapes ((9,) and (", ",)); set data.c
 SCRIPT_CASES = {
     "different lengths, no collate": ([], SHAPES),
     "the same in preflight": (["preflight=true"], SHAPES),
+    "the same in a smoke run (a Subset)": (["data.train_size=100"], SHAPES),
     "2 outputs, 3 classes": (["data.collate=pad", "data.num_classes=3"],
                              "outputs 2 classes but data.num_classes=3; make them agree"),
     "5 outputs, 2 classes": (["data.collate=pad", "model_args.classes=5"],
@@ -118,6 +119,9 @@ def test_pad_collate_pads_each_tensor_and_adds_the_attention_mask():
     tokens, labels = pad_collate([(torch.tensor([1, 2]), torch.tensor([3, 4])), (torch.tensor([5]), torch.tensor([6]))],
                                  pad_value=-1)
     assert tokens.tolist() == [[1, 2], [5, -1]] and labels.tolist() == [[3, 4], [6, -100]]  # labels: ignored index
+    typed = pad_collate([{"input_ids": torch.tensor([5, 6]), "token_type_ids": torch.tensor([0, 0]), "labels": 1},
+                         {"input_ids": torch.tensor([7]), "token_type_ids": torch.tensor([0]), "labels": 0}], pad_value=1)
+    assert typed["input_ids"].tolist() == [[5, 6], [7, 1]] and typed["token_type_ids"].tolist() == [[0, 0], [0, 0]]
     pair = pad_collate([((torch.ones(2, 3), torch.ones(1)), 0), ((torch.ones(4, 3), torch.ones(1)), 1)])
     assert pair[0][0].shape == (2, 4, 3) and pair[0][1].shape == (2, 1) and pair[1].tolist() == [0, 1]
 

@@ -112,7 +112,7 @@ def test_each_ending_says_one_line_with_its_exit_code(tmp_path):
                                 "model=tests.helpers.bad_things:FailsAtThirdBatch"], {"MAX_RESTARTS": "0"}, 1,
                                "rank 0 failed (ValueError: a bug at the third batch) at epoch 1 batch 3; no "
                                "restarts left (max_restarts=0), giving up"),
-        "script's own exit": (["one.sh", str(exits)], {}, 1, "the script exited with 1 by itself (no crash); "
+        "script's own exit": (["one.sh", str(exits)], {}, 3, "rank 0 exited with 3 by itself, not a crash; "
                                                              "not restarting"),
         "a script that only prints": (["one.sh", str(hello)], {}, 0, "finished (exit 0)"),
         "--help": (["one.sh", "--help"], {}, 0, "finished (exit 0)"),
@@ -144,6 +144,8 @@ def test_bf16_and_fp16_wrappers_take_a_script_first(tmp_path):
     log = finish(proc, timeout=120)
     assert proc.returncode == 0, log
     assert "script ran with ['--my-flag', '1'] bf16" in log, log
+    fp16 = subprocess.run([str(LAUNCH / "fp16.sh"), str(script)], capture_output=True, text=True, timeout=60)
+    assert fp16.returncode == 2 and "no GPU found" in fp16.stderr  # on this CPU machine; the script comes first
 
 
 def test_a_killed_supervisor_of_one_process_leaves_no_training_behind(tmp_path):

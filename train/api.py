@@ -114,6 +114,9 @@ class Model(nn.Module):
         except RunError as e:
             if output_dir is None:
                 raise
+            from .supervised import record_exit
+
+            record_exit(e.exit_code, str(e), final=True)  # a supervisor must not restart a deliberate end
             raise exit_for(e) from None
         self._state = run.loop.state_dict()
         return history

@@ -110,7 +110,9 @@ def sample_length(sample) -> int:
 
 class PadCollate:
     """Pads every variable-length tensor of a sample (a tensor, each member of a tuple, each value
-    of a dict) along its first dimension to the batch's longest with `pad_value`, then stacks.
+    of a dict) along its first dimension to the batch's longest, then stacks: with `pad_value`
+    for tensors, tuple members and `input_ids`, with 0 for a dict's other keys (attention masks,
+    token type ids, whose 0 is always valid).
     Targets of different lengths (`labels`, or the second member of `(input, target)`) are padded
     with -100 (the index that `transformers`' and torch's cross entropy ignore).
     A dict holding `input_ids` and no `attention_mask` gets one (1 for tokens, 0 for padding), as
@@ -137,7 +139,8 @@ class PadCollate:
         if all(t.shape == tensors[0].shape for t in tensors):
             return torch.stack(tensors)
         is_target = path == (1,) or (path and path[-1] in LABEL_KEYS)  # (input, target), or a dict's labels
-        pad = -100 if is_target else 0 if path and path[-1] == "attention_mask" else self.pad_value
+        other_key = path and isinstance(path[-1], str) and path[-1] != "input_ids"  # masks, token types: 0
+        pad = -100 if is_target else 0 if other_key else self.pad_value
         longest = max(t.shape[0] for t in tensors)
         out = tensors[0].new_full((len(tensors), longest, *tensors[0].shape[1:]), pad)
         for i, t in enumerate(tensors):

@@ -82,22 +82,23 @@ def first_batch(dataset, collate):
     if n == 0:
         raise UserError("the training set is empty")
     spread = sorted({round(i * (n - 1) / max(1, SAMPLES_LOOKED_AT - 1)) for i in range(min(n, SAMPLES_LOOKED_AT))})
-    in_memory = hasattr(dataset, "__getitems__")  # the fast path cuts whole batches (train.data)
-    if in_memory:
-        return collate(dataset.__getitems__(spread[:2])) if collate else dataset.__getitems__(spread[:2])
+    from torch.utils.data import default_collate
+
+    from .data import batch_as_is
+
+    if collate is batch_as_is:  # the fast path: the data set cuts whole batches by indexing (train.data)
+        return dataset.__getitems__(spread[:2])
     first = dataset[0]
     other = next((s for s in (dataset[i] for i in spread[1:]) if shapes(s) != shapes(first)), None)
     samples = [first, other if other is not None else dataset[spread[1]] if len(spread) > 1 else first]
-    from torch.utils.data import default_collate
-
     try:
         return (collate or default_collate)(samples)
     except Exception as e:
         if other is not None and (collate is None or collate is default_collate):
-            raise UserError(f"training samples have different shapes ({fmt_shape(shapes(first))} and "
-                            f"{fmt_shape(shapes(other))}); set data.collate: pad or give a collate function") from None
-        raise UserError(f"the collate function cannot batch the training samples "
-                        f"({fmt_shape(shapes(samples[0]))} and {fmt_shape(shapes(samples[1]))}): {describe(e)}") from None
+            raise UserError(f"training samples have different shapes ({shapes(first)} and {shapes(other)}); "
+                            f"set data.collate: pad or give a collate function") from None
+        raise UserError(f"the collate function cannot batch the training samples ({shapes(samples[0])} and "
+                        f"{shapes(samples[1])}): {describe(e)}") from None
 
 
 def check_classes(loss, preds, labels, name: str, num_classes: int | None) -> None:
@@ -114,21 +115,6 @@ def check_classes(loss, preds, labels, name: str, num_classes: int | None) -> No
     if not labels.is_floating_point() and labels.numel() and int(labels.max()) >= width:
         raise UserError(f"the labels reach {int(labels.max())} but model {name} outputs {width} classes; give the "
                         f"model {int(labels.max()) + 1} outputs or fix the labels")
-
-
-def fmt_shape(shape) -> str:
-    return str(shape)
-
-
-def batch_of_one(item):
-    """A data set's sample as a batch of one: tensors get a leading dimension, numbers become tensors."""
-    if torch.is_tensor(item):
-        return item.unsqueeze(0)
-    if isinstance(item, dict):
-        return {k: batch_of_one(v) for k, v in item.items()}
-    if isinstance(item, (tuple, list)):
-        return type(item)(batch_of_one(v) for v in item)
-    return torch.as_tensor([item])
 
 
 def shape_of(item) -> str:

@@ -153,6 +153,39 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# Keys a resumed run may change: how long it trains, how it is watched and tracked, how the data is
+# fed and where it lies. Any other difference means another run (model, data, optimizer, loss, ...).
+RESUMABLE_CHANGES = ("epochs", "output_dir", "resume", "preflight", "progress", "log_step_freq", "log_every_s",
+                     "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps",
+                     "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor")
+
+
+SECTIONS = ("data", "optimizer", "scheduler", "tracking", "checkpoint", "early_stopping")
+
+
+def _flat(config: dict) -> dict:
+    """A config as `{dotted key: value}`; dict-valued keys (model_args, data.args) stay whole."""
+    out = {}
+    for k, v in config.items():
+        if k in SECTIONS and isinstance(v, dict):
+            out.update({f"{k}.{sub}": value for sub, value in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def config_differences(saved: dict, new: dict) -> list[str]:
+    """`key: saved -> new` for each setting that differs and that a resume may not change."""
+    before, after = _flat(saved), _flat(new)
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES):
+            continue
+        if before.get(key) != after.get(key):
+            changed.append(f"{key}: {before.get(key)!r} there, {after.get(key)!r} now")
+    return changed
+
+
 def save_config(cfg: Config, path) -> None:
     """Write the resolved config as YAML (atomically), so a run can be repeated from its output."""
     import yaml

@@ -143,7 +143,7 @@ def make_collate(dcfg, from_factory=None):
         return from_factory
     if dcfg.collate == "pad":
         return PadCollate(dcfg.pad_value)
-    made = resolve(dcfg.collate, {"pad": PadCollate}, "collate")
+    made = resolve(dcfg.collate, {"pad": None}, "collate")
     if inspect.isclass(made):
         made = build(made, dcfg.collate_args, "collate", dcfg.collate)
     elif dcfg.collate_args:
@@ -153,15 +153,18 @@ def make_collate(dcfg, from_factory=None):
     return made
 
 
-def sample_lengths(dataset) -> list[int]:
+def sample_lengths(dataset, at_most: Optional[int] = None) -> list[int]:
     """Each sample's length (its longest first dimension): the data set's own `lengths` when it has
-    them, else read sample by sample once."""
+    them, else read sample by sample once (only `at_most` of them, spread over the set, for an
+    estimate)."""
     from .batches import sample_length
 
     lengths = getattr(dataset, "lengths", None)
     if lengths is not None and len(lengths) == len(dataset):
         return [int(n) for n in lengths]
-    return [sample_length(dataset[i]) for i in range(len(dataset))]
+    n = len(dataset)
+    picks = range(n) if at_most is None or n <= at_most else (i * n // at_most for i in range(at_most))
+    return [sample_length(dataset[i]) for i in picks]
 
 
 def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int = 1, seed: int = 0,
@@ -221,14 +224,16 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
     generator = torch.Generator().manual_seed(seed)
     collate = make_collate(dcfg, factory_collate)
     if in_memory and (collate is not None or dcfg.group_by_length):
-        raise ConfigError("data.collate and data.group_by_length are for per-sample data; a TensorDataset holds "
-                          "samples of one shape (the fast path): remove them, or return another Dataset")
+        raise ConfigError("a collate (data.collate, or the factory's) and data.group_by_length are for per-sample "
+                          "data; a TensorDataset holds samples of one shape (the fast path): remove them, or "
+                          "return another Dataset")
     train_common = dict(common, collate_fn=batch_as_is) if in_memory else dict(common, collate_fn=collate)
     order = dict(shuffle=True, generator=generator)
     if dcfg.collate == "pad" or dcfg.group_by_length:  # lengths read once (no images decoded for other collates)
         from .grouping import LengthGroupedSampler, padding_efficiency
 
-        lengths = sample_lengths(train_ds)
+        # every length for grouping; for the plan's figure alone, an estimate from 2,048 samples
+        lengths = sample_lengths(train_ds, None if dcfg.group_by_length else 2048)
         grouped = LengthGroupedSampler(lengths, cfg.batch_size * processes, seed)
         shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
         plain = padding_efficiency(lengths, shuffled, cfg.batch_size)

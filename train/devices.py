@@ -119,7 +119,10 @@ def resolve_precision(mixed_precision: Optional[str], cpu: bool = False) -> Opti
         return mixed_precision
     on_cpu = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") \
         or not torch.cuda.is_available()
-    fast = cpu_has_bf16_units() if on_cpu else torch.cuda.is_bf16_supported()
+    # compute capability 8 (Ampere) and later compute bf16; is_bf16_supported() also says yes where it
+    # is emulated, and probes cuda:0 from every rank before the device is set
+    fast = cpu_has_bf16_units() if on_cpu else \
+        torch.cuda.get_device_capability(int(os.environ.get("LOCAL_RANK", "0")))[0] >= 8
     return "bf16" if fast else "no"
 
 

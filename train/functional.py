@@ -64,4 +64,7 @@ def train_model(model, epochs: int, dl_train, dl_valid=None, log_step_freq: int 
     except RunError as e:
         if options.get("output_dir") is None:
             raise
+        from .supervised import record_exit
+
+        record_exit(e.exit_code, str(e), final=True)  # a supervisor must not restart a deliberate end
         raise exit_for(e) from None

@@ -192,8 +192,9 @@ class Loop:
         preds, own = self.forward(features, labels)
         if self.model_loss:
             real = self._real_rows(len(labels))
-            if real < len(labels):
-                own = self.forward(take_rows(features, real), labels[:real])[1] if real else own.new_zeros(())
+            if self._padded_round():  # every process runs it (a sharded model's forward is a collective)
+                rerun = self.forward(take_rows(features, max(real, 1)), labels[:max(real, 1)])[1]
+                own = rerun if real else own.new_zeros(())
             total = acc.gather(torch.stack([own.detach().double() * real, own.new_tensor(real, dtype=torch.double)])
                                .reshape(1, 2)).sum(dim=0)
         preds, labels = acc.gather_for_metrics((preds, labels))
@@ -201,16 +202,22 @@ class Loop:
             return total[0] / total[1].clamp(min=1), preds, labels
         return self.loss_func(preds, labels), preds, labels
 
+    def _padded_round(self) -> bool:
+        """Whether the current evaluation batch is the last, holding padding duplicates somewhere
+        (the same answer on every process)."""
+        state = self.accelerator.gradient_state
+        return self.accelerator.num_processes > 1 and state.end_of_dataloader and state.remainder > 0
+
     def _real_rows(self, rows: int) -> int:
         """How many of this process's `rows` in the current evaluation batch are real samples, not the
         padding duplicates that make the last batches even across processes. Accelerate pads each
         process's last batch at its end and drops `remainder`'s complement from the end of the
         gathered (process-major) batch; so the real rows of process p are those before
         `remainder - p * rows`."""
-        acc, state = self.accelerator, self.accelerator.gradient_state
-        if acc.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+        if not self._padded_round():
             return rows
-        return max(0, min(rows, state.remainder - acc.process_index * rows))
+        remainder = self.accelerator.gradient_state.remainder
+        return max(0, min(rows, remainder - self.accelerator.process_index * rows))
 
     # -------------------------------------------------------------------- the epochs
     def train_epoch(self, dl, epoch: int, events=None, log_step_freq: Optional[int] = None) -> dict:

@@ -33,8 +33,7 @@ def plan_lines(run, epochs: int, train) -> list[str]:
         pos, done = run.resumed.position, len(run.resumed.history)
         where = (f"epoch {pos['epoch']}, batch {pos['batch']} of {batches}" if pos["epoch"] > done
                  else f"the end of epoch {done}")
-        then = f"training to epoch {epochs}" if epochs > done else f"all {epochs} epoch(s) done, nothing to train"
-        lines.append(f"resuming from {run.resumed.path} ({where}, step {pos['step']}); {then}")
+        lines.append(f"resuming from {run.resumed.path} ({where}, step {pos['step']}); training to epoch {epochs}")
     if run.checkpoint is not None:
         every = f"every {o.checkpoint_every} optimizer steps and " if o.checkpoint_every else ""
         lines.append(f"checkpoints: {every}at each epoch end to {run.checkpoint.root}/ (keep {o.keep_last} + "

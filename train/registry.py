@@ -61,7 +61,9 @@ def _import(module_path: str, spec: str):
             file = Path(module_path)
             if not file.is_file():
                 raise ConfigError(f"cannot import '{spec}': no file '{module_path}'")
-            name = f"train_user_{abs(hash(str(file.resolve())))}"
+            import hashlib  # not hash(): it differs per process, and workers unpickle by module name
+
+            name = f"train_user_{hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:16]}"
             if name not in sys.modules:
                 loader = importlib.util.spec_from_file_location(name, file)
                 module = importlib.util.module_from_spec(loader)

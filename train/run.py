@@ -99,6 +99,9 @@ class Run:
                 return loop.train(epochs, train, val, [*self._watchers(val is not None), *self.callbacks,
                                                        *callbacks], o.log_step_freq)
             self._open(Path(o.output_dir))
+            if self._finished(epochs):
+                record_exit(0, "finished", **self._where())
+                return loop.history
             service = self._service(Path(o.output_dir), val is not None, stop_signals)
             last = [self.checkpoint] if self.checkpoint else []  # it saves what the others updated
             everyone = [*service, *self.callbacks, *callbacks, *last]
@@ -162,7 +165,40 @@ class Run:
         say = lambda line: print(line, flush=True)  # noqa: E731
         path = from_main(self.accelerator, lambda: resuming.find(self.options.resume, out, say))
         if path is not None:
+            self._same_run(out)
             self.resumed = resuming.load(self.loop, path)
+
+    def _same_run(self, out: Path) -> None:
+        """Refuse to resume a folder whose saved run has other settings (its config.yaml), before
+        anything is loaded or written."""
+        saved = out / "config.yaml"
+        if self.config is None or not saved.is_file():
+            return
+        import yaml
+
+        from .config import config_differences
+
+        try:
+            before = yaml.safe_load(saved.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return  # unreadable: the checkpoint's own checks (shapes) still apply
+        changed = config_differences(before, self.config.to_dict())
+        if changed:
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            raise ConfigError(f"output_dir {out} holds a run with other settings ({'; '.join(changed[:3])}{more}); "
+                              f"use another output_dir (only epochs, logging, tracking and data loading may change "
+                              f"on a resume)")
+
+    def _finished(self, epochs: int) -> bool:
+        """A resumed run that has already trained `epochs` epochs: one line, and no file changes."""
+        r = self.resumed
+        if r is None or len(r.history) < epochs or r.position["epoch"] > len(r.history):
+            return False
+        if self.is_main_process:
+            print(f"{self.options.output_dir} holds a finished run of {len(r.history)} epoch(s): nothing to "
+                  f"train for epochs={epochs}, no file changed; raise epochs to train on, or use another output_dir",
+                  flush=True)
+        return True
 
     def _service(self, out: Path, validation: bool, stop_signals) -> list:
         """The callbacks of a run with an output folder, but for the checkpoint (`self.checkpoint`)."""
@@ -288,9 +324,9 @@ def check_column(column: str, columns: list[str], option: str) -> str:
 
 def lost_contact(error: BaseException) -> Optional[str]:
     """A collective that failed because another process died or stalled, in words (else None)."""
-    signs = ("connection reset", "gloo", "nccl", "timed out")
-    if isinstance(error, torch.distributed.DistError) or (
-            isinstance(error, RuntimeError) and any(s in str(error).lower() for s in signs)):
+    from .supervised import lost_contact as is_lost
+
+    if is_lost(error):
         detail = first_line(error).split(". ")[0]  # gloo's advice off
         return f"lost contact with another process ({detail})"
     return None

@@ -74,6 +74,24 @@ def is_lost_contact(reason: str) -> bool:
     return any(sign in reason.lower() for sign in _LOST_CONTACT_SIGNS)
 
 
+def lost_contact(error: BaseException) -> bool:
+    """Whether an exception is a collective that failed because another process died or stalled:
+    torch.distributed's own errors, or a RuntimeError whose text says so (gloo's and NCCL's)."""
+    kinds = {k.__name__ for k in type(error).__mro__}
+    return bool(kinds & {"DistError", "DistNetworkError", "DistBackendError"}) or (
+        isinstance(error, RuntimeError) and is_lost_contact(str(error)))
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Have the kernel send `signum` to this process when its parent dies (Linux's PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum)
+    except (OSError, AttributeError):
+        pass
+
+
 def watch_process() -> None:
     """Record that this process lives (at `import train`, under a supervisor only), record an
     uncaught exception or a plain exit as this process's end, and have the kernel send SIGTERM to
@@ -93,22 +111,25 @@ def watch_process() -> None:
         return  # a helper process of the training process (e.g. the plot helper)
     _watching = True
     _record(host=socket.gethostname(), code=None, phase="start-up")
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):
-        pass
+    die_with_parent()
     previous = sys.excepthook
 
     def on_uncaught(kind, error, tb):
         if _mine() and _read(path).get("code") is None:
             text = str(error).strip().splitlines()[0] if str(error).strip() else ""
             reason = f"{kind.__name__}: {text}" if text else kind.__name__
-            record_exit(1, reason, kind="lost contact" if is_lost_contact(reason) else "exception")
+            record_exit(1, reason, kind="lost contact" if lost_contact(error) else "exception")
         previous(kind, error, tb)
 
     sys.excepthook = on_uncaught
+    exit_as_asked = sys.exit
+
+    def exit_recorded(code=0):  # the launcher (accelerate launch --quiet) reports every failure as 1
+        if _mine() and _read(path).get("code") is None:
+            _record(exit_code=code if isinstance(code, int) else 1)
+        exit_as_asked(code)
+
+    sys.exit = exit_recorded
     import atexit
 
     atexit.register(_on_exit)

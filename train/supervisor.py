@@ -55,7 +55,7 @@ if __package__ in (None, ""):  # run as a file: the project folder first, for `t
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from train.launcher_filter import LauncherFilter  # noqa: E402
-from train.supervised import DIR_ENV, MAX_ENV, RESTART_ENV, _alive, is_lost_contact  # noqa: E402
+from train.supervised import DIR_ENV, MAX_ENV, RESTART_ENV, _alive, die_with_parent, is_lost_contact  # noqa: E402
 
 MEANINGS = {1: "preflight found a problem", 2: "bad input", 3: "the loss became NaN or infinite",
             74: "an output could not be written", 75: "preempted; a checkpoint was saved",
@@ -153,7 +153,7 @@ class Supervisor:
             records = _read(folder)
             started = started or bool(records) or bool(_children(proc.pid))
             self._pass_signals(proc, records)
-            if self.stopped_by:  # processes that started training after the signal hear it now (once)
+            if self.stopped_by == signal.SIGUSR1:  # ignored while starting: heard once training has begun
                 for r in records:
                     if r.get("code") is None and r.get("phase") == "training" and r["pid"] not in self.told:
                         self.told.add(r["pid"])
@@ -177,10 +177,10 @@ class Supervisor:
             if not any(r["pid"] == pid for r in records) and exit_codes.get(pid, 0) < 0:
                 records.append({"rank": local_rank, "name": f"local rank {local_rank}", "pid": pid, "code": None,
                                 "phase": "start-up"})
-        return self._ending(proc.returncode, records, started, exit_codes, stalled, filt)
+        return self._ending(proc.returncode, records, started, exit_codes, stalled, filt, restart)
 
     def _ending(self, returncode: int, records: list[dict], started: bool, exit_codes: dict, stalled: list,
-                filt: LauncherFilter) -> "Ending":
+                filt: LauncherFilter, restart: int = 0) -> "Ending":
         """The rules, in order: the launcher's success; an end on purpose; a stop signal; a launcher
         that failed before any process started; a script that exited by itself; else a crash."""
         if returncode == 0:
@@ -192,17 +192,21 @@ class Supervisor:
             return Ending(code, f"exit {code}{meaning}: the job ended on purpose; not restarting", records)
         if self.stopped_by:  # stopped before any process could save: not a crash to repeat
             name = signal.Signals(self.stopped_by).name
-            return Ending(128 + self.stopped_by, f"stopped by {name} before training began; exit "
-                                                 f"{128 + self.stopped_by}", records)
-        if not records and not started:  # the launcher's own failure: its lines are all there is
+            return Ending(128 + self.stopped_by, f"stopped by {name}; exit {128 + self.stopped_by}", records)
+        if not records and not started and restart == 0:  # the launcher's own failure: its lines are all there is
             if filt.held:
                 sys.stderr.write("".join(filt.held))
             return Ending(returncode or 1, f"the launcher failed before any training process started (exit "
                                            f"{returncode}); not restarting", records)
         ended = [r for r in records if r.get("ended")]
-        if ended and all(r.get("ended") or r.get("code") == 0 for r in records):
-            code = next((r["exit_code"] for r in ended if r.get("exit_code")), None) or returncode or 1
-            return Ending(code, f"the script exited with {code} by itself (no crash); not restarting", records)
+        by_itself = [r for r in ended if r.get("exit_code") or exit_codes.get(r["pid"], 0) > 0]
+        if by_itself or (ended and all(r.get("ended") or r.get("code") == 0 for r in records)):
+            # a process that ended by itself without a crash (its own sys.exit): the others' ends are echoes
+            r = (by_itself or ended)[0]
+            code = r.get("exit_code") or exit_codes.get(r["pid"]) or returncode or 1
+            known = "" if r.get("exit_code") or r["pid"] in exit_codes else " (as the launcher reports it)"
+            return Ending(code, f"rank {r['rank']} exited with {code}{known} by itself, not a crash; not restarting",
+                          records)
         ending = Ending(None, _what_happened(records, exit_codes, stalled, returncode), records)
         ending.failure, ending.failure_text = _failure(records, exit_codes, returncode)
         return ending
@@ -228,12 +232,7 @@ def _launcher_signals() -> None:
     """In the launcher, before it starts: ignore USR1 (SLURM sends it to every process of a step;
     the training processes install their own handler) and get SIGTERM should the supervisor die."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):
-        pass
+    die_with_parent(signal.SIGTERM)
 
 
 def _read(folder: Path) -> list[dict]:
@@ -265,7 +264,7 @@ def _failure(records: list[dict], exit_codes: dict, returncode) -> tuple:
     if raised is not None:
         reason = raised.get("reason", "")
         where = f"at epoch {raised['epoch']} batch {raised['batch']}" if raised.get("epoch") else "while starting up"
-        return ((raised.get("epoch"), raised.get("batch"), reason.split(":")[0]),
+        return ((raised.get("epoch"), raised.get("batch"), reason),
                 f"rank {raised['rank']} failed twice {where} with {reason}")
     signalled = any(code < 0 for code in exit_codes.values() if code is not None)
     if not records and not signalled:
