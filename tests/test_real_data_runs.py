@@ -118,6 +118,10 @@ def test_the_text_example_reaches_its_accuracy_and_its_weights_load_into_the_use
     assert history["val_accuracy"].iloc[-1] >= 0.90, done.stdout
     model = encoder(**load_config(ROOT / "examples" / "text" / "config.yaml").model_args)
     model.load_state_dict(load_file(str(tmp_path / "text" / "model.safetensors")))  # no wrapper prefix
+    from transformers import BertForSequenceClassification
+
+    exported = BertForSequenceClassification.from_pretrained(tmp_path / "text" / "hf")  # save_pretrained's folder
+    assert all(torch.equal(exported.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 def test_the_text_example_resumes_exactly_and_two_processes_match_one(tmp_path):

@@ -18,7 +18,7 @@ _NAMES = {
     "Model": "api", "Run": "run", "RunOptions": "options", "Loop": "loop", "make_accelerator": "devices",
     "train_step": "functional", "valid_step": "functional", "train_model": "functional",
     "Config": "config", "load_config": "configfile", "UserError": "errors", "ConfigError": "errors",
-    "DataError": "errors",
+    "DataError": "errors", "load_model": "export", "load_weights": "export",
 }
 __all__ = [*_NAMES, "seed_everything"]
 

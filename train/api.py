@@ -134,6 +134,15 @@ class Model(nn.Module):
         """Outputs for every sample of `dl` in data set order (gathered, padding dropped), on the CPU."""
         return self._current_run().predict(dl)
 
+    def load_weights(self, path, checkpoint: Optional[str] = None) -> "Model":
+        """Load the weights of a run (its folder, a checkpoint folder or a `.safetensors` file; with
+        `checkpoint`, one of the run's checkpoints: `best`, `latest`, `step-...`) into this model's
+        net; returns the model, ready for `predict` or `evaluate` after `compile`."""
+        from .export import load_weights
+
+        load_weights(self.net, path, checkpoint)
+        return self
+
     @property
     def history(self):
         from .history import History

@@ -81,5 +81,5 @@ def build(cfg):
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch)
     run = Run(model, optimizer, loss, metrics, scheduler=scheduler,
               scheduler_interval=cfg.scheduler.interval, options=options, accelerator=accelerator, config=cfg,
-              plan_notes=loaders.notes)
+              plan_notes=loaders.notes, origin={"in_channels": in_channels} if in_channels else {})
     return run, loaders

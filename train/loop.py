@@ -288,15 +288,21 @@ class Loop:
         return {prefix + k: v for k, v in sums.result().items()}
 
     @torch.no_grad()
-    def predict(self, dl) -> torch.Tensor:
-        """Model outputs for every sample of `dl`, in its order, gathered from all processes."""
+    def predict(self, dl, with_targets: bool = False):
+        """Model outputs for every sample of `dl`, in its order, gathered from all processes (padding
+        duplicates dropped); with `with_targets`, (outputs, targets)."""
         dl = self.prepare_loader(dl)
         self.model.eval()
-        outputs = []
+        outputs, targets = [], []
         for batch in dl:
             preds, _ = model_output(call_model(self.model, self.layout(prediction_inputs(batch))))
-            outputs.append(self.accelerator.gather_for_metrics(preds).cpu())
-        return torch.cat(outputs)
+            if with_targets:
+                preds, labels = self.accelerator.gather_for_metrics((preds, self.split(batch)[1]))
+                targets.append(labels.cpu())
+            else:
+                preds = self.accelerator.gather_for_metrics(preds)
+            outputs.append(preds.cpu())
+        return (torch.cat(outputs), torch.cat(targets)) if with_targets else torch.cat(outputs)
 
     def fit(self, epochs: int, dl_train, dl_val=None, callbacks: Iterable = (),
             log_step_freq: Optional[int] = None):

@@ -48,13 +48,14 @@ class Run:
     def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, loss=None,
                  metrics: Optional[Mapping[str, object]] = None, *, scheduler=None, scheduler_interval: str = "epoch",
                  options: Optional[RunOptions] = None, accelerator=None, callbacks: Iterable = (),
-                 config=None, plan_notes: Iterable[str] = ()):
+                 config=None, plan_notes: Iterable[str] = (), origin: Optional[dict] = None):
         """`metrics` maps names to `f(y_pred, y_true)` or torchmetrics-style objects; `scheduler`
         is stepped per epoch or per optimizer step (`scheduler_interval`). `accelerator`: one made
         beforehand with `train.devices.make_accelerator` (the script needs its device to place the
         data), else one is made from the options. `config` (a `train.Config`) is written to
         `config.yaml`; `plan_notes` are extra lines for the plan (how the data is loaded).
-        `loss=None` trains on the model's own loss (see `train.batches`)."""
+        `loss=None` trains on the model's own loss (see `train.batches`). `origin`: what rebuilding
+        the model needs beyond the config (written to `run.json` with the working folder)."""
         self.options = o = options or RunOptions()
         self.accelerator = accelerator = accelerator or accelerator_for(o)
         self.loop = Loop(model, optimizer, loss, metrics, accelerator=accelerator, scheduler=scheduler,
@@ -63,6 +64,7 @@ class Run:
         self.callbacks = list(callbacks)
         self.config = config
         self.plan_notes = list(plan_notes)
+        self.origin = dict(origin or {})
         self.name = o.name or type(model).__name__
         self.resumed: Optional[resuming.Resumed] = None
         self.checkpoint: Optional[Checkpoint] = None
@@ -109,7 +111,7 @@ class Run:
                 resuming.apply_callback_states(self.resumed, everyone)
             self._announce(epochs, train)
             history = loop.train(epochs, train, val, everyone, o.log_step_freq)
-            self._write_weights(Path(o.output_dir) / "model.safetensors")
+            self._write_weights(Path(o.output_dir))
             record_exit(0, "finished", **self._where())
             return history
         except Preempted as e:  # Interrupted too: a checkpoint was saved; end the process quietly
@@ -237,8 +239,11 @@ class Run:
             from .config import save_config
             from .devices import write_on_main
 
+            from .export import write_origin
+
             path = Path(self.options.output_dir) / "config.yaml"
             write_on_main(self.accelerator, lambda: save_config(self.config, path), path)
+            write_origin(self.accelerator, path.parent, **self.origin)
         if not self.is_main_process:
             return
         from .plan import plan_lines
@@ -247,26 +252,15 @@ class Run:
             print(line, flush=True)
 
     # ------------------------------------------------------------------- after training
-    def _write_weights(self, path: Path) -> None:
-        """Final weights as safetensors, written atomically by the main process. Every process
-        takes part in collecting the state dict (sharded models gather it)."""
-        from safetensors.torch import save_file
+    def _write_weights(self, out: Path) -> None:
+        """Final weights (see `train.export`), then one line naming what the folder holds."""
+        from .export import write_weights
 
-        from .devices import write_on_main
-        from .files import atomic_write
-
-        state = self.accelerator.get_state_dict(self.loop.model)  # every process: sharded models gather
-
-        def write():
-            # a compiled model's keys start with `_orig_mod.`: save the plain model's names
-            plain = {k.removeprefix("_orig_mod."): v.detach().cpu().contiguous() for k, v in state.items()}
-            atomic_write(path, lambda tmp: save_file(plain, tmp))
-
-        write_on_main(self.accelerator, write, path)
+        weights = write_weights(self.accelerator, self.loop.model, out)
         if self.is_main_process:
             import textwrap
 
-            files = "history.csv, history.png, model.safetensors" + (", config.yaml" if self.config else "")
+            files = ", ".join(["history.csv, history.png", *weights, *(["config.yaml, run.json"] if self.config else [])])
             line = f"wrote {self.options.output_dir}/: {files}" + (", checkpoints/" if self.checkpoint else "")
             print(textwrap.fill(line, 100, subsequent_indent="    ", break_long_words=False), flush=True)
 
