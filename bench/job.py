@@ -24,22 +24,20 @@ class Probe(Callback):
     def __init__(self, path: str):
         self.path, self.first_step = path, None
 
-    def write(self, **extra):
-        rank = self.loop.accelerator.process_index
+    def write(self, rank, **extra):
         record = dict(rank=rank, started=STARTED, first_step=self.first_step,
                       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra)
         Path(f"{self.path}.rank{rank}").write_text(json.dumps(record))
 
-    def on_train_batch_end(self, batch):
+    def on_train_batch_end(self, run):
         if self.first_step is None:
             self.first_step = time.time()
             if os.environ.get("BENCH_STOP_AFTER_FIRST_STEP") == "1":
-                self.write()
+                self.write(run.process_index)
                 os._exit(0)
 
-    def on_train_end(self):
-        history = self.loop.history.frame()
-        self.write(samples_per_s=float(history["samples_per_s"].iloc[-1]))
+    def on_train_end(self, logs, run):
+        self.write(run.process_index, samples_per_s=float(logs["samples_per_s"]))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def resumed_weights(path, put_rng_back=True):
 
 def test_mid_epoch_resume_needs_the_rng_put_back_after_the_iterator_starts(tmp_path):
     ref = build()
-    ref.fit(2, loader(), callbacks=[Checkpoint(tmp_path, every_steps=3, keep_last=10)])
+    ref.fit(2, loader(), callbacks=[Checkpoint(ref, tmp_path, every_steps=3, keep_last=10)])
     mid_epoch_2 = tmp_path / "step-00000012"  # 8 batches per epoch: batch 4 of epoch 2
     position = json.loads((mid_epoch_2 / "loop.json").read_text())["position"]
     assert position == dict(epoch=2, batch=4, step=12, processes=1, samples_seen=12 * 8)
@@ -55,7 +55,7 @@ def test_mid_epoch_resume_needs_the_rng_put_back_after_the_iterator_starts(tmp_p
 def test_rotation_keeps_the_newest_and_the_best(tmp_path):
     loop = build()
     # a constant lr never beats epoch 1's: with mode=max the best is the first epoch's checkpoint
-    ck = Checkpoint(tmp_path, every_steps=2, keep_last=2, monitor="lr", mode="max")
+    ck = Checkpoint(loop, tmp_path, every_steps=2, keep_last=2, monitor="lr", mode="max")
     loop.fit(3, loader(), callbacks=[ck])
     names = sorted(p.name for p in tmp_path.glob("step-*"))
     assert names == ["step-00000008", "step-00000022", "step-00000024"]
@@ -66,7 +66,7 @@ def test_rotation_keeps_the_newest_and_the_best(tmp_path):
 
 def test_the_manifest_lists_every_file_with_its_size(tmp_path):
     loop = build()
-    loop.fit(1, loader(), callbacks=[Checkpoint(tmp_path)])
+    loop.fit(1, loader(), callbacks=[Checkpoint(loop, tmp_path)])
     folder = tmp_path / "step-00000008"
     manifest = json.loads((folder / "manifest.json").read_text())["files"]
     on_disk = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != "manifest.json"}

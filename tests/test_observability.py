@@ -128,7 +128,9 @@ def test_preflight_passes_on_a_good_config(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "preflight ok: 2 training and 2 validation batches" in result.stdout
     assert "checkpoint round trip ok" in result.stdout and "estimated epoch" in result.stdout
-    assert not (tmp_path / "history.csv").exists() and not (tmp_path / ".preflight-checkpoint").exists()
+    # the round trip's folder lies beside output_dir (.NAME.preflight) and is gone afterwards
+    assert not (tmp_path / "history.csv").exists() and not (tmp_path.parent / f".{tmp_path.name}.preflight").exists()
+    assert not any(p.name.endswith(".preflight") for p in tmp_path.parent.iterdir())
 
 
 def test_a_model_that_does_not_fit_the_labels_fails_clearly(tmp_path, capsys):

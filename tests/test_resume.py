@@ -62,28 +62,33 @@ def reference_two(tmp_path_factory):
 
 
 def test_sigkill_at_a_random_step_then_resume_is_exact_one_process(tmp_path, reference_one):
-    target = random.randint(3, 28)  # of 32 batches; a different one each run
+    seed = random.randrange(10**6)  # a different kill point each run, replayable from the message
+    rng = random.Random(seed)
+    target, pause = rng.randint(3, 28), rng.uniform(0, 0.1)  # of 32 batches
     proc = start(one_process(tmp_path))
-    wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target}")
-    time.sleep(random.uniform(0, 0.1))  # somewhere in the next batches, maybe inside a save
+    wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target} (seed {seed})")
+    time.sleep(pause)  # somewhere in the next batches, maybe inside a save
     kill_group(proc)
-    killed_at = latest_step(tmp_path)
+    where = f"(killed after step {latest_step(tmp_path)}, target {target}; random seed {seed})"
     again = run(one_process(tmp_path))
-    assert again.returncode == 0, again.stderr
-    assert f"resuming from {tmp_path}/checkpoints/step-" in flat(again.stdout), (target, again.stdout)
-    assert_same_run(tmp_path, reference_one), f"killed after step {killed_at} (target {target})"
+    assert again.returncode == 0, f"{where}\n{again.stderr}"
+    assert f"resuming from {tmp_path}/checkpoints/step-" in flat(again.stdout), f"{where}\n{again.stdout}"
+    assert_same_run(tmp_path, reference_one, context=where)
 
 
 def test_sigkill_at_a_random_step_then_resume_is_exact_two_processes(tmp_path, reference_two):
-    target = random.randint(3, 13)  # of 16 batches per rank
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    target, pause = rng.randint(3, 13), rng.uniform(0, 0.1)  # of 16 batches per rank
     proc = start(two_processes(tmp_path))
-    wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target}")
-    time.sleep(random.uniform(0, 0.1))
+    wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target} (seed {seed})")
+    time.sleep(pause)
     kill_group(proc)
+    where = f"(killed after step {latest_step(tmp_path)}, target {target}; random seed {seed})"
     again = run(two_processes(tmp_path))
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "resuming from" in flat(again.stdout), (target, again.stdout)
-    assert_same_run(tmp_path, reference_two)
+    assert again.returncode == 0, f"{where}\n{again.stdout}{again.stderr}"
+    assert "resuming from" in flat(again.stdout), f"{where}\n{again.stdout}"
+    assert_same_run(tmp_path, reference_two, context=where)
 
 
 def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path, reference_one):

@@ -68,7 +68,8 @@ def test_the_progress_bar_starts_at_the_resumed_batch(tmp_path):
     from train.checkpoint import Checkpoint
     from train.progress import ProgressBar
 
-    build().fit(2, loader(), callbacks=[Checkpoint(tmp_path, every_steps=3, keep_last=10)])
+    first = build()
+    first.fit(2, loader(), callbacks=[Checkpoint(first, tmp_path, every_steps=3, keep_last=10)])
     loop = build()
     resume.load(loop, tmp_path / "step-00000012")  # batch 4 of 8 in epoch 2
     stream = io.StringIO()
@@ -76,8 +77,8 @@ def test_the_progress_bar_starts_at_the_resumed_batch(tmp_path):
     first_draw = []
     original = bar.on_epoch_begin
 
-    def on_epoch_begin(epoch):
-        original(epoch)
+    def on_epoch_begin(epoch, run):
+        original(epoch, run)
         first_draw.append(stream.getvalue().split("\r")[-1])
 
     bar.on_epoch_begin = on_epoch_begin

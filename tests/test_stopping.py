@@ -78,7 +78,7 @@ def test_nonfinite_skip_drops_exactly_the_bad_steps():
     class Watch:
         loop = None
 
-        def on_train_batch_end(self, step):
+        def on_train_batch_end(self):
             before.append({k: v.clone() for k, v in net.state_dict().items()})
 
     history = loop.fit(1, dl, callbacks=[Watch()])

@@ -136,14 +136,18 @@ def test_saving_the_same_step_again_keeps_latest_valid(tmp_path):
     from train.checkpoint import Checkpoint
 
     loop = build()
-    ck = Checkpoint(tmp_path)
+    ck = Checkpoint(loop, tmp_path)
     loop.fit(1, loader(), callbacks=[ck])  # step-00000008 at the epoch's end
     first = (tmp_path / "step-00000008" / "manifest.json").read_text()
     ck.save()  # the same step again, as a resumed epoch that ended where it had been saved
     assert (tmp_path / "latest").read_text().strip() == "step-00000008"
     assert (tmp_path / "step-00000008" / "manifest.json").is_file()
     assert not list(tmp_path.glob(".old-*")) and not list(tmp_path.glob(".tmp-*"))
-    assert first  # the folder was replaced whole, never missing
+    from train import resume
+
+    assert resume.damage(tmp_path / "step-00000008") is None  # replaced whole: every file its manifest lists
+    assert json.loads(first)["files"].keys() == json.loads((tmp_path / "step-00000008" / "manifest.json")
+                                                           .read_text())["files"].keys()
 
 
 class Counter:
@@ -153,9 +157,8 @@ class Counter:
 
     def __init__(self):
         self.epochs = 0
-        self.loop = None
 
-    def on_epoch_end(self, epoch, row):
+    def on_epoch_end(self, epoch, logs):  # Keras' signature
         self.epochs += 1
 
     def state_dict(self):

@@ -18,9 +18,10 @@ _NAMES = {
     "Model": "api", "Run": "run", "RunOptions": "options", "Loop": "loop", "make_accelerator": "devices",
     "train_step": "functional", "valid_step": "functional", "train_model": "functional",
     "Config": "config", "load_config": "configfile", "UserError": "errors", "ConfigError": "errors",
-    "DataError": "errors", "load_model": "export", "load_weights": "export",
+    "DataError": "errors", "load_model": "export", "load_weights": "export", "Callback": "callbacks",
+    "RunView": "callbacks",
 }
-__all__ = [*_NAMES, "seed_everything"]
+__all__ = [*_NAMES, "seed_everything", "print", "on_main_process"]
 
 
 def __getattr__(name):
@@ -32,6 +33,19 @@ def __getattr__(name):
         if e.name != f"{__name__}.{name}":
             raise  # a submodule that exists but cannot import what it needs
         raise AttributeError(f"module 'train' has no attribute '{name}'") from None
+
+
+def print(*args, **kwargs) -> None:
+    """`print` once per job: on the main process only (see `train.callbacks.print_once`)."""
+    from .callbacks import print_once
+
+    print_once(*args, **kwargs)
+
+
+def on_main_process(cls):
+    """Class decorator: the callback runs on the main process only (`main_process_only = True`)."""
+    cls.main_process_only = True
+    return cls
 
 
 def seed_everything(seed: int) -> None:

@@ -71,6 +71,25 @@ def build_metrics(names) -> dict:
     return metrics
 
 
+def build_callbacks(specs) -> list:
+    """The config's callbacks: each an import path (a class built without arguments, or an object)
+    or `{name: path, args: {...}}`."""
+    callbacks = []
+    for spec in specs:
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"name", "args"}
+            if "name" not in spec or unknown:
+                raise ConfigError(f"a callback is 'package.module:Class' or {{name: ..., args: {{...}}}}; got {spec!r}")
+            name, args = spec["name"], dict(spec.get("args") or {})
+        else:
+            name, args = spec, {}
+        made = resolve(name, {}, "callback")
+        if inspect.isclass(made) or (callable(made) and args):
+            made = build(made, args, "callback", name)
+        callbacks.append(made)
+    return callbacks
+
+
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     """`cfg` is the `optimizer` section of the config."""
     cls = resolve(cfg.name, OPTIMIZERS, "optimizer")

@@ -1,54 +1,131 @@
 """Callbacks: small objects with one job each, told what the loop does through events.
 
-Hooks (all optional): `on_train_begin()`, `on_epoch_begin(epoch)`, `on_train_batch_end(batch)`
-(every batch: keep it cheap, it must not read from the device; `loop.stepped` says whether the
-batch ended an optimizer step), `on_log(epoch, batch, logs)` (every `log_step_freq` batches, with
-this process's running averages), `on_epoch_end(epoch, row)` (with the history row, identical on
-every process), `on_interrupt(epoch, batch)` (all processes agreed to stop after a signal; the loop
-raises `Preempted` or `Interrupted` right after) and `on_train_end()`. A callback talks back to the
-loop only by setting `loop.stop_training = True`. A callback with a `state_key` and `state_dict()` /
-`load_state_dict()` has its state saved in checkpoints. Anything that prints or writes checks
-`self.loop.is_main_process`: one process speaks for the job.
+A hook receives what it names among the data of its event, so a callback reads nothing of the
+loop's insides (Keras' `on_epoch_end(self, epoch, logs)` works as it is):
+
+| hook | may take |
+|---|---|
+| `on_train_begin` | `run` |
+| `on_epoch_begin` | `epoch`, `run` |
+| `on_train_batch_end` | `batch` (of the epoch, from 1), `step` (optimizer steps so far), `run` |
+| `on_log` | `epoch`, `batch`, `step`, `logs` (this process's running averages), `run` |
+| `on_epoch_end` | `epoch`, `logs` (the history row, the same on every process; also as `row`), `step`, `run` |
+| `on_interrupt` | `epoch`, `batch`, `step`, `run` (all processes agreed to stop after a signal) |
+| `on_train_end` | `logs` (the last row, or {}), `run` |
+
+`run` is a read-only `RunView`: the process index and count, `is_main_process`, the output folder,
+the model, where the loop is, the history; `run.stop_training()` asks the loop to stop after the
+current batch. `on_train_batch_end` runs every batch: keep it cheap, read nothing from the device.
+Every hook runs on every process; a callback with `main_process_only = True` runs on the main
+process alone (one that prints or writes files), and `train.print` prints once per job. A callback
+with a `state_key` and `state_dict()` / `load_state_dict()` has its state saved in checkpoints and
+restored on resume.
 """
 
 from __future__ import annotations
 
+import builtins
+import inspect
+import os
 from pathlib import Path
+
+from .errors import UserError
 
 HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_end", "on_log", "on_epoch_end", "on_interrupt",
          "on_train_end")
+ARGUMENTS = {"on_train_begin": ("run",), "on_epoch_begin": ("epoch", "run"),
+             "on_train_batch_end": ("batch", "step", "run"), "on_log": ("epoch", "batch", "step", "logs", "run"),
+             "on_epoch_end": ("epoch", "logs", "row", "step", "run"), "on_interrupt": ("epoch", "batch", "step", "run"),
+             "on_train_end": ("logs", "run")}
 
 
 class Callback:
-    loop = None  # set by CallbackList before the first event
+    """Override the hooks you need, naming the arguments you want (see the module docstring)."""
 
-    def on_train_begin(self): ...
-    def on_epoch_begin(self, epoch): ...
-    def on_train_batch_end(self, step): ...
-    def on_log(self, epoch, step, logs): ...
-    def on_epoch_end(self, epoch, row): ...
-    def on_interrupt(self, epoch, step): ...
-    def on_train_end(self): ...
+    main_process_only = False
+
+    def on_train_begin(self, run): ...
+    def on_epoch_begin(self, epoch, run): ...
+    def on_train_batch_end(self, batch, step, run): ...
+    def on_log(self, epoch, batch, logs, run): ...
+    def on_epoch_end(self, epoch, logs, run): ...
+    def on_interrupt(self, epoch, batch, run): ...
+    def on_train_end(self, run): ...
+
+
+def print_once(*args, **kwargs) -> None:
+    """`print` on the job's main process only (the global rank 0), so that N processes print once."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        kwargs.setdefault("flush", True)
+        builtins.print(*args, **kwargs)
+
+
+class RunView:
+    """What a callback may read of the run, read-only, and the one thing it may ask."""
+
+    def __init__(self, loop, output_dir=None):
+        self._loop = loop
+        self.output_dir = Path(output_dir) if output_dir else None
+
+    accelerator = property(lambda self: self._loop.accelerator)
+    process_index = property(lambda self: self._loop.accelerator.process_index)
+    num_processes = property(lambda self: self._loop.accelerator.num_processes)
+    is_main_process = property(lambda self: self._loop.accelerator.is_main_process)
+    epoch = property(lambda self: self._loop.epoch)
+    batch = property(lambda self: self._loop.batch)
+    step = property(lambda self: self._loop.step)
+    stepped = property(lambda self: self._loop.stepped, doc="whether the last batch ended an optimizer step")
+    epochs = property(lambda self: self._loop.last_epoch, doc="the epoch this fit trains to")
+    batches_per_epoch = property(lambda self: self._loop.batches_per_epoch)
+    samples_seen = property(lambda self: self._loop.samples_seen)
+    history = property(lambda self: self._loop.history, doc="the epochs so far (`.rows`, `.frame()`)")
+    stop_signal = property(lambda self: self._loop.status.stop_signal)
+
+    @property
+    def model(self):
+        """The model being trained, without its wrappers (DDP, torch.compile)."""
+        return self._loop.accelerator.unwrap_model(self._loop.model, keep_torch_compile=False)
+
+    def running_logs(self) -> dict:
+        """This process's running averages in the current epoch (a device sync: at log points only)."""
+        return self._loop.running_logs()
+
+    def stop_training(self) -> None:
+        self._loop.stop_training = True
 
 
 class CallbackList:
-    """Dispatches each event to the callbacks that override its hook; a hook nobody overrides is
-    an empty tuple, so it costs one loop over nothing per step."""
+    """Dispatches each event to the callbacks that override its hook, with the arguments each hook
+    names; a hook nobody overrides is an empty tuple, so it costs one loop over nothing per step."""
 
-    def __init__(self, callbacks, loop):
-        self.callbacks = list(callbacks)
-        for cb in self.callbacks:
-            cb.loop = loop
+    def __init__(self, callbacks, loop, output_dir=None):
+        self.run = RunView(loop, output_dir)
+        main = loop.accelerator.is_main_process
+        self.callbacks = [cb for cb in callbacks if main or not getattr(cb, "main_process_only", False)]
         for hook in HOOKS:
-            bound = tuple(getattr(cb, hook) for cb in self.callbacks  # subclasses and duck-typed objects
+            calls = tuple(self._bind(cb, hook) for cb in self.callbacks  # subclasses and duck-typed objects
                           if getattr(type(cb), hook, None) not in (None, getattr(Callback, hook)))
-            setattr(self, hook, self._dispatch(bound))
+            setattr(self, hook, self._dispatch(calls))
 
     @staticmethod
-    def _dispatch(bound):
-        def call(*args):
-            for fn in bound:
-                fn(*args)
+    def _bind(cb, hook):
+        fn = getattr(cb, hook)
+        names = []
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if p.name in ARGUMENTS[hook]:
+                names.append(p.name)
+            elif p.default is p.empty:
+                raise UserError(f"callback {type(cb).__name__}.{hook} takes '{p.name}'; it may take "
+                                f"{', '.join(ARGUMENTS[hook])}")
+        return fn, tuple(names)
+
+    def _dispatch(self, calls):
+        def call(**values):
+            values["run"] = self.run
+            for fn, names in calls:
+                fn(**{n: values[n] for n in names})
         return call
 
 
@@ -93,8 +170,8 @@ class EpochTable(Callback):
         except (ValueError, TypeError):
             return _fmt(value)
 
-    def on_epoch_end(self, epoch, row):
-        if not self.loop.is_main_process:
+    def on_epoch_end(self, row, run):
+        if not run.is_main_process:
             return
         if self.columns is None:
             self.columns = self._choose(row)
@@ -115,8 +192,8 @@ class StepLog(Callback):
     def __init__(self, print_fn=print):
         self.print = print_fn
 
-    def on_log(self, epoch, batch, logs):
-        if self.loop.is_main_process:
+    def on_log(self, batch, logs, run):
+        if run.is_main_process:
             values = ", ".join(f"{k}: {v:.3f}" for k, v in logs.items())
             self.print(f"[step = {batch}] {values}", flush=True)
 
@@ -128,10 +205,10 @@ class HistoryCSV(Callback):
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def on_epoch_end(self, epoch, row):
+    def on_epoch_end(self, run):
         from .devices import write_on_main
 
-        write_on_main(self.loop.accelerator, lambda: self.loop.history.to_csv(self.path), self.path)
+        write_on_main(run.accelerator, lambda: run.history.to_csv(self.path), self.path)
 
 
 
@@ -143,9 +220,9 @@ class SlowDataWarning(Callback):
         self.print = print_fn
         self.said = False
 
-    def on_epoch_end(self, epoch, row):
+    def on_epoch_end(self, epoch, row, run):
         share = row.get("data_s", 0.0) / row["epoch_s"] if row.get("epoch_s") else 0.0
-        if share > self.threshold and not self.said and self.loop.is_main_process:
+        if share > self.threshold and not self.said and run.is_main_process:
             self.said = True
             self.print(f"note: epoch {epoch} waited for data {share:.0%} of the time: more loader workers "
                        f"(data.num_workers) or data held in memory would help", flush=True)
@@ -183,32 +260,30 @@ class EarlyStopping(Callback):
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def on_train_begin(self):
+    def on_train_begin(self, run):
         if self.stopped_epoch:  # resumed from a run that had already stopped here
-            self.loop.stop_training = True
+            run.stop_training()
 
-    def on_epoch_end(self, epoch, row):
+    def on_epoch_end(self, epoch, row, run):
         value = row[self.monitor]
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
-                model = self.loop.accelerator.unwrap_model(self.loop.model, keep_torch_compile=False)
-                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
             return
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
-            self.loop.stop_training = True
-            if self.loop.is_main_process:
+            run.stop_training()
+            if run.is_main_process:
                 self.print(f"early stopping after epoch {epoch}: {self.monitor} has not improved for {self.wait} "
                            f"epoch(s); best {self.best:.6g} at epoch {self.best_epoch}", flush=True)
 
-    def on_train_end(self):
-        last = self.loop.history.rows[-1]["epoch"] if len(self.loop.history) else 0
+    def on_train_end(self, run):
+        last = run.history.rows[-1]["epoch"] if len(run.history) else 0
         if self.restore_best and self.best_weights is not None and self.best_epoch != last:
-            model = self.loop.accelerator.unwrap_model(self.loop.model, keep_torch_compile=False)
-            model.load_state_dict(self.best_weights)
-            if self.loop.is_main_process:
+            run.model.load_state_dict(self.best_weights)
+            if run.is_main_process:
                 self.print(f"restored the weights of epoch {self.best_epoch} ({self.monitor} {self.best:.6g})",
                            flush=True)
 
@@ -236,7 +311,7 @@ class StopSignals(Callback):
         import signal
         import threading
 
-        self.loop = loop
+        self.request_stop = loop.request_stop
         if self.previous or threading.current_thread() is not threading.main_thread():
             return  # installed already; or not the main thread (Python runs handlers in it only)
         for name in self.SIGNALS:
@@ -253,13 +328,10 @@ class StopSignals(Callback):
                 os.write(2, b"\ninterrupted again: stopping now, without saving; the last complete checkpoint "
                             b"stays latest\n")
                 os._exit(130)
-        self.loop.request_stop(signum)
+        self.request_stop(signum)
 
-    def on_train_begin(self):
-        self.install(self.loop)
-
-    def on_interrupt(self, epoch, batch):
-        if self.loop.status.stop_signal == "SIGINT" and self.loop.is_main_process:
+    def on_interrupt(self, epoch, batch, run):
+        if run.stop_signal == "SIGINT" and run.is_main_process:
             self.print(f"interrupted at epoch {epoch} batch {batch}: saving a checkpoint; run the same command "
                        f"to resume")
 

@@ -125,8 +125,9 @@ class Checkpoint(Callback):
 
     state_key = "checkpoint"
 
-    def __init__(self, root: str | Path, every_steps: Optional[int] = None, keep_last: int = 2,
+    def __init__(self, loop, root: str | Path, every_steps: Optional[int] = None, keep_last: int = 2,
                  monitor: Optional[str] = None, mode: str = "min", tracker_run_id: Optional[str] = None):
+        self.loop = loop  # the checkpoint saves the loop's state: it alone reads the loop's insides
         self.root = Path(root)
         self.every_steps = every_steps
         self.keep_last = keep_last

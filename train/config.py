@@ -124,6 +124,8 @@ class Config:
     loss_args: dict = key({}, "keyword arguments of the loss, e.g. {label_smoothing: 0.1}")
     metrics: list = key(["accuracy"], f"each accuracy, mae or mse, {IMPORT} (f(y_pred, y_true) or an "
                                       "object with update/compute/reset)")
+    callbacks: list = key([], "each an import path 'package.module:Class' (built without arguments) or "
+                              "{name: 'package.module:Class', args: {...}}: objects with hooks (see the README)")
     mixed_precision: Optional[str] = key(None, "no, bf16, fp16, or auto (bf16 where the device computes it "
                                                "in hardware, else no); null: what `accelerate launch "
                                                "--mixed_precision` says, else no", PRECISIONS)
@@ -156,7 +158,7 @@ class Config:
 # Keys a resumed run may change: how long it trains, how it is watched and tracked, how the data is
 # fed and where it lies. Any other difference means another run (model, data, optimizer, loss, ...).
 RESUMABLE_CHANGES = ("epochs", "output_dir", "resume", "preflight", "progress", "log_step_freq", "log_every_s",
-                     "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps",
+                     "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps", "callbacks",
                      "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor")
 
 

@@ -53,7 +53,8 @@ def build(cfg):
     """The `Run` and the data loaders `cfg` describes, on every process; nothing is written."""
     from accelerate.utils import set_seed
 
-    from .build import CLASSIFICATION_LOSSES, build_loss, build_metrics, build_model, build_optimizer, build_scheduler
+    from .build import (CLASSIFICATION_LOSSES, build_callbacks, build_loss, build_metrics, build_model,
+                        build_optimizer, build_scheduler)
     from .data import make_loaders
     from .devices import local_processes
     from .models import MODELS
@@ -62,6 +63,7 @@ def build(cfg):
     resolve_paths(cfg)
     options = options_from(cfg)
     loss, metrics = build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics)
+    callbacks = build_callbacks(cfg.callbacks)
     if cfg.model not in MODELS:
         build_model_class_only(cfg)  # a wrong import path says so before any data is read
     accelerator = accelerator_for(options)
@@ -81,5 +83,6 @@ def build(cfg):
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch)
     run = Run(model, optimizer, loss, metrics, scheduler=scheduler,
               scheduler_interval=cfg.scheduler.interval, options=options, accelerator=accelerator, config=cfg,
-              plan_notes=loaders.notes, origin={"in_channels": in_channels} if in_channels else {})
+              plan_notes=loaders.notes, origin={"in_channels": in_channels} if in_channels else {},
+              callbacks=callbacks)
     return run, loaders

@@ -84,6 +84,7 @@ class Loop:
         self.nonfinite = nonfinite
         self.callbacks = list(callbacks)
         self.status = StatusCheck(self.accelerator, watch_losses=nonfinite == "stop")
+        self.output_dir = None  # the run's, for the callbacks' view (the loop itself writes nothing)
         self.events = CallbackList([], self)
         self.history = History()
         self.stop_training = False  # set by callbacks (early stopping)
@@ -229,7 +230,7 @@ class Loop:
         self._sums = EpochSums(self.metrics, self.device)
         self.skipped_steps, self._epoch_lr = 0, self.optimizer.param_groups[0]["lr"]
         dl, on_start = self._continue_unfinished(dl)
-        events.on_epoch_begin(epoch)
+        events.on_epoch_begin(epoch=epoch)
         timer = EpochTimer()
         for features, labels in timer.batches(dl, on_start, self.split):
             self.batch += 1
@@ -243,13 +244,14 @@ class Loop:
             last = self.batch == self.batches_per_epoch
             if self.stepped and self.status.due(self.step, last):
                 self.check_status()
-            events.on_train_batch_end(self.batch)
+            events.on_train_batch_end(batch=self.batch, step=self.step)
             if self.status.stop_signal:
-                events.on_interrupt(epoch, self.batch)
+                events.on_interrupt(epoch=epoch, batch=self.batch, step=self.step)
                 stop = Interrupted if self.status.stop_signal == "SIGINT" else Preempted
                 raise stop(self.status.stop_signal, epoch, self.batch)
             if log_step_freq and self.batch % log_step_freq == 0:
-                events.on_log(epoch, self.batch, self._sums.running())  # a device sync, at log points only
+                # a device sync, at log points only
+                events.on_log(epoch=epoch, batch=self.batch, step=self.step, logs=self._sums.running())
             if self.stop_training:
                 break
         self.check_status()
@@ -317,7 +319,7 @@ class Loop:
         if self.optimizer is None:
             raise UserError("no optimizer: pass one to compile() / Loop(...) before fit()")
         dl_train, dl_val = self.prepare_loader(dl_train), self.prepare_loader(dl_val)
-        self.events = events = CallbackList([*self.callbacks, *callbacks], self)
+        self.events = events = CallbackList([*self.callbacks, *callbacks], self, self.output_dir)
         self.stop_training = False
         self.last_epoch = epochs
         self.batches_per_epoch = len(dl_train)
@@ -334,8 +336,8 @@ class Loop:
             if self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
             self.history.append(row)
-            events.on_epoch_end(epoch, row)
-        events.on_train_end()
+            events.on_epoch_end(epoch=epoch, logs=row, row=row, step=self.step)
+        events.on_train_end(logs=self.history.rows[-1] if len(self.history) else {})
         return self.history
 
     # -------------------------------------------------------------------- state

@@ -119,12 +119,11 @@ class HistoryPlot(Callback):
         self.sent_at, self.sent_epochs = None, 0
         self.helper = None
 
-    def on_train_begin(self):
-        if self.loop.is_main_process:
+    def on_train_begin(self, run):
+        if run.is_main_process:
             self.helper = start_helper()
 
-    def _draw(self):
-        rows = self.loop.history.rows
+    def _draw(self, rows):
         self.sent_at, self.sent_epochs = time.monotonic(), len(rows)
         if self.helper is not None and self.helper.poll() is None:
             try:
@@ -135,20 +134,21 @@ class HistoryPlot(Callback):
                 pass
         plot_history(rows, self.path)
 
-    def on_epoch_end(self, epoch, row):
-        if self.loop.is_main_process and (self.sent_at is None or time.monotonic() - self.sent_at >= self.every_s):
-            self._draw()
+    def on_epoch_end(self, run):
+        if run.is_main_process and (self.sent_at is None or time.monotonic() - self.sent_at >= self.every_s):
+            self._draw(run.history.rows)
 
-    def on_train_end(self):
-        if not self.loop.is_main_process:
+    def on_train_end(self, run):
+        if not run.is_main_process:
             return
-        if len(self.loop.history) and self.sent_epochs != len(self.loop.history):
-            self._draw()
+        rows = run.history.rows
+        if rows and self.sent_epochs != len(rows):
+            self._draw(rows)
         if self.helper is not None:
             self.helper = None
-            if not _stop_helper() and len(self.loop.history):  # it failed: draw here
+            if not _stop_helper() and rows:  # it failed: draw here
                 try:
-                    plot_history(self.loop.history.rows, self.path)
+                    plot_history(rows, self.path)
                 except Exception as e:  # a missing plot must not fail a finished run
                     print(f"note: could not draw {self.path} ({type(e).__name__}: {e})", flush=True)
 

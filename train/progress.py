@@ -24,14 +24,14 @@ def _fmt_s(seconds: float) -> str:
 class _EpochProgress(Callback):
     """What both forms share: where the epoch started (batch, samples, time)."""
 
-    def on_epoch_begin(self, epoch):
-        loop = self.loop
-        self.epoch, self.first_batch, self.first_samples = epoch, loop.batch, loop.samples_seen
+    def on_epoch_begin(self, epoch, run):
+        self.run = run
+        self.epoch, self.first_batch, self.first_samples = epoch, run.batch, run.samples_seen
         self.start = time.monotonic()
 
     def rate(self, now: float) -> float:
         elapsed = now - self.start
-        return (self.loop.samples_seen - self.first_samples) / elapsed if elapsed > 0 else 0.0
+        return (self.run.samples_seen - self.first_samples) / elapsed if elapsed > 0 else 0.0
 
 
 class ProgressBar(_EpochProgress):
@@ -41,33 +41,32 @@ class ProgressBar(_EpochProgress):
         self.stream = stream or sys.stdout
         self.bar = None
 
-    def on_epoch_begin(self, epoch):
-        super().on_epoch_begin(epoch)
-        if not self.loop.is_main_process:
+    def on_epoch_begin(self, epoch, run):
+        super().on_epoch_begin(epoch, run)
+        if not run.is_main_process:
             return
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=self.loop.batches_per_epoch, initial=self.loop.batch,
-                        desc=f"epoch {epoch}/{self.loop.last_epoch}", unit="batch", leave=False,
-                        dynamic_ncols=True, file=self.stream)
+        self.bar = tqdm(total=run.batches_per_epoch, initial=run.batch, desc=f"epoch {epoch}/{run.epochs}",
+                        unit="batch", leave=False, dynamic_ncols=True, file=self.stream)
 
-    def on_train_batch_end(self, batch):
+    def on_train_batch_end(self):
         if self.bar is not None:
             self.bar.update(1)
 
-    def on_log(self, epoch, batch, logs):
+    def on_log(self, logs):
         if self.bar is not None:
             shown = {k: f"{v:.4f}" for k, v in logs.items()}
             shown["samples/s"] = f"{self.rate(time.monotonic()):.0f}"
             self.bar.set_postfix(shown, refresh=False)
 
-    def on_epoch_end(self, epoch, row):
+    def on_epoch_end(self):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
-    def on_interrupt(self, epoch, batch):
-        self.on_epoch_end(epoch, None)  # clear the bar before the stop's message
+    def on_interrupt(self):
+        self.on_epoch_end()  # clear the bar before the stop's message
 
 
 class ProgressLines(_EpochProgress):
@@ -77,20 +76,19 @@ class ProgressLines(_EpochProgress):
         self.every_s = every_s
         self.print = print_fn
 
-    def on_epoch_begin(self, epoch):
-        super().on_epoch_begin(epoch)
+    def on_epoch_begin(self, epoch, run):
+        super().on_epoch_begin(epoch, run)
         self.last = self.start
 
-    def on_train_batch_end(self, batch):
+    def on_train_batch_end(self, batch, run):
         now = time.monotonic()
-        if now - self.last < self.every_s or not self.loop.is_main_process:
+        if now - self.last < self.every_s or not run.is_main_process:
             return  # the common case costs one clock read
         self.last = now
-        loop = self.loop
-        total = loop.batches_per_epoch
+        total = run.batches_per_epoch
         eta = (now - self.start) / max(1, batch - self.first_batch) * (total - batch)
-        values = " ".join(f"{k} {v:.4f}" for k, v in loop.running_logs().items())
-        self.print(f"epoch {self.epoch}/{loop.last_epoch} batch {batch}/{total} {values} "
+        values = " ".join(f"{k} {v:.4f}" for k, v in run.running_logs().items())
+        self.print(f"epoch {self.epoch}/{run.epochs} batch {batch}/{total} {values} "
                    f"{self.rate(now):.0f} samples/s eta {_fmt_s(eta)}", flush=True)
 
 

@@ -61,6 +61,7 @@ class Run:
         self.loop = Loop(model, optimizer, loss, metrics, accelerator=accelerator, scheduler=scheduler,
                          scheduler_interval=scheduler_interval, max_grad_norm=o.max_grad_norm,
                          nonfinite=o.nonfinite, channels_last=o.channels_last)
+        self.loop.output_dir = o.output_dir
         self.callbacks = list(callbacks)
         self.config = config
         self.plan_notes = list(plan_notes)
@@ -217,7 +218,7 @@ class Run:
                    *([Tracking()] if self.trackers else []), stop_signals]
         if o.checkpoint:
             monitor = o.checkpoint_monitor or ("val_loss" if validation else "loss")
-            self.checkpoint = Checkpoint(out / "checkpoints", o.checkpoint_every, o.keep_last,
+            self.checkpoint = Checkpoint(self.loop, out / "checkpoints", o.checkpoint_every, o.keep_last,
                                          check_column(monitor, columns, "checkpoint_monitor"),
                                          o.checkpoint_mode, tracker_run_id=run_id)
         return service

@@ -73,9 +73,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 class Tracking(Callback):
     """Sends running metrics (`train/<name>`) at log points and each epoch's row to the trackers."""
 
-    def on_log(self, epoch, batch, logs):
-        loop = self.loop
-        loop.accelerator.log({f"train/{k}": v for k, v in logs.items()} | {"epoch": epoch}, step=loop.step)
+    def on_log(self, epoch, step, logs, run):
+        run.accelerator.log({f"train/{k}": v for k, v in logs.items()} | {"epoch": epoch}, step=step)
 
-    def on_epoch_end(self, epoch, row):
-        self.loop.accelerator.log(dict(row), step=self.loop.step)
+    def on_epoch_end(self, row, step, run):
+        run.accelerator.log(dict(row), step=step)
