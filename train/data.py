@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .draws import SeededSamples
 from .errors import ConfigError, DataError
 from .sources import ArrayData, StreamedImages, TensorData, map_features, load_splits
 
@@ -205,7 +206,9 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
     def dataset(data):
         if isinstance(data, ArrayData):  # the training set's statistics normalise both splits
             return InMemoryDataset(data, mean, std, place)
-        return InMemoryTensors(data, place) if isinstance(data, TensorData) else data
+        if isinstance(data, TensorData):
+            return InMemoryTensors(data, place)
+        return SeededSamples(data, seed)  # per-sample random draws that a resume repeats exactly
 
     train_ds, val_ds = dataset(train), dataset(val) if val is not None else None
     workers, why = choose_num_workers(dcfg.num_workers, in_memory, local_processes)
@@ -218,7 +221,8 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
         notes.append("pin_memory=True: batches leave host memory for a CUDA device (non-blocking copies)")
     else:
         notes.append("pin_memory=False: " + ("data already on the device" if device.type == "cuda" else "CPU run"))
-    common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    # workers started afresh each epoch see the epoch that seeds each sample's draws (train.draws)
+    common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=pin, persistent_workers=False)
     if workers > 0 and dcfg.prefetch_factor is not None:
         common["prefetch_factor"] = dcfg.prefetch_factor
     generator = torch.Generator().manual_seed(seed)

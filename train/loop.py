@@ -283,6 +283,10 @@ class Loop:
     def evaluate(self, dl, prefix: str = "val_") -> dict:
         """Loss and metrics over the whole of `dl`, exact across processes: `{prefix+name: value}`."""
         dl = self.prepare_loader(dl)
+        if hasattr(dl, "set_epoch"):
+            # every evaluation draws alike: Accelerate's loader would otherwise count its passes as
+            # epochs, and a resumed run (a new loader) would draw other augmentations (train.draws)
+            dl.set_epoch(0)
         self.model.eval()
         sums = EpochSums(self.metrics, self.device)
         for batch in dl:

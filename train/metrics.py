@@ -95,13 +95,19 @@ class EpochSums:
             self.sums[idx] += stacked * n
 
     def state(self) -> dict:
-        """The sums so far, on the CPU (for a mid-epoch checkpoint). Stateful metric objects are
-        not included: after a mid-epoch resume they cover the rest of the epoch only."""
-        return {"sums": self.sums.cpu(), "count": self.count}
+        """The sums so far, on the CPU (for a mid-epoch checkpoint), and the state of each stateful
+        metric that has `state_dict()` (one without covers only the rest of an epoch resumed
+        mid-way)."""
+        metrics = {name: m.state_dict() for name, m in self.metrics.items()
+                   if is_stateful(m) and hasattr(m, "state_dict") and hasattr(m, "load_state_dict")}
+        return {"sums": self.sums.cpu(), "count": self.count, "metrics": metrics}
 
     def load_state(self, state: dict) -> None:
         self.sums.copy_(state["sums"])
         self.count = int(state["count"])
+        for name, saved in state.get("metrics", {}).items():
+            if name in self.metrics:
+                self.metrics[name].load_state_dict(saved)
 
     def running(self) -> dict[str, float]:
         """This process's averages so far (a device sync: call at log points only)."""
