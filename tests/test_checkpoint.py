@@ -5,7 +5,7 @@ import json
 import torch
 from torch import nn
 
-from train import resume
+from train import storage
 from train.checkpoint import Checkpoint
 from train.devices import make_accelerator
 from train.loop import Loop
@@ -27,7 +27,7 @@ def loader():
 
 def resumed_weights(path, put_rng_back=True):
     loop = build()
-    resumed = resume.load(loop, path)
+    resumed = Checkpoint(loop, path.parent).load(path)
     if not put_rng_back:  # what load_state alone does: the RNG as saved, before the iterator starts
         unfinished = torch.load(path / "rank-0.pt", weights_only=True)
         loop.load_state_dict({"position": resumed.position, "history": resumed.history, "unfinished": unfinished})
@@ -72,7 +72,7 @@ def test_the_manifest_lists_every_file_with_its_size(tmp_path):
     on_disk = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != "manifest.json"}
     assert {k: v["size"] for k, v in manifest.items()} == on_disk
     assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "loop.json", "callbacks.pt"} <= set(on_disk)
-    assert resume.damage(folder) is None
+    assert storage.damage(folder) is None
     model = folder / "model.safetensors"
     model.write_bytes(model.read_bytes()[:100])
-    assert resume.damage(folder) == f"model.safetensors: 100 bytes, expected {on_disk['model.safetensors']}"
+    assert storage.damage(folder) == f"model.safetensors: 100 bytes, expected {on_disk['model.safetensors']}"

@@ -64,14 +64,13 @@ def test_files_are_readable_by_the_team_under_umask_022(tmp_path):
 def test_the_progress_bar_starts_at_the_resumed_batch(tmp_path):
     from test_checkpoint import build, loader
 
-    from train import resume
     from train.checkpoint import Checkpoint
     from train.progress import ProgressBar
 
     first = build()
     first.fit(2, loader(), callbacks=[Checkpoint(first, tmp_path, every_steps=3, keep_last=10)])
     loop = build()
-    resume.load(loop, tmp_path / "step-00000012")  # batch 4 of 8 in epoch 2
+    Checkpoint(loop, tmp_path).load(tmp_path / "step-00000012")  # batch 4 of 8 in epoch 2
     stream = io.StringIO()
     bar = ProgressBar(stream)
     first_draw = []

@@ -105,7 +105,7 @@ def test_the_supervisor_holds_back_the_launchers_traceback_and_reads_its_report(
 
 
 def test_a_pickle_that_would_run_code_is_refused_before_it_is_loaded(tmp_path):
-    from train.resume import refuse_unsafe
+    from train.storage import refuse_unsafe
 
     class Evil:
         def __reduce__(self):
@@ -143,9 +143,9 @@ def test_saving_the_same_step_again_keeps_latest_valid(tmp_path):
     assert (tmp_path / "latest").read_text().strip() == "step-00000008"
     assert (tmp_path / "step-00000008" / "manifest.json").is_file()
     assert not list(tmp_path.glob(".old-*")) and not list(tmp_path.glob(".tmp-*"))
-    from train import resume
+    from train import storage
 
-    assert resume.damage(tmp_path / "step-00000008") is None  # replaced whole: every file its manifest lists
+    assert storage.damage(tmp_path / "step-00000008") is None  # replaced whole: every file its manifest lists
     assert json.loads(first)["files"].keys() == json.loads((tmp_path / "step-00000008" / "manifest.json")
                                                            .read_text())["files"].keys()
 

@@ -1,44 +1,39 @@
-"""Checkpoints: atomic, verifiable saves of everything a run needs to continue exactly.
-
-`<output_dir>/checkpoints/` holds:
-
-    step-00000300/   one checkpoint, named by the optimizer step it was taken at:
-                     `accelerator.save_state` files (model, optimizer, grad scaler, each rank's RNG
-                     states), `scheduler.pt` (the schedule's state), `loop.json` (the loop's
-                     position and history, the tracker run id, the model's shapes), `callbacks.pt`
-                     (early stopping's state, the best score), `rank-<i>.pt` (each rank's sums of an
-                     unfinished epoch) and, written last, `manifest.json` (each file's size and CRC-32)
-    latest           the name of the newest complete checkpoint (a one-line text file)
-    best             the name of the best one by `monitor` (kept out of the rotation)
-
-A save writes into `.tmp-<name>/` (every rank takes part: sharded state is saved by its owners),
-fsyncs, then the main process renames it into place and only then moves `latest`: a process
-killed at any moment leaves `latest` naming a complete checkpoint. A save that fails (a full disk,
-an I/O error) removes its temporary folder and ends the run with `WriteError`; `latest` stays.
-Reading a checkpoint back is `train.resume`'s job. Accelerate has automatic checkpoint naming, but
-it finds the newest by parsing folder names and has no pointer, no temp-then-rename, no "best" and
-no manifest, so the layout is ours; the contents are Accelerate's.
+"""The checkpoint manager: the one owner of a run's saved state. It is built with the run's
+stateful parts (the loop's position, history and unfinished sums; the accelerator's model,
+optimizer, grad scaler and RNG states; the schedule; every part with a `state_key` and
+`state_dict()` / `load_state_dict()`: early stopping, the best score, the tracker's run id, your
+callbacks) and alone finds, verifies, loads (at one moment, before training) and saves them (as a
+callback: every `every_steps` optimizer steps, at each epoch end, on a stop signal). Files and
+their checks are `train.storage`'s.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 
 from .callbacks import Callback
-from .devices import all_ok
-from .errors import WriteError, first_line
-from .files import atomic_write_text, file_mode, free_space
+from .devices import all_ok, from_main
+from .errors import ConfigError, WriteError
+from .files import free_space
+from .rng import capture_rng
+from .storage import (CALLBACKS_FILE, FORMAT, LOOP_FILE, SCHEDULER_FILE, _fsync_own_files, _reason, commit, find,
+                      latest)
 
-LATEST, BEST = "latest", "best"
-LOOP_FILE, CALLBACKS_FILE, SCHEDULER_FILE, MANIFEST = "loop.json", "callbacks.pt", "scheduler.pt", "manifest.json"
-FORMAT = 2
+
+@dataclass
+class Resumed:
+    """What a loaded checkpoint was: where, and the position and history it continued."""
+
+    path: Path
+    position: dict
+    history: list
+    parts: dict = field(default_factory=dict)
 
 
 def model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
@@ -50,89 +45,22 @@ def is_compiled(accelerator, model) -> bool:
     return hasattr(accelerator.unwrap_model(model), "_orig_mod")
 
 
-def file_crc32(path: Path) -> int:
-    """CRC-32 of a file, read in 1 MiB blocks: about a second per GB, read back from the page
-    cache right after the save wrote it. Catches truncation and bit rot, not forgery."""
-    crc = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
-def write_manifest(folder: Path) -> None:
-    """`manifest.json`: each file's size and CRC-32. Also gives every file the umask's mode
-    (safetensors writes 0600, which a team sharing the folder cannot read)."""
-    mode = file_mode()
-    for p in folder.rglob("*"):
-        if p.is_file():
-            os.chmod(p, mode)
-    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "crc32": file_crc32(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
-
-
-def _reason(error: Optional[BaseException], written: Path) -> str:
-    """Why a save failed, in a few words. torch.save reports a full disk as a RuntimeError about
-    stream positions: when the free space is less than what the save had written, say so."""
-    if error is None:
-        return "another process failed"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    text = first_line(error)
-    try:
-        size = sum(p.stat().st_size for p in written.rglob("*") if p.is_file())
-        if shutil.disk_usage(written.parent).free < max(size, 2**20):
-            return "No space left on device" + (f": {text}" if text else "")
-    except OSError:
-        pass
-    return text or type(error).__name__
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_own_files(folder: Path, index: int) -> None:
-    """fsync the files process `index` writes into a checkpoint (its RNG states, its epoch sums,
-    its shards: `random_states_1.pkl`, `rank-1.pt`, `__1_0.distcp`); the main process fsyncs the
-    whole folder before it renames it."""
-    import re
-
-    own = re.compile(rf"(_{index}\.|-{index}\.|__{index}_)")
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and own.search(p.name):
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Checkpoint(Callback):
-    """Saves a checkpoint every `every_steps` optimizer steps (None: never mid-epoch), at each
-    epoch end and when the run is interrupted; keeps the `keep_last` newest plus the best by
-    `monitor`. The states of callbacks that have a `state_key` are saved with it."""
+    """The checkpoint manager (see the module docstring). As a callback it saves a checkpoint every
+    `every_steps` optimizer steps (None: never mid-epoch), at each epoch end and when the run is
+    interrupted; it keeps the `keep_last` newest plus the best by `monitor`. `parts` are the run's
+    other stateful objects, each with a `state_key`, `state_dict()` and `load_state_dict()`."""
 
     state_key = "checkpoint"
 
     def __init__(self, loop, root: str | Path, every_steps: Optional[int] = None, keep_last: int = 2,
-                 monitor: Optional[str] = None, mode: str = "min", tracker_run_id: Optional[str] = None):
-        self.loop = loop  # the checkpoint saves the loop's state: it alone reads the loop's insides
+                 monitor: Optional[str] = None, mode: str = "min", parts: Iterable = ()):
+        self.loop = loop  # the manager saves the loop's state: it alone reads the loop's insides
         self.root = Path(root)
         self.every_steps = every_steps
         self.keep_last = keep_last
         self.monitor, self.mode = monitor, mode
-        self.tracker_run_id = tracker_run_id
+        self.parts = {p.state_key: p for p in [self, *parts] if getattr(p, "state_key", None)}
         self.best: Optional[float] = None
         self.last_saved: Optional[Path] = None
 
@@ -141,6 +69,50 @@ class Checkpoint(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
+
+    # finding and loading: once, before training
+    def find(self, resume: str, say=print) -> Optional[Path]:
+        """The checkpoint `resume` names (auto: the newest intact one in this run's folder), checked
+        intact and safe by the main process; None to start afresh."""
+        return from_main(self.loop.accelerator, lambda: find(resume, self.root.parent, say))
+
+    def load(self, path: Path) -> Resumed:
+        """Put the run back as the checkpoint at `path` saved it, on every process: weights,
+        optimizer, scaler, RNG states, schedule, the loop's position, history and unfinished epoch,
+        and every part. Checks first that it was saved from a model of the same shapes and compile
+        setting and, mid-epoch, by as many processes."""
+        loop, acc = self.loop, self.loop.accelerator
+        meta = json.loads((path / LOOP_FILE).read_text())
+        saved, current = meta["model_shapes"], model_shapes(acc.unwrap_model(loop.model, keep_torch_compile=False))
+        if saved != current:
+            diff = next((k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)), "?")
+            was, now = (saved.get(diff, "absent"), current.get(diff, "absent"))
+            raise ConfigError(f"checkpoint '{path}' is of a different model ({diff}: {was} saved, {now} now); "
+                              f"use another output_dir")
+        if meta.get("compiled", False) != is_compiled(acc, loop.model):
+            raise ConfigError(f"checkpoint '{path}' was saved with compile={str(meta.get('compiled')).lower()}; "
+                              f"resume it with the same setting")
+        position, history = meta["position"], meta["history"]
+        mid_epoch = position["epoch"] > len(history)
+        if mid_epoch and position["processes"] != acc.num_processes:
+            raise ConfigError(f"checkpoint '{path}' was taken mid-epoch by {position['processes']} process(es); "
+                              f"resume it with {position['processes']}, or from an epoch-end checkpoint")
+        acc.load_state(str(path))
+        if loop.scheduler is not None and (path / SCHEDULER_FILE).is_file():
+            loop.scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=True))
+        parts = torch.load(path / CALLBACKS_FILE, weights_only=True) if (path / CALLBACKS_FILE).is_file() else {}
+        for key, state in parts.items():
+            if key in self.parts:
+                self.parts[key].load_state_dict(state)
+        unfinished = torch.load(path / f"rank-{acc.process_index}.pt", weights_only=True) if mid_epoch else None
+        # load_state just put back this rank's RNG states as they were at the save; starting the
+        # epoch's data iterator draws from them, so the loop puts them back once it has started
+        loop.load_state_dict({"position": position, "history": history, "unfinished": unfinished},
+                             rng=capture_rng() if mid_epoch else None)
+        return Resumed(path, position, history, parts)
+
+    def latest(self) -> Optional[Path]:
+        return latest(self.root)
 
     # events
     def on_train_begin(self):
@@ -169,7 +141,7 @@ class Checkpoint(Callback):
             return  # this very step was just saved
         self.save()
 
-    # the save
+    # saving
     def save(self, best: bool = False) -> Path:
         """Write a checkpoint of the loop as it is now (every process calls this at the same
         batch). Returns its path."""
@@ -200,7 +172,7 @@ class Checkpoint(Callback):
                              f"{free_space(self.root)}; make room and run the same command again to resume")
         try:
             if acc.is_main_process:
-                self._commit(tmp, final, best)
+                commit(self.root, tmp, final, best, self.keep_last)
         except OSError as e:
             error = e
             shutil.rmtree(tmp, ignore_errors=True)
@@ -209,31 +181,6 @@ class Checkpoint(Callback):
                              f"{free_space(self.root)}; make room and run the same command again to resume")
         self.last_saved = final
         return final
-
-    def _commit(self, tmp: Path, final: Path, best: bool) -> None:
-        """Main process: the manifest, then the folder renamed into place, then `latest` (and
-        `best`) moved to it. The same step saved again (a resumed epoch that ended where the
-        interrupted one had saved) replaces the old folder only once the new one is in place, so
-        that `latest` never names a missing folder."""
-        write_manifest(tmp)
-        _fsync_tree(tmp)
-        old = final.with_name(f".old-{final.name}") if final.exists() else None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if old is not None:
-                os.replace(old, final)
-            raise
-        _fsync_dir(self.root)
-        atomic_write_text(self.root / LATEST, final.name + "\n")
-        if best:
-            atomic_write_text(self.root / BEST, final.name + "\n")
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        self._rotate()
 
     def _write(self, tmp: Path, state: dict) -> None:
         """Every process writes its files into `tmp`."""
@@ -244,18 +191,8 @@ class Checkpoint(Callback):
         if acc.is_main_process:
             model = acc.unwrap_model(loop.model, keep_torch_compile=False)
             meta = {"format": FORMAT, "position": state["position"], "history": state["history"],
-                    "model_shapes": model_shapes(model), "compiled": is_compiled(acc, loop.model),
-                    "tracker_run_id": self.tracker_run_id}
+                    "model_shapes": model_shapes(model), "compiled": is_compiled(acc, loop.model)}
             (tmp / LOOP_FILE).write_text(json.dumps(meta, indent=1))
             if loop.scheduler is not None:
                 torch.save(loop.scheduler.state_dict(), tmp / SCHEDULER_FILE)
-            states = {cb.state_key: cb.state_dict() for cb in loop.events.callbacks if getattr(cb, "state_key", None)}
-            torch.save(states, tmp / CALLBACKS_FILE)
-
-    def _rotate(self) -> None:
-        keep = {self.root.joinpath(p.read_text().strip()) for p in (self.root / LATEST, self.root / BEST)
-                if p.is_file()}
-        saved = sorted(p for p in self.root.glob("step-*") if p.is_dir())
-        for old in saved[:-self.keep_last]:
-            if old not in keep:
-                shutil.rmtree(old, ignore_errors=True)
+            torch.save({key: part.state_dict() for key, part in self.parts.items()}, tmp / CALLBACKS_FILE)

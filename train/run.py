@@ -16,9 +16,8 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 
-from . import resume as resuming
 from .callbacks import EarlyStopping, EpochTable, HistoryCSV, SlowDataWarning, StepLog, StopSignals
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, Resumed
 from .checks import model_takes_data
 from .devices import from_main, make_accelerator, set_tf32
 from .errors import ConfigError, NonFiniteLoss, Preempted, RunError, UserError, WriteError, describe, first_line
@@ -67,7 +66,7 @@ class Run:
         self.plan_notes = list(plan_notes)
         self.origin = dict(origin or {})
         self.name = o.name or type(model).__name__
-        self.resumed: Optional[resuming.Resumed] = None
+        self.resumed: Optional[Resumed] = None
         self.checkpoint: Optional[Checkpoint] = None
         self.trackers: dict = {}
         self._lock = None
@@ -101,15 +100,17 @@ class Run:
             if o.output_dir is None:
                 return loop.train(epochs, train, val, [*self._watchers(val is not None), *self.callbacks,
                                                        *callbacks], o.log_step_freq)
-            self._open(Path(o.output_dir))
+            out = Path(o.output_dir)
+            self._lock_folder(out)
+            everyone, manager = self._service(out, val is not None, stop_signals, [*self.callbacks, *callbacks])
+            path = manager.find(o.resume, say=lambda line: print(line, flush=True))
+            if path is not None:
+                self._same_run(out)
+                self.resumed = manager.load(path)  # the one moment a run is put back: every part
             if self._finished(epochs):
                 record_exit(0, "finished", **self._where())
                 return loop.history
-            service = self._service(Path(o.output_dir), val is not None, stop_signals)
-            last = [self.checkpoint] if self.checkpoint else []  # it saves what the others updated
-            everyone = [*service, *self.callbacks, *callbacks, *last]
-            if self.resumed is not None:
-                resuming.apply_callback_states(self.resumed, everyone)
+            self._start_trackers(out)
             self._announce(epochs, train)
             history = loop.train(epochs, train, val, everyone, o.log_step_freq)
             self._write_weights(Path(o.output_dir))
@@ -154,8 +155,8 @@ class Run:
         """See `train.checks.model_takes_data`: before anything is written, with one line on failure."""
         model_takes_data(self.loop, train, self.name, self.options.num_classes)
 
-    def _open(self, out: Path) -> None:
-        """Lock the output folder, then find, verify and load the checkpoint to resume from."""
+    def _lock_folder(self, out: Path) -> None:
+        """Take the output folder's lock (the main process; the others wait for it)."""
         from .lock import OutputLock
 
         def lock():
@@ -165,11 +166,6 @@ class Run:
             self._created_folder = created
 
         from_main(self.accelerator, lock)
-        say = lambda line: print(line, flush=True)  # noqa: E731
-        path = from_main(self.accelerator, lambda: resuming.find(self.options.resume, out, say))
-        if path is not None:
-            self._same_run(out)
-            self.resumed = resuming.load(self.loop, path)
 
     def _same_run(self, out: Path) -> None:
         """Refuse to resume a folder whose saved run has other settings (its config.yaml), before
@@ -203,25 +199,33 @@ class Run:
                   flush=True)
         return True
 
-    def _service(self, out: Path, validation: bool, stop_signals) -> list:
-        """The callbacks of a run with an output folder, but for the checkpoint (`self.checkpoint`)."""
+    def _service(self, out: Path, validation: bool, stop_signals, users: list) -> tuple[list, Checkpoint]:
+        """The callbacks of a run with an output folder (the service's, then the user's, then the
+        checkpoint, which saves what the others updated), and the checkpoint manager, built with
+        every stateful part. Nothing is started or written yet."""
         from .plots import HistoryPlot
         from .progress import progress_for
-        from .tracking import Tracking, start_trackers
+        from .tracking import TrackerRun, Tracking
 
         o = self.options
         columns = [*metric_columns(self.loop.metrics, validation), "lr"]
-        run_id = self.resumed.tracker_run_id if self.resumed else None
-        self.trackers, run_id = start_trackers(self.accelerator, o, out, run_id, self.config)
+        self.tracker = TrackerRun()
         service = [progress_for(o.progress, o.log_every_s), *self._watchers(validation, columns),
                    SlowDataWarning(), HistoryCSV(out / "history.csv"), HistoryPlot(out / "history.png"),
-                   *([Tracking()] if self.trackers else []), stop_signals]
-        if o.checkpoint:
-            monitor = o.checkpoint_monitor or ("val_loss" if validation else "loss")
-            self.checkpoint = Checkpoint(self.loop, out / "checkpoints", o.checkpoint_every, o.keep_last,
-                                         check_column(monitor, columns, "checkpoint_monitor"),
-                                         o.checkpoint_mode, tracker_run_id=run_id)
-        return service
+                   *([Tracking()] if o.trackers else []), stop_signals, *users]
+        monitor = o.checkpoint_monitor or ("val_loss" if validation else "loss")
+        manager = Checkpoint(self.loop, out / "checkpoints", o.checkpoint_every, o.keep_last,
+                             check_column(monitor, columns, "checkpoint_monitor"), o.checkpoint_mode,
+                             parts=[*service, self.tracker])
+        self.checkpoint = manager if o.checkpoint else None
+        return [*service, *([manager] if o.checkpoint else [])], manager
+
+    def _start_trackers(self, out: Path) -> None:
+        """Start the trackers, continuing the W&B run a resumed checkpoint names."""
+        from .tracking import start_trackers
+
+        self.trackers, self.tracker.run_id = start_trackers(self.accelerator, self.options, out, self.tracker.run_id,
+                                                            self.config)
 
     def _watchers(self, validation: bool, columns=None) -> list:
         """The table, the tutorial's step lines and early stopping: with or without a folder."""
@@ -272,7 +276,7 @@ class Run:
     def _where_to_resume(self, preempted: bool) -> str:
         if self.checkpoint is None:
             return "no checkpoint (checkpoints are off)"
-        latest = resuming.latest(self.checkpoint.root)
+        latest = self.checkpoint.latest()
         if latest is None:
             return "no checkpoint was saved yet"
         if preempted:

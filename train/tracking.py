@@ -78,3 +78,19 @@ class Tracking(Callback):
 
     def on_epoch_end(self, row, step, run):
         run.accelerator.log(dict(row), step=step)
+
+
+class TrackerRun:
+    """The W&B run's id as a stateful part of the run: saved with each checkpoint and restored with
+    it, so that a resumed run logs to the same W&B run."""
+
+    state_key = "tracker"
+
+    def __init__(self, run_id: str | None = None):
+        self.run_id = run_id
+
+    def state_dict(self) -> dict:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run_id = state.get("run_id")
