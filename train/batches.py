@@ -23,6 +23,15 @@ from .errors import UserError
 LABEL_KEYS = ("labels", "label")  # the `transformers` name first; `datasets` rows often say `label`
 
 
+def call_model(model, features):
+    """The model on one batch's inputs: a tensor, a tuple of tensors (`model(*x)`) or a dict (`model(**x)`)."""
+    if isinstance(features, dict):
+        return model(**features)
+    if isinstance(features, (tuple, list)):
+        return model(*features)
+    return model(features)
+
+
 def split_batch(batch, model_loss: bool = False):
     """(inputs, targets) of a batch. A dict batch's `labels` (or `label`) is the target; it stays
     in the inputs (as `labels`) when the model computes its own loss (`model_loss`), as

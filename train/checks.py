@@ -7,9 +7,8 @@ import warnings
 
 import torch
 
-from .batches import model_output, shapes, split_batch
+from .batches import call_model, model_output, shapes, split_batch
 from .errors import UserError, describe
-from .loop import call_model
 from .metrics import is_stateful
 from .rng import rng_untouched
 

@@ -188,6 +188,30 @@ def config_differences(saved: dict, new: dict) -> list[str]:
     return changed
 
 
+def refuse_other_run(out, cfg: Config) -> None:
+    """A `ConfigError` naming the differences when the run saved in the folder `out` (its
+    config.yaml) has other settings than `cfg`, before anything is loaded or written."""
+    from pathlib import Path
+
+    import yaml
+
+    from .errors import ConfigError
+
+    saved = Path(out) / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        before = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # unreadable: the checkpoint's own checks (the model's shapes) still apply
+    changed = config_differences(before, cfg.to_dict())
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ConfigError(f"output_dir {out} holds a run with other settings ({'; '.join(changed[:3])}{more}); use "
+                          f"another output_dir (only epochs, logging, tracking, callbacks and data loading may "
+                          f"change on a resume)")
+
+
 def save_config(cfg: Config, path) -> None:
     """Write the resolved config as YAML (atomically), so a run can be repeated from its output."""
     import yaml

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 
-from .callbacks import EarlyStopping, EpochTable, HistoryCSV, SlowDataWarning, StepLog, StopSignals
+from .standard_callbacks import EarlyStopping, EpochTable, HistoryCSV, SlowDataWarning, StepLog, StopSignals
 from .checkpoint import Checkpoint, Resumed
 from .checks import model_takes_data
 from .devices import from_main, make_accelerator, set_tf32
@@ -89,7 +89,7 @@ class Run:
         stop_signals = StopSignals() if o.output_dir else None
         try:
             if stop_signals is not None:  # first: a signal during the slow start-up is not lost
-                stop_signals.install(loop)
+                stop_signals.install(loop.request_stop)
                 record_start(o.output_dir)
             if o.seed is not None:
                 from accelerate.utils import set_seed
@@ -105,7 +105,10 @@ class Run:
             everyone, manager = self._service(out, val is not None, stop_signals, [*self.callbacks, *callbacks])
             path = manager.find(o.resume, say=lambda line: print(line, flush=True))
             if path is not None:
-                self._same_run(out)
+                if self.config is not None:  # a folder whose run has other settings is refused
+                    from .config import refuse_other_run
+
+                    refuse_other_run(out, self.config)
                 self.resumed = manager.load(path)  # the one moment a run is put back: every part
             if self._finished(epochs):
                 record_exit(0, "finished", **self._where())
@@ -166,27 +169,6 @@ class Run:
             self._created_folder = created
 
         from_main(self.accelerator, lock)
-
-    def _same_run(self, out: Path) -> None:
-        """Refuse to resume a folder whose saved run has other settings (its config.yaml), before
-        anything is loaded or written."""
-        saved = out / "config.yaml"
-        if self.config is None or not saved.is_file():
-            return
-        import yaml
-
-        from .config import config_differences
-
-        try:
-            before = yaml.safe_load(saved.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            return  # unreadable: the checkpoint's own checks (shapes) still apply
-        changed = config_differences(before, self.config.to_dict())
-        if changed:
-            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-            raise ConfigError(f"output_dir {out} holds a run with other settings ({'; '.join(changed[:3])}{more}); "
-                              f"use another output_dir (only epochs, logging, tracking and data loading may change "
-                              f"on a resume)")
 
     def _finished(self, epochs: int) -> bool:
         """A resumed run that has already trained `epochs` epochs: one line, and no file changes."""

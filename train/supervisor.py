@@ -55,7 +55,8 @@ if __package__ in (None, ""):  # run as a file: the project folder first, for `t
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from train.launcher_filter import LauncherFilter  # noqa: E402
-from train.supervised import DIR_ENV, MAX_ENV, RESTART_ENV, _alive, die_with_parent, is_lost_contact  # noqa: E402
+from train.endings import Ending, _failure, _from_latest, _what_happened  # noqa: E402,F401
+from train.supervised import DIR_ENV, MAX_ENV, RESTART_ENV, _alive, die_with_parent  # noqa: E402
 
 MEANINGS = {1: "preflight found a problem", 2: "bad input", 3: "the loss became NaN or infinite",
             74: "an output could not be written", 75: "preempted; a checkpoint was saved",
@@ -243,69 +244,6 @@ def _read(folder: Path) -> list[dict]:
         except (OSError, ValueError):
             continue
     return sorted(records, key=lambda r: r.get("rank", 0))
-
-
-class Ending:
-    """How an attempt ended: `code` to exit with (None: a crash worth a restart), `why` in words,
-    and for a crash `failure`, the signature of an exception raised by the training code (which
-    process, where, what), compared with the previous attempt's to tell a bug from a fault."""
-
-    def __init__(self, code, why: str, records: list[dict]):
-        self.code, self.why, self.records = code, why, records
-        self.failure, self.failure_text = None, ""
-
-
-def _failure(records: list[dict], exit_codes: dict, returncode) -> tuple:
-    """(signature, words) of an exception raised by the training code, or (None, "") for a fault
-    (a signal, a lost or stalled peer). A process that failed before it could record anything
-    and was not killed by a signal counts too: a script that fails at start-up fails every time."""
-    raised = next((r for r in records if r.get("kind") == "exception" and r.get("code") and not r.get("final")
-                   and not is_lost_contact(str(r.get("reason", "")))), None)
-    if raised is not None:
-        reason = raised.get("reason", "")
-        where = f"at epoch {raised['epoch']} batch {raised['batch']}" if raised.get("epoch") else "while starting up"
-        return ((raised.get("epoch"), raised.get("batch"), reason),
-                f"rank {raised['rank']} failed twice {where} with {reason}")
-    signalled = any(code < 0 for code in exit_codes.values() if code is not None)
-    if not records and not signalled:
-        return ("start-up", returncode), f"the script failed twice before training started (exit {returncode})"
-    return None, ""
-
-
-def _what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int], returncode=None) -> str:
-    """One phrase: which process failed how, and where the job was."""
-    if not records:  # it died before it could say anything
-        killed = next((code for code in exit_codes.values() if code is not None and code < 0), None)
-        if killed is not None:
-            return f"a process exited ({signal.Signals(-killed).name}) while starting up"
-        return f"a process failed while starting up (the launcher exited {returncode})"
-    failures = [r for r in records if r.get("code") not in (None, 0)]
-    # the cause before its echoes: a process that lost contact only heard of another's failure
-    failed = next((r for r in failures if r.get("kind") != "lost contact"
-                   and not str(r.get("reason", "")).startswith("lost contact")), failures[0] if failures else None)
-    if failed is None and not any(r.get("code") is None for r in records):  # all finished, the launcher did not
-        return "a process failed after training finished (the launcher exited non-zero)"
-    killed = next((r for r in records if exit_codes.get(r["pid"], 0) < 0), None)
-    silent = next((r for r in records if r.get("code") is None and not r.get("ended")), None)
-    if stalled:
-        culprit = f"rank {stalled[0]} stalled" + (f" (rank {failed['rank']}: {failed['reason']})" if failed else "")
-    elif killed:
-        who = killed.get("name", f"rank {killed['rank']}")
-        culprit = f"{who} exited ({signal.Signals(-exit_codes[killed['pid']]).name})"
-    elif silent:  # ended without a word: a signal it could not handle (SIGKILL, the OOM killer)
-        culprit = f"rank {silent['rank']} died without a word (killed by a signal?)"
-    else:
-        culprit = f"rank {failed['rank']} failed ({failed.get('reason', 'unknown')})"
-    where = next((r for r in records if r.get("epoch")), None)
-    return culprit + (f" at epoch {where['epoch']} batch {where['batch']}" if where else " while starting up")
-
-
-def _from_latest(output_dirs: list[str]) -> str:
-    for folder in output_dirs:
-        pointer = Path(folder) / "checkpoints" / "latest"
-        if pointer.is_file():
-            return f" from {pointer.read_text().strip()}"
-    return ""
 
 
 def main(argv=None) -> int:
