@@ -50,8 +50,8 @@ def test_a_run_comes_back_as_a_model_and_predicts_the_same_on_one_and_two_proces
     assert done.returncode == 0, done.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    one = subprocess.run([PYTHON, "-m", "train.predict", str(run), "--out", str(tmp_path / "one.csv")],
-                         cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    one = subprocess.run([PYTHON, "-m", "train.predict", "../digits", "--out", str(tmp_path / "one.csv")],
+                         cwd=elsewhere, capture_output=True, text=True, timeout=300)  # a relative run folder
     assert one.returncode == 0, one.stderr
     two = subprocess.run([str(ROOT / "launch" / "cpu2.sh"), str(ROOT / "train" / "predict.py"), str(run), "--out",
                           str(tmp_path / "two.csv")], cwd=elsewhere, capture_output=True, text=True, timeout=300,
@@ -69,6 +69,7 @@ def test_a_run_comes_back_as_a_model_and_predicts_the_same_on_one_and_two_proces
     probe = ("import sys, torch, train\n"
              "from examples.digits.data import load\n"
              "model = train.load_model(sys.argv[1])\n"
+             "best = train.load_model(sys.argv[1], checkpoint='best')  # the pointer followed\n"
              "x = torch.stack([load(val_fraction=0.2, seed=0)[1][i][0] for i in range(359)])\n"
              "with torch.no_grad(): print(repr(model(x).tolist()))\n")
     loaded = subprocess.run([PYTHON, "-c", probe, str(run)], cwd=elsewhere, capture_output=True, text=True,

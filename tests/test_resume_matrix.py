@@ -19,6 +19,7 @@ AUGMENTED = ["model=tests.helpers.augmented:Net", "data.source=python", "data.fa
 SETTINGS = {  # name: (overrides, optimizer steps per epoch per process)
     "random augmentation in 2 workers": ([*AUGMENTED, "data.num_workers=2"], 16),
     "random augmentation without workers": ([*AUGMENTED, "data.num_workers=0"], 16),  # dropout draws too
+    "random augmentation, a smoke run's Subset": ([*AUGMENTED, "data.num_workers=1", "data.train_size=2000"], 16),
     "gradient accumulation 3": (["gradient_accumulation_steps=3"], 6),
     "one-cycle per step": (["scheduler.name=onecycle", "scheduler.interval=step"], 16),
     "max_grad_norm": (["max_grad_norm=0.5"], 16),

@@ -26,11 +26,13 @@ def test_early_stopping_stops_and_restores_the_best_weights(tmp_path, capsys):
     final = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(final[k], epoch_1[k]) for k in epoch_1)
 
-    # the same command again: the run had stopped, so it trains nothing more
+    # the same command again: the run had stopped, so it trains nothing more and changes nothing
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "resuming from" in printed and "early stopping" not in printed
+    assert "holds a finished run stopped early at epoch 2: nothing to train for epochs=5, no file changed" in printed
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [1, 2]
+    again = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(final[k], again[k]) for k in final)  # still the restored best weights
 
 
 def test_early_stopping_without_validation_data(tmp_path):

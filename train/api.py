@@ -85,7 +85,7 @@ class Model(nn.Module):
         run = Run(self.net, c["optimizer"], self.loss_func, c["metrics"], scheduler=c["scheduler"],
                   scheduler_interval=c["scheduler_interval"], options=opts, callbacks=c["callbacks"])
         if self._state is not None:
-            run.loop.load_state_dict(self._state)  # a second fit continues the first one's epochs
+            run.continue_from(self._state)  # a second fit continues the first one's epochs
         return run
 
     def fit(self, epochs: int, dl_train, dl_val=None, log_step_freq: Optional[int] = None,
@@ -118,7 +118,7 @@ class Model(nn.Module):
 
             record_exit(e.exit_code, str(e), final=True)  # a supervisor must not restart a deliberate end
             raise exit_for(e) from None
-        self._state = run.loop.state_dict()
+        self._state = run.state()
         return history
 
     def _current_run(self):

@@ -60,7 +60,15 @@ class Checkpoint(Callback):
         self.every_steps = every_steps
         self.keep_last = keep_last
         self.monitor, self.mode = monitor, mode
-        self.parts = {p.state_key: p for p in [self, *parts] if getattr(p, "state_key", None)}
+        stateful = [p for p in [self, *parts] if getattr(p, "state_key", None)]
+        self.parts = {p.state_key: p for p in stateful}
+        if len(self.parts) != len(stateful):
+            from .errors import UserError
+
+            keys = [p.state_key for p in stateful]
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            raise UserError(f"two parts of the run save their state under the same state_key ({', '.join(twice)}); "
+                            f"give each callback a state_key of its own")
         self.best: Optional[float] = None
         self.last_saved: Optional[Path] = None
 

@@ -1,16 +1,14 @@
 """Checks made before a run writes anything, so that a mistake costs one line, not a traceback
-half-way through the plan."""
+half-way through the plan: a first real batch as the loader would make it, a classifier's output
+width against its classes, and the shapes in messages. The loop runs the batch through the model
+(`Loop.check_data`)."""
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from .batches import call_model, model_output, shapes, split_batch
+from .batches import shapes
 from .errors import UserError, describe
-from .metrics import is_stateful
-from .rng import rng_untouched
 
 SAMPLES_LOOKED_AT = 32  # spread over the data set: enough to meet samples of different lengths
 
@@ -20,58 +18,6 @@ def is_classification_loss(loss) -> bool:
     fn = getattr(loss, "func", loss)  # a functools.partial with the loss's arguments
     return isinstance(fn, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)) or fn in (
         torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss)
-
-
-def model_takes_data(loop, train, name: str, num_classes: int | None = None) -> None:
-    """A real batch of the training data through the collate, the model, the loss and each metric,
-    on every process, in eval mode and without drawing from any RNG: two samples of different
-    shapes where the data has them (one of the first and one spread over the set), else the first
-    two. Raises `UserError` naming what does not fit. Skipped for data that cannot be indexed (an
-    iterable data set). `num_classes`, for a classification loss, is checked against the model's
-    output width."""
-    dataset = getattr(train, "dataset", None)
-    if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__"):
-        return
-    acc = loop.accelerator
-    model = acc.unwrap_model(loop.model, keep_torch_compile=False)
-    was_training = model.training
-    with rng_untouched():
-        batch = first_batch(dataset, getattr(train, "collate_fn", None))
-        features, labels = split_batch(batch, loop.model_loss)
-        features, labels = loop.to_device(features, labels)
-        try:
-            with torch.no_grad(), acc.autocast():
-                model.eval()
-                output = call_model(model, loop.layout(features))
-        except Exception as e:
-            raise UserError(f"model {name} cannot take the training data: an input of shape "
-                            f"{shape_of(features)} gives {describe(e)}") from None
-        finally:
-            model.train(was_training)
-        preds, own_loss = model_output(output, f"model {name}")
-        if loop.model_loss:
-            if own_loss is None:
-                raise UserError(f"loss: model, but model {name} returned no 'loss'; give it the labels (dict samples "
-                                f"holding 'labels') or choose a loss function")
-        else:
-            check_classes(loop.loss_func, preds, labels, name, num_classes)
-            try:
-                with warnings.catch_warnings():  # e.g. MSE of (N, 10) against (N,): torch only warns, then broadcasts
-                    warnings.simplefilter("error", UserWarning)
-                    loop.loss_func(preds, labels)
-            except Exception as e:
-                raise UserError(f"the loss cannot take model {name}'s output {shape_of(preds)} with the labels "
-                                f"{shape_of(labels)}: {describe(e)}") from None
-        for metric_name, metric in loop.metrics.items():
-            try:
-                if is_stateful(metric):
-                    metric.update(preds, labels)
-                    metric.reset()
-                else:
-                    metric(preds, labels)
-            except Exception as e:
-                raise UserError(f"metric '{metric_name}' cannot take model {name}'s output {shape_of(preds)} with "
-                                f"the labels {shape_of(labels)}: {describe(e)}") from None
 
 
 def first_batch(dataset, collate):

@@ -204,7 +204,16 @@ def refuse_other_run(out, cfg: Config) -> None:
         before = yaml.safe_load(saved.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return  # unreadable: the checkpoint's own checks (the model's shapes) still apply
+    try:  # with today's defaults filled in, so that a key added since is no difference
+        from .configfile import build_config
+
+        before = build_config({k: v for k, v in _flat(before).items()}).to_dict()
+    except Exception:  # a config of another version: compare what it says
+        pass
     changed = config_differences(before, cfg.to_dict())
+    if before.get("scheduler", {}).get("name") == "onecycle" and before.get("epochs") != cfg.epochs:
+        changed.append(f"epochs: {before.get('epochs')!r} there, {cfg.epochs!r} now (a one-cycle schedule is "
+                       f"planned for its epochs)")
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise ConfigError(f"output_dir {out} holds a run with other settings ({'; '.join(changed[:3])}{more}); use "

@@ -199,3 +199,19 @@ def write_on_main(accelerator: Accelerator, write, path) -> None:
         else:
             reason = describe(error) if error is not None else "on the main process"
         raise WriteError(f"could not write {path} ({reason}); {free_space(Path(path).parent)}")
+
+
+def accelerator_for(options):
+    """The accelerator a run with these `RunOptions` uses (make it first where the device is
+    needed before the run exists, e.g. to place data on it; then pass it to `Run`)."""
+    from accelerate.utils import ProjectConfiguration
+
+    o = options
+    set_tf32(o.tf32)
+    from pathlib import Path
+
+    out = Path(o.output_dir) if o.output_dir else None
+    project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")) if out else None
+    return make_accelerator(o.mixed_precision, o.gradient_accumulation_steps, o.seed, o.collective_timeout_s,
+                            log_with=list(o.trackers) or None, dynamo_backend="inductor" if o.compile else None,
+                            project_config=project)

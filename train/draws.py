@@ -62,7 +62,12 @@ class SeededSamples(Dataset):
             seed_all(value)
             return self.dataset[index]
 
+    def __getitems__(self, indices):
+        # the loader calls a data set's __getitems__ instead of __getitem__ when it has one (a
+        # Subset does): each sample must still get its own draws
+        return [self[i] for i in indices]
+
     def __getattr__(self, name):  # the data set's own attributes (lengths, classes, ...)
-        if name == "dataset":
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)

@@ -1,4 +1,5 @@
-"""The loop's evaluation: the eval step, `evaluate` and `predict`, exact across processes.
+"""The loop's evaluation: the eval step, `evaluate` and `predict`, exact across processes, and
+the check that a real batch of the training data goes through the model before anything is written.
 
 A part of `train.loop.Loop` (a mixin: the same object, the same model and accelerator), kept in
 its own file. Predictions and labels are gathered with `gather_for_metrics`, which drops the
@@ -10,8 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from .batches import call_model, model_output, prediction_inputs, take_rows
-from .metrics import EpochSums
+import warnings
+
+from .batches import call_model, model_output, prediction_inputs, split_batch, take_rows
+from .checks import check_classes, first_batch, shape_of
+from .errors import UserError, describe
+from .metrics import EpochSums, is_stateful
+from .rng import rng_untouched
 
 
 class Evaluation:
@@ -55,10 +61,7 @@ class Evaluation:
     def evaluate(self, dl, prefix: str = "val_") -> dict:
         """Loss and metrics over the whole of `dl`, exact across processes: `{prefix+name: value}`."""
         dl = self.prepare_loader(dl)
-        if hasattr(dl, "set_epoch"):
-            # every evaluation draws alike: Accelerate's loader would otherwise count its passes as
-            # epochs, and a resumed run (a new loader) would draw other augmentations (train.draws)
-            dl.set_epoch(0)
+        self._same_draws(dl)
         self.model.eval()
         sums = EpochSums(self.metrics, self.device)
         for batch in dl:
@@ -70,6 +73,7 @@ class Evaluation:
         """Model outputs for every sample of `dl`, in its order, gathered from all processes (padding
         duplicates dropped); with `with_targets`, (outputs, targets)."""
         dl = self.prepare_loader(dl)
+        self._same_draws(dl)
         self.model.eval()
         outputs, targets = [], []
         for batch in dl:
@@ -81,3 +85,63 @@ class Evaluation:
                 preds = self.accelerator.gather_for_metrics(preds)
             outputs.append(preds.cpu())
         return (torch.cat(outputs), torch.cat(targets)) if with_targets else torch.cat(outputs)
+
+    @staticmethod
+    def _same_draws(dl) -> None:
+        """Every evaluation and prediction draws alike: Accelerate's loader would otherwise count its
+        passes as epochs, and a resumed run (a new loader) would draw other augmentations."""
+        if hasattr(dl, "set_epoch"):
+            dl.set_epoch(0)
+        if hasattr(getattr(dl, "dataset", None), "set_epoch"):
+            dl.dataset.set_epoch(0)
+
+    def check_data(self, train, name: str, num_classes: int | None = None) -> None:
+        """A real batch of the training data through the collate, the model, the loss and each metric,
+        on every process, in eval mode and without drawing from any RNG: two samples of different
+        shapes where the data has them (one of the first and one spread over the set), else the first
+        two. Raises `UserError` naming what does not fit. Skipped for data that cannot be indexed (an
+        iterable data set). `num_classes`, for a classification loss, is checked against the model's
+        output width."""
+        dataset = getattr(train, "dataset", None)
+        if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__"):
+            return
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model, keep_torch_compile=False)
+        was_training = model.training
+        with rng_untouched():
+            batch = first_batch(dataset, getattr(train, "collate_fn", None))
+            features, labels = split_batch(batch, self.model_loss)
+            features, labels = self.to_device(features, labels)
+            try:
+                with torch.no_grad(), acc.autocast():
+                    model.eval()
+                    output = call_model(model, self.layout(features))
+            except Exception as e:
+                raise UserError(f"model {name} cannot take the training data: an input of shape "
+                                f"{shape_of(features)} gives {describe(e)}") from None
+            finally:
+                model.train(was_training)
+            preds, own_loss = model_output(output, f"model {name}")
+            if self.model_loss:
+                if own_loss is None:
+                    raise UserError(f"loss: model, but model {name} returned no 'loss'; give it the labels (dict samples "
+                                    f"holding 'labels') or choose a loss function")
+            else:
+                check_classes(self.loss_func, preds, labels, name, num_classes)
+                try:
+                    with warnings.catch_warnings():  # e.g. MSE of (N, 10) against (N,): torch only warns, then broadcasts
+                        warnings.simplefilter("error", UserWarning)
+                        self.loss_func(preds, labels)
+                except Exception as e:
+                    raise UserError(f"the loss cannot take model {name}'s output {shape_of(preds)} with the labels "
+                                    f"{shape_of(labels)}: {describe(e)}") from None
+            for metric_name, metric in self.metrics.items():
+                try:
+                    if is_stateful(metric):
+                        metric.update(preds, labels)
+                        metric.reset()
+                    else:
+                        metric(preds, labels)
+                except Exception as e:
+                    raise UserError(f"metric '{metric_name}' cannot take model {name}'s output {shape_of(preds)} with "
+                                    f"the labels {shape_of(labels)}: {describe(e)}") from None

@@ -83,8 +83,8 @@ def weights_file(path, checkpoint: Optional[str] = None) -> Path:
     path = Path(path)
     if checkpoint is not None:
         folder = path / "checkpoints" / checkpoint
-        if checkpoint == "latest" and (path / "checkpoints" / "latest").is_file():
-            folder = path / "checkpoints" / (path / "checkpoints" / "latest").read_text().strip()
+        if folder.is_file():  # `latest` and `best` are pointers: one line naming a checkpoint folder
+            folder = path / "checkpoints" / folder.read_text().strip()
         path = folder
     if path.is_dir():
         path = path / WEIGHTS
@@ -132,13 +132,13 @@ def run_config(run_dir, overrides=()):
     """(config with `overrides`, origin) of a config run's folder."""
     from .configfile import load_config
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # before moving into the run's own working folder
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"'{run_dir}' has no config.yaml: it is not the folder of a config run (for a class-front "
                         f"run, build the model and use Model.load_weights or train.load_weights)")
     origin = json.loads((run_dir / ORIGIN).read_text()) if (run_dir / ORIGIN).is_file() else {}
     with working_folder(origin.get("cwd")):
-        cfg = load_config(str((run_dir / "config.yaml").resolve()), overrides)
+        cfg = load_config(str(run_dir / "config.yaml"), overrides)
     return cfg, origin
 
 

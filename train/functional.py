@@ -15,40 +15,37 @@ def _run_for(model, **options):
     from .run import Run
 
     run = model.__dict__.get("_functional_run")
-    if run is None or run.loop.optimizer.optimizer is not model.optimizer or options:
+    if run is None or not run.uses(model.optimizer) or options:
         missing = [a for a in ("optimizer", "loss_func", "metric_func", "metric_name") if not hasattr(model, a)]
         if missing:
             raise UserError(f"the model needs the attribute(s) {', '.join(missing)} "
                             f"(e.g. model.optimizer = torch.optim.Adam(model.parameters()))")
-        previous = run.loop.state_dict() if run is not None else None
+        previous = run.state() if run is not None else None
         run = Run(model, model.optimizer, model.loss_func, {model.metric_name: model.metric_func},
                   options=run_options("train_model()", name=type(model).__name__, **options))
         if previous is not None:
-            run.loop.load_state_dict(previous)
+            run.continue_from(previous)
         model.__dict__["_functional_run"] = run
     return run
 
 
-def _metric(loop, preds, labels) -> float:
-    name, fn = next(iter(loop.metrics.items()))
+def _metric(run, preds, labels) -> float:
+    name, fn = next(iter(run.metrics.items()))
     return float(fn(preds, labels))
 
 
 def train_step(model, features, labels) -> tuple[float, float]:
     """One optimizer step on one batch; returns (loss, metric) as numbers."""
-    loop = _run_for(model).loop
-    loop.model.train()
-    features, labels = loop.to_device(features, labels)
-    loss, preds = loop.train_step(features, labels)
-    return float(loss), _metric(loop, preds, labels)
+    run = _run_for(model)
+    loss, preds, labels = run.train_batch(features, labels)
+    return float(loss), _metric(run, preds, labels)
 
 
 def valid_step(model, features, labels) -> tuple[float, float]:
     """Loss and metric of one batch without training; returns (loss, metric) as numbers."""
-    loop = _run_for(model).loop
-    loop.model.eval()
-    loss, preds, labels = loop.eval_step(*loop.to_device(features, labels))
-    return float(loss), _metric(loop, preds, labels)
+    run = _run_for(model)
+    loss, preds, labels = run.valid_batch(features, labels)
+    return float(loss), _metric(run, preds, labels)
 
 
 def train_model(model, epochs: int, dl_train, dl_valid=None, log_step_freq: int = 100, *,

@@ -74,3 +74,15 @@ class History:
                 writer.writerows(self.rows)
 
         atomic_write(path, write)
+
+
+def check_column(column: str, columns: list[str], option: str) -> str:
+    if column not in columns:
+        import difflib
+
+        close = difflib.get_close_matches(column, columns, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(columns)}"
+        from .errors import ConfigError
+
+        raise ConfigError(f"{option} is '{column}', which is not a history column; {hint}")
+    return column

@@ -32,6 +32,14 @@ from .status import StatusCheck
 from .timing import EpochTimer, count_flops
 
 
+def set_epoch(dl, epoch: int) -> None:
+    """The epoch for the loader's sampler and for its data set: Accelerate tells the data set only
+    when the sampler has no `set_epoch`, and per-sample draws (`train.draws`) are seeded by it."""
+    dl.set_epoch(epoch)
+    if hasattr(getattr(dl, "dataset", None), "set_epoch"):
+        dl.dataset.set_epoch(epoch)
+
+
 class Loop(Evaluation):
     """Trains and evaluates one model with one optimizer under one `Accelerator`.
 
@@ -225,7 +233,7 @@ class Loop(Evaluation):
             return dl, None
         self.batch = unfinished["batch"]
         resumed = self.accelerator.skip_first_batches(dl, self.batch)
-        resumed.set_epoch(self.epoch - 1)
+        set_epoch(resumed, self.epoch - 1)
         self._sums.load_state(unfinished["sums"])
         self.skipped_steps, self._epoch_lr = unfinished["skipped_steps"], unfinished["lr"]
         rng = unfinished.get("rng")
@@ -256,7 +264,7 @@ class Loop(Evaluation):
         for epoch in range(len(self.history) + 1, epochs + 1):
             if self.stop_training:
                 break
-            dl_train.set_epoch(epoch - 1)  # reshuffle: the order is a function of (seed, epoch)
+            set_epoch(dl_train, epoch - 1)  # reshuffle: the order is a function of (seed, epoch)
             train = self.train_epoch(dl_train, epoch, events, log_step_freq)
             quantities = {k: train.pop(k) for k in ("loss", *self.metrics)}
             val = self.evaluate(dl_val) if dl_val is not None else {}

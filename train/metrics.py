@@ -70,6 +70,8 @@ class EpochSums:
         for m in self.metrics.values():
             if is_stateful(m):
                 m.reset()
+                if hasattr(m, "persistent"):  # torchmetrics: its states in state_dict(), for mid-epoch saves
+                    m.persistent(True)
 
     def add(self, loss: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor) -> None:
         n = labels.shape[0]

@@ -41,7 +41,7 @@ def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=No
     from train.devices import local_processes, make_accelerator
     from train.errors import ConfigError
     from train.export import load_model, run_config, working_folder
-    from train.loop import Loop
+    from train.run import Run
 
     cfg, origin = run_config(run_dir, [f"data.{o}" for o in data_overrides]
                              + ([f"batch_size={batch_size}"] if batch_size else []))
@@ -54,9 +54,9 @@ def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=No
         raise ConfigError(f"the run's data has no validation split to predict on; name one with --data "
                           f"(e.g. val_split=test)")
     model = load_model(run_dir, checkpoint)
-    loop = Loop(model, None, build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics), accelerator=accelerator)
-    metrics = loop.evaluate(loaders.val)
-    outputs, targets = loop.predict(loaders.val, with_targets=True)
+    run = Run(model, None, build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics), accelerator=accelerator)
+    metrics = run.evaluate(loaders.val)
+    outputs, targets = run.predict(loaders.val, with_targets=True)
     path = Path(out) if out else Path(run_dir) / "predictions.csv"
     if accelerator.is_main_process:
         write_rows(path, outputs, targets)
@@ -64,7 +64,7 @@ def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=No
         print(f"wrote {path} ({len(outputs)} rows) and {path}.metrics.json: "
               + ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()), flush=True)
     accelerator.wait_for_everyone()
-    loop.close()
+    run.close()
     return metrics
 
 

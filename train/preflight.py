@@ -45,18 +45,17 @@ def _batches(dl, n):
 
 def preflight(run, loaders) -> dict:
     """Run the checks on `run` (a `train.Run`) with the config's `loaders`; returns the report."""
-    loop, acc = run.loop, run.accelerator
-    train_dl = loop.prepare_loader(loaders.train)
-    val_dl = loop.prepare_loader(loaders.val)
+    acc = run.accelerator
+    train_dl = run.prepare(loaders.train)
+    val_dl = run.prepare(loaders.val)
     train_dl.set_epoch(0)
-    sums = EpochSums(loop.metrics, loop.device)
+    sums = EpochSums(run.metrics, run.device)
 
     def train_batches():
-        loop.model.train()
         times = []
-        for features, labels in map(loop.split, _batches(train_dl, 2)):
+        for features, labels in map(run.split, _batches(train_dl, 2)):
             start = time.perf_counter()
-            loss, preds = loop.train_step(features, labels)
+            loss, preds, labels = run.train_batch(features, labels)
             sums.add(loss, preds, labels)
             value = float(loss)  # a sync, so the time includes the work
             times.append(time.perf_counter() - start)
@@ -65,11 +64,10 @@ def preflight(run, loaders) -> dict:
         return times
 
     def val_batches():
-        loop.model.eval()
         times = []
-        for features, labels in map(loop.split, _batches(val_dl, 2)):
+        for features, labels in map(run.split, _batches(val_dl, 2)):
             start = time.perf_counter()
-            loss, _, _ = loop.eval_step(features, labels)
+            loss, _, _ = run.valid_batch(features, labels)
             float(loss)
             times.append(time.perf_counter() - start)
         return times
@@ -91,11 +89,10 @@ def preflight(run, loaders) -> dict:
         folder = str(out.with_name(f".{out.name}.preflight"))
         acc.save_state(folder)
         acc.wait_for_everyone()  # the main process writes; nobody reads before it is done
-        saved = [p.detach().clone() for p in loop.model.parameters()]
-        features, labels = loop.split(next(iter(train_dl)))
-        loop.train_step(features, labels)  # move the weights, so that loading has something to undo
+        saved = [p.detach().clone() for p in run.parameters()]
+        run.train_batch(*run.split(next(iter(train_dl))))  # move the weights, so that loading has something to undo
         acc.load_state(folder)
-        same = all(torch.equal(a, b) for a, b in zip(saved, loop.model.parameters()))
+        same = all(torch.equal(a, b) for a, b in zip(saved, run.parameters()))
         acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(folder, ignore_errors=True)
@@ -111,8 +108,8 @@ def preflight(run, loaders) -> dict:
     per_train = train_times[-1]  # the first batch pays for warm-up
     per_val = val_times[-1] if val_times else 0.0
     epoch_s = per_train * len(train_dl) + per_val * (len(val_dl) if val_dl is not None else 0)
-    if loop.device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(loop.device) / 2**20
+    if run.device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(run.device) / 2**20
         where = "GPU memory"
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -18,27 +18,12 @@ import torch
 
 from .standard_callbacks import EarlyStopping, EpochTable, HistoryCSV, SlowDataWarning, StepLog, StopSignals
 from .checkpoint import Checkpoint, Resumed
-from .checks import model_takes_data
-from .devices import from_main, make_accelerator, set_tf32
+from .devices import accelerator_for, from_main  # noqa: F401 (accelerator_for: re-exported)
 from .errors import ConfigError, NonFiniteLoss, Preempted, RunError, UserError, WriteError, describe, first_line
-from .history import metric_columns
+from .history import check_column, metric_columns
 from .loop import Loop
 from .options import RunOptions
 from .supervised import record_exit, record_start
-
-
-def accelerator_for(options: RunOptions):
-    """The accelerator a run with these options uses (make it first where the device is needed
-    before the run exists, e.g. to place data on it; then pass it to `Run`)."""
-    from accelerate.utils import ProjectConfiguration
-
-    o = options
-    set_tf32(o.tf32)
-    out = Path(o.output_dir) if o.output_dir else None
-    project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")) if out else None
-    return make_accelerator(o.mixed_precision, o.gradient_accumulation_steps, o.seed, o.collective_timeout_s,
-                            log_with=list(o.trackers) or None, dynamo_backend="inductor" if o.compile else None,
-                            project_config=project)
 
 
 class Run:
@@ -110,7 +95,9 @@ class Run:
 
                     refuse_other_run(out, self.config)
                 self.resumed = manager.load(path)  # the one moment a run is put back: every part
-            if self._finished(epochs):
+                if path.resolve().parent != (out / "checkpoints").resolve():
+                    self.tracker.run_id = None  # another folder's checkpoint: not its W&B run
+            if self._finished(epochs, out):
                 record_exit(0, "finished", **self._where())
                 return loop.history
             self._start_trackers(out)
@@ -150,13 +137,47 @@ class Run:
     def evaluate(self, data, prefix: str = "val_") -> dict:
         return self.loop.evaluate(data, prefix)
 
-    def predict(self, data) -> torch.Tensor:
-        return self.loop.predict(data)
+    def predict(self, data, with_targets: bool = False):
+        return self.loop.predict(data, with_targets)
+
+    # ------------------------------------------------ one batch at a time (functions, preflight)
+    metrics = property(lambda self: self.loop.metrics)
+    device = property(lambda self: self.loop.device)
+    parameters = property(lambda self: self.loop.model.parameters, doc="the prepared model's parameters()")
+
+    def prepare(self, data):
+        """A loader sharded over processes and placed on the device (see `Loop.prepare_loader`)."""
+        return self.loop.prepare_loader(data)
+
+    def split(self, batch):
+        return self.loop.split(batch)
+
+    def train_batch(self, features, labels):
+        """One training step on one batch: (loss, predictions, labels), on the device."""
+        self.loop.model.train()
+        features, labels = self.loop.to_device(features, labels)
+        loss, preds = self.loop.train_step(features, labels)
+        return loss, preds, labels
+
+    def valid_batch(self, features, labels):
+        """Loss, predictions and labels of one batch without training (gathered from all processes)."""
+        self.loop.model.eval()
+        return self.loop.eval_step(*self.loop.to_device(features, labels))
+
+    def uses(self, optimizer) -> bool:
+        return self.loop.optimizer is not None and self.loop.optimizer.optimizer is optimizer
+
+    def state(self) -> dict:
+        """The loop's position and history (to continue in another `Run` of the same model)."""
+        return self.loop.state_dict()
+
+    def continue_from(self, state: dict) -> None:
+        self.loop.load_state_dict(state)
 
     # ------------------------------------------------------------------- before training
     def check_model_takes(self, train) -> None:
         """See `train.checks.model_takes_data`: before anything is written, with one line on failure."""
-        model_takes_data(self.loop, train, self.name, self.options.num_classes)
+        self.loop.check_data(train, self.name, self.options.num_classes)
 
     def _lock_folder(self, out: Path) -> None:
         """Take the output folder's lock (the main process; the others wait for it)."""
@@ -170,15 +191,20 @@ class Run:
 
         from_main(self.accelerator, lock)
 
-    def _finished(self, epochs: int) -> bool:
-        """A resumed run that has already trained `epochs` epochs: one line, and no file changes."""
+    def _finished(self, epochs: int, out: Path) -> bool:
+        """A resumed run that has already trained `epochs` epochs (or stopped early): one line, and
+        no file changes, but for final weights a killed or failed run never wrote."""
         r = self.resumed
-        if r is None or len(r.history) < epochs or r.position["epoch"] > len(r.history):
+        stopped = (r.parts.get("early_stopping") or {}).get("stopped_epoch") if r is not None else None
+        if r is None or r.position["epoch"] > len(r.history) or (len(r.history) < epochs and not stopped):
             return False
+        if not (out / "model.safetensors").is_file():
+            self._write_weights(out)
+            return True
         if self.is_main_process:
-            print(f"{self.options.output_dir} holds a finished run of {len(r.history)} epoch(s): nothing to "
-                  f"train for epochs={epochs}, no file changed; raise epochs to train on, or use another output_dir",
-                  flush=True)
+            how = f"stopped early at epoch {stopped}" if stopped else f"of {len(r.history)} epoch(s)"
+            print(f"{self.options.output_dir} holds a finished run {how}: nothing to train for epochs={epochs}, no "
+                  f"file changed; raise epochs to train on, or use another output_dir", flush=True)
         return True
 
     def _service(self, out: Path, validation: bool, stop_signals, users: list) -> tuple[list, Checkpoint]:
@@ -291,16 +317,6 @@ class Run:
     def close(self) -> None:
         """Release the prepared objects and the process group."""
         self.loop.close()
-
-
-def check_column(column: str, columns: list[str], option: str) -> str:
-    if column not in columns:
-        import difflib
-
-        close = difflib.get_close_matches(column, columns, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(columns)}"
-        raise ConfigError(f"{option} is '{column}', which is not a history column; {hint}")
-    return column
 
 
 def lost_contact(error: BaseException) -> Optional[str]:
