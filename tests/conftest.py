@@ -87,7 +87,7 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120)
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
+        time.sleep(0.02)  # each poll may scan /proc: polling faster would take a core from the ranks
 
 
 def descendants(pid: int) -> list[int]:

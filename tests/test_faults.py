@@ -82,7 +82,9 @@ def test_a_stalled_rank_ends_the_job_within_the_timeout_and_it_recovers(tmp_path
     waited = time.monotonic() - started
     rest, _ = proc.communicate(timeout=600)
     log = "".join(lines) + rest
-    assert waited < timeout + 30, f"{waited:.0f} s before the restart\n{log}"
+    # the timeout, the supervisor's 10 s of grace, then the processes' teardown: well under a minute
+    # more, also with another job on the cores (a stall held until the job's end would be hours)
+    assert waited < timeout + 60, f"{waited:.0f} s before the restart\n{log}"
     assert proc.returncode == 0, log
     assert "lost contact with another process (Timed out" in log and "rank 1 stalled" in flat(log), log
     assert_same_run(tmp_path, reference_two)
