@@ -27,11 +27,14 @@ def test_every_line_of_a_run_fits_100_columns(tmp_path):
             "early_stopping.monitor=lr", "early_stopping.mode=max", "early_stopping.patience=1",
             "scheduler.name=none", "nonfinite=skip"]
     screens = []
-    for _ in range(2):  # the second run resumes (and says so in the plan)
-        code, screen = under_a_terminal(args, lambda screen: False, columns=100, cwd=tmp_path)
+    # one epoch; then the same with 3: it resumes (the plan says so) and stops early; then again:
+    # a finished run (one line)
+    for epochs in (1, 3, 3):
+        code, screen = under_a_terminal([*args, f"epochs={epochs}"], lambda screen: False, columns=100, cwd=tmp_path)
         assert code == 0, screen
         screens.append(screen)
-    assert "resuming from" in screens[1] and "early stopping after epoch 2" in screens[0]
+    assert "resuming from" in screens[1] and "early stopping after epoch 2" in screens[1]
+    assert "holds a finished run stopped early at epoch 2" in " ".join(screens[2].split())
     for screen in screens:
         for line in screen.replace("\r\n", "\n").split("\n"):
             for part in line.split("\r"):  # redraws of the progress bar aside

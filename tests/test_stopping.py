@@ -29,7 +29,8 @@ def test_early_stopping_stops_and_restores_the_best_weights(tmp_path, capsys):
     # the same command again: the run had stopped, so it trains nothing more and changes nothing
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "holds a finished run stopped early at epoch 2: nothing to train for epochs=5, no file changed" in printed
+    assert "holds a finished run stopped early at epoch 2: nothing to train for epochs=5, no file changed" in \
+        " ".join(printed.split())
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [1, 2]
     again = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(final[k], again[k]) for k in final)  # still the restored best weights

@@ -202,9 +202,12 @@ class Run:
             self._write_weights(out)
             return True
         if self.is_main_process:
+            import textwrap
+
             how = f"stopped early at epoch {stopped}" if stopped else f"of {len(r.history)} epoch(s)"
-            print(f"{self.options.output_dir} holds a finished run {how}: nothing to train for epochs={epochs}, no "
-                  f"file changed; raise epochs to train on, or use another output_dir", flush=True)
+            print(textwrap.fill(f"{self.options.output_dir} holds a finished run {how}: nothing to train for "
+                                f"epochs={epochs}, no file changed; raise epochs to train on, or use another output_dir",
+                                100, subsequent_indent="    ", break_long_words=False), flush=True)
         return True
 
     def _service(self, out: Path, validation: bool, stop_signals, users: list) -> tuple[list, Checkpoint]:
