@@ -251,10 +251,10 @@ def test_a_stop_signal_during_start_up_is_not_lost(tmp_path):
     os.kill(proc.pid, signal.SIGUSR1)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 75, out
-    # passed on as soon as the handler is in place: at the first batch, or the next if the
-    # supervisor's poll (every 0.1 s) comes after that batch began
+    # passed on once the handler is in place: the supervisor polls every 0.1 s, in which a few
+    # batches of 15 ms may go by; lost, the run would have finished both epochs with exit 0
     stopped = re.search(r"preempted: stopped by SIGUSR1 at epoch 1 batch (\d+);", flat(out))
-    assert stopped and int(stopped.group(1)) <= 2, out
+    assert stopped and int(stopped.group(1)) < 16, out  # in epoch 1, before its last batch
     assert latest_step(tmp_path) == int(stopped.group(1))
     assert "supervisor: exit 75 (preempted; a checkpoint was saved)" in flat(out)
 
