@@ -4,7 +4,6 @@ trained run on 1 and 2 processes, and a reused output folder that holds another 
 import csv
 import os
 import subprocess
-import sys
 
 import pandas as pd
 import pytest

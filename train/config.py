@@ -207,7 +207,7 @@ def refuse_other_run(out, cfg: Config) -> None:
     try:  # with today's defaults filled in, so that a key added since is no difference
         from .configfile import build_config
 
-        before = build_config({k: v for k, v in _flat(before).items()}).to_dict()
+        before = build_config(_flat(before)).to_dict()
     except Exception:  # a config of another version: compare what it says
         pass
     changed = config_differences(before, cfg.to_dict())

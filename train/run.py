@@ -19,7 +19,7 @@ import torch
 from .standard_callbacks import EarlyStopping, EpochTable, HistoryCSV, SlowDataWarning, StepLog, StopSignals
 from .checkpoint import Checkpoint, Resumed
 from .devices import accelerator_for, from_main  # noqa: F401 (accelerator_for: re-exported)
-from .errors import ConfigError, NonFiniteLoss, Preempted, RunError, UserError, WriteError, describe, first_line
+from .errors import NonFiniteLoss, Preempted, RunError, UserError, WriteError, describe, first_line
 from .history import check_column, metric_columns
 from .loop import Loop
 from .options import RunOptions

@@ -116,9 +116,9 @@ def watch_process() -> None:
 
     def on_uncaught(kind, error, tb):
         if _mine() and _read(path).get("code") is None:
-            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            reason = f"{kind.__name__}: {text}" if text else kind.__name__
-            record_exit(1, reason, kind="lost contact" if lost_contact(error) else "exception")
+            from .errors import describe  # standard library only, like this module
+
+            record_exit(1, describe(error), kind="lost contact" if lost_contact(error) else "exception")
         previous(kind, error, tb)
 
     sys.excepthook = on_uncaught
