@@ -88,6 +88,7 @@ class TrackingConfig:
     entity: Optional[str] = key(None, "W&B entity (team or user)")
     run_name: Optional[str] = key(None, "the run's name in the trackers")
     tags: list = key([], "W&B tags")
+    group: Optional[str] = key(None, "W&B group (a search's trials share one: the search's name)")
 
 
 @dataclass
@@ -107,6 +108,24 @@ class EarlyStoppingConfig:
     patience: int = key(3, "epochs without an improvement of more than min_delta before stopping")
     min_delta: float = key(0.0, "the smallest change that counts as an improvement")
     restore_best: bool = key(False, "end with the weights of the best epoch instead of the last")
+
+
+@dataclass
+class SweepConfig:
+    space: dict = key({}, "the search space: {config key: {log_uniform|uniform|int: [low, high]} or {choice: "
+                          "[...]}} (or python -m train.sweep --space FILE)")
+    trials: int = key(20, "how many trials the search finishes (complete or pruned)")
+    monitor: Optional[str] = key(None, "the history column to optimise; null: the early-stopping monitor, else "
+                                       "the checkpoint monitor, else val_loss (loss without validation)")
+    mode: str = key("auto", "max or min; auto: the mode of the monitor it took (min for val_loss)",
+                    ("auto", "min", "max"))
+    sampler: str = key("tpe", "Optuna's TPE sampler, or random", ("tpe", "random"))
+    seed: Optional[int] = key(None, "seeds the sampler, so the same search proposes the same trials; null: seed")
+    pruner: str = key("median", "stop a trial at an epoch end whose monitor is worse than the median of the "
+                                "earlier trials at that epoch; none: never", ("median", "none"))
+    pruner_args: dict = key({}, "arguments of optuna's MedianPruner, e.g. {n_startup_trials: 5, n_warmup_steps: 1}")
+    baseline: bool = key(True, "the first trial trains the config's own values (where the space holds them)")
+    dir: Optional[str] = key(None, "the search's folder (study, trials, results); null: <output_dir>-sweep")
 
 
 @dataclass
@@ -150,6 +169,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -159,10 +179,10 @@ class Config:
 # fed and where it lies. Any other difference means another run (model, data, optimizer, loss, ...).
 RESUMABLE_CHANGES = ("epochs", "output_dir", "resume", "preflight", "progress", "log_step_freq", "log_every_s",
                      "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps", "callbacks",
-                     "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor")
+                     "sweep.", "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor")
 
 
-SECTIONS = ("data", "optimizer", "scheduler", "tracking", "checkpoint", "early_stopping")
+SECTIONS = ("data", "optimizer", "scheduler", "tracking", "checkpoint", "early_stopping", "sweep")
 
 
 def _flat(config: dict) -> dict:

@@ -162,7 +162,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{name}' must be one of {', '.join(k['choices'])}; got {k['value']!r}")
     flat = {name: k["value"] for name, k in keys.items()}
     for name in ("batch_size", "gradient_accumulation_steps", "log_step_freq", "data.num_classes",
-                 "log_every_s", "collective_timeout_s", "optimizer.lr", "data.in_memory_limit_mb"):
+                 "log_every_s", "collective_timeout_s", "optimizer.lr", "data.in_memory_limit_mb", "sweep.trials"):
         if flat[name] <= 0:
             raise ConfigError(f"config key '{name}' must be > 0, got {flat[name]}")
     for name in ("data.prefetch_factor", "max_grad_norm", "checkpoint.every_steps"):

@@ -35,7 +35,7 @@ def options_from(cfg):
         channels_last=cfg.channels_last, tf32=cfg.tf32, collective_timeout_s=cfg.collective_timeout_s,
         trackers=[n for n, on in (("wandb", tr.wandb), ("tensorboard", tr.tensorboard)) if on],
         tracking_project=tr.project, tracking_entity=tr.entity, tracking_run_name=tr.run_name,
-        tracking_tags=tr.tags, early_stopping=stop.monitor, early_stopping_mode=stop.mode,
+        tracking_tags=tr.tags, tracking_group=tr.group, early_stopping=stop.monitor, early_stopping_mode=stop.mode,
         early_stopping_patience=stop.patience, early_stopping_min_delta=stop.min_delta,
         early_stopping_restore_best=stop.restore_best, progress=cfg.progress, log_every_s=cfg.log_every_s,
         log_step_freq=cfg.log_step_freq, name=cfg.model)

@@ -32,8 +32,8 @@ class FolderInUse(UserError):
 
 
 class OutputLock:
-    def __init__(self, folder: str | Path):
-        self.path = Path(folder) / LOCK_FILE
+    def __init__(self, folder: str | Path, name: str = LOCK_FILE):
+        self.path = Path(folder) / name
         self.fd = None
         self._stop = threading.Event()
 

@@ -48,6 +48,7 @@ class RunOptions:
     tracking_entity: Optional[str] = None
     tracking_run_name: Optional[str] = None
     tracking_tags: tuple = ()
+    tracking_group: Optional[str] = None
     early_stopping: Optional[str] = None  # a history column to watch, e.g. "val_loss"
     early_stopping_mode: str = "min"
     early_stopping_patience: int = 3

@@ -49,6 +49,63 @@ def plot_history(rows: list[dict], path: str | Path) -> int:
     return len(names)
 
 
+def _figure(panels: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5 * panels, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def plot_sweep(trials: list[dict], params: list[tuple[str, bool]], objective: str, mode: str, path) -> None:
+    """`sweep.png`: the objective of each trial with the best so far, then the objective against
+    each parameter (`params`: (name, drawn on a log scale)). `trials`: dicts with number, state,
+    objective (a pruned trial's last reported value) and the parameters."""
+    fig, axes = _figure(1 + len(params))
+    complete = [t for t in trials if t["state"] == "COMPLETE" and t["objective"] is not None]
+    pruned = [t for t in trials if t["state"] == "PRUNED" and t["objective"] is not None]
+    better = max if mode == "max" else min
+    for ax, x_of, name, log in [(axes[0], lambda t: t["number"], "trial", False)] + \
+            [(ax, (lambda t, k=k: t[k]), k, log) for ax, (k, log) in zip(axes[1:], params)]:
+        ax.plot([x_of(t) for t in complete], [t["objective"] for t in complete], "o", label="complete")
+        if pruned:
+            ax.plot([x_of(t) for t in pruned], [t["objective"] for t in pruned], "x", color="grey",
+                    label="pruned (last epoch reported)")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel(objective)
+        ax.grid(alpha=0.3)
+    if complete:
+        best, xs, ys = None, [], []
+        for t in sorted(complete, key=lambda t: t["number"]):
+            best = t["objective"] if best is None else better(best, t["objective"])
+            xs.append(t["number"])
+            ys.append(best)
+        axes[0].step(xs, ys, where="post", label="best so far")
+    axes[0].set_title(f"{objective} per trial")
+    axes[0].legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion, path) -> None:
+    """`lr_find.png`: the loss against the learning rate (log scale), raw and smoothed, and the suggestion."""
+    fig, (ax,) = _figure(1)
+    ax.plot(lrs, losses, alpha=0.3, label="loss")
+    ax.plot(lrs, smoothed, label="smoothed")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
 def serve() -> None:
     """The helper: one JSON request per line on stdin ({"rows": [...], "path": ...}), drawn in
     order; ends at {"quit": true} or at end of input. (Not at end of input alone: loader workers

@@ -258,7 +258,22 @@ def main(argv=None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command to supervise")
-    return Supervisor(command, args.max_restarts, args.grace, args.filter_launcher).run()
+    supervisor = Supervisor(command, args.max_restarts, args.grace, args.filter_launcher)
+    stop_with_parent(supervisor)
+    return supervisor.run()
+
+
+def stop_with_parent(supervisor) -> None:
+    """Started by a program that wants its runs to stop when it dies (a search, for its trials:
+    TRAIN_STOP_WITH_PARENT=its pid): the parent's death is a SIGTERM, so the run saves a checkpoint
+    and stops, and the next search continues it."""
+    parent = os.environ.pop("TRAIN_STOP_WITH_PARENT", "")
+    if not parent or parent != str(os.getppid()):
+        return  # not started by it (a wrapper's own shell in between keeps the variable unused)
+    die_with_parent(signal.SIGTERM)
+    if str(os.getppid()) != parent:  # it died before the kernel was told
+        supervisor.signals.append(signal.SIGTERM)
+        supervisor.stopped_by = signal.SIGTERM
 
 
 if __name__ == "__main__":

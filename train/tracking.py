@@ -49,7 +49,8 @@ def start_trackers(accelerator, options, output_dir: Path, run_id: str | None = 
     if "wandb" in names:
         run_id = wandb_run_id(output_dir, run_id) if accelerator.is_main_process else None
         init_kwargs["wandb"] = dict(id=run_id, resume="allow", dir=str(output_dir), entity=options.tracking_entity,
-                                    name=options.tracking_run_name, tags=list(options.tracking_tags))
+                                    name=options.tracking_run_name, tags=list(options.tracking_tags),
+                                    group=options.tracking_group)
         where["wandb"] = f"{output_dir}/wandb (run id {run_id}; offline: wandb sync {output_dir}/wandb/offline-run-*)"
     if "tensorboard" in names:
         where["tensorboard"] = f"{output_dir}/tensorboard/{options.tracking_project}"
