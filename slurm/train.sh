@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train on SLURM: sbatch slurm/train.sh [key=value ...]      (run from the project folder)
 # Your own script instead of train/main.py: sbatch slurm/train.sh path/to/my_script.py [its arguments]
+# A search, each array task one of its workers: sbatch --array=0-3 slurm/train.sh --sweep --config C
+#     --space S --trials N --dir D [key=value ...]       (see python -m train.sweep --help)
 # More nodes or GPUs, another time limit: sbatch --nodes=4 --gpus-per-node=8 --time=24:00:00 slurm/train.sh
 # On a cluster without GPUs: sbatch --gpus-per-node=0 slurm/train.sh (gloo processes on the CPUs).
 #
@@ -32,20 +34,18 @@ export TRAIN_OUTPUT_DIR=runs/slurm-$job
 # In a job array, %a in an argument is the task id, as in sbatch's file names:
 #   sbatch --array=0-3 slurm/train.sh seed=%a
 set -- "${@//%a/${SLURM_ARRAY_TASK_ID:-0}}"
-if [[ ${1:-} == *.py ]]; then
+sweep=0
+if [[ ${1:-} == --sweep ]]; then
+    sweep=1
+    shift
+elif [[ ${1:-} == *.py ]]; then
     [[ -f $1 ]] || { echo "slurm/train.sh: no such script: $1" >&2; exit 2; }
 else
     set -- output_dir="$TRAIN_OUTPUT_DIR" "$@"  # train/main.py: an override, which a later output_dir=... replaces
 fi
-nodes=${SLURM_NNODES:-1}
-# rank 0's host is the first of the allocation; the port comes from the job id, so that two jobs
-# sharing a node do not collide. Each job owns MAX_RESTARTS + 1 ports: a restart after a crash uses
-# the next one (launch/multinode.sh), and consecutive job ids (array tasks) do not overlap.
-main_addr=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-port=$(( 20000 + (SLURM_JOB_ID % 4000) * (${MAX_RESTARTS:-3} + 1) ))
 restarts=${SLURM_RESTART_COUNT:-0}
-echo "slurm/train.sh: job $SLURM_JOB_ID${SLURM_ARRAY_TASK_ID:+ (array task $SLURM_ARRAY_TASK_ID)}, $nodes node(s)," \
-     "main $main_addr:$port, SLURM_RESTART_COUNT=$restarts$( ((restarts > 0)) && echo ': resuming from the latest checkpoint')"
+echo "slurm/train.sh: job $SLURM_JOB_ID${SLURM_ARRAY_TASK_ID:+ (array task $SLURM_ARRAY_TASK_ID)}, ${SLURM_NNODES:-1} node(s)," \
+     "SLURM_RESTART_COUNT=$restarts$( ((restarts > 0)) && echo ': resuming from the latest checkpoint')"
 
 preempted=0
 forward_usr1() {
@@ -57,14 +57,16 @@ forward_usr1() {
 }
 trap forward_usr1 USR1
 
-# One `accelerate launch` per node (launch/multinode.sh), under the supervisor, which restarts the
-# node's processes after a crash without giving up the allocation. The node rank must be read on each
-# node: \$SLURM_NODEID is escaped so that the task's shell expands it, not this one (else every node
-# is rank 0). USR1 is ignored from here down (trap ''), so that no launcher dies of it; the
-# supervisor and the training processes install their own handlers, and the supervisor passes it on.
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \
-    "trap '' USR1; RDZV_BACKEND=c10d MAIN_PORT=$port exec launch/multinode.sh \$SLURM_NODEID $nodes $main_addr \
-     \"\$@\"" srun-task "$@" &
+# One `accelerate launch` per node (slurm/step.sh: launch/multinode.sh on each node, under the
+# supervisor, which restarts the node's processes after a crash without giving up the allocation).
+# A search (--sweep): this task is one of its workers, taking trials from the study in the search's
+# folder until it has N; each trial is one slurm/step.sh. A requeued worker continues its trial.
+if (( sweep )); then
+    # this script's USR1 trap reaches the trials' processes (scancel): the worker need not pass it on
+    SWEEP_FORWARD_SIGNALS=0 python -m train.sweep --launch slurm/step.sh "$@" &
+else
+    slurm/step.sh "$@" &
+fi
 step=$!
 status=0
 wait "$step" || status=$?

@@ -164,6 +164,13 @@ class Run:
         self.loop.model.eval()
         return self.loop.eval_step(*self.loop.to_device(features, labels))
 
+    stepped = property(lambda self: self.loop.stepped, doc="whether the last train_batch ended an optimizer step")
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Every parameter group's learning rate, from now on (the LR finder's ramp)."""
+        for group in self.loop.optimizer.param_groups:
+            group["lr"] = lr
+
     def uses(self, optimizer) -> bool:
         return self.loop.optimizer is not None and self.loop.optimizer.optimizer is optimizer
 

@@ -40,6 +40,7 @@ from .errors import ConfigError, RunError, UserError, report
 
 ROOT = Path(__file__).resolve().parent.parent
 OWNER_LOCK = ".owner"
+ORPHAN_GRACE_S = 120.0  # another worker's stopped trial waits this long for its own worker to come back
 STOP_CODES = (75, 130)  # the trial saved a checkpoint and stopped on a signal: it continues on the next run
 SETTINGS = ("config", "overrides", "space", "monitor", "mode", "sampler", "seed", "pruner", "pruner_args")
 
@@ -187,13 +188,14 @@ class Search:
         with self.exclusive():
             trials = s.get_trials(deepcopy=False)
             for t in trials:
-                if t.state != TrialState.RUNNING:
+                if t.state != TrialState.RUNNING or not self.may_adopt(t.number):
                     continue
                 owner = OutputLock(self.trial_folder(t.number), OWNER_LOCK)
                 try:
                     owner.acquire()
                 except FolderInUse:
                     continue  # a live worker runs it
+                (self.trial_folder(t.number) / "worker").write_text(self.worker_id)
                 return t.number, dict(t.params), owner, True
             done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -209,7 +211,31 @@ class Search:
             values = {d.key: d.suggest(trial) for d in self.dimensions}
             owner = OutputLock(self.trial_folder(trial.number), OWNER_LOCK)
             owner.acquire()
+            (self.trial_folder(trial.number) / "worker").write_text(self.worker_id)
             return trial.number, values, owner, False
+
+    @property
+    def worker_id(self) -> str:
+        """Who runs a trial: a SLURM array task keeps its id across a requeue; elsewhere the host."""
+        job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+        if job:
+            task = os.environ.get("SLURM_ARRAY_TASK_ID")
+            return f"slurm job {job}" + (f" task {task}" if task else "")
+        import socket
+
+        return socket.gethostname()
+
+    def may_adopt(self, number: int) -> bool:
+        """A stopped trial goes back to its own worker (a requeued array task); another worker takes it
+        once it has lain still for ORPHAN_GRACE_S (its worker is not coming back soon)."""
+        folder = self.trial_folder(number)
+        try:
+            if (folder / "worker").read_text() == self.worker_id:
+                return True
+            last = max(p.stat().st_mtime for p in (folder / "worker", folder / "trial.log") if p.exists())
+        except (OSError, ValueError):
+            return True  # no worker ever started it
+        return time.time() - last > ORPHAN_GRACE_S
 
     # ------------------------------------------------------------------ one trial
     def command(self, number: int, values: dict, cpus: list[int] | None) -> list[str]:
