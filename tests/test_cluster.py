@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import MNIST, ROOT
+from conftest import MNIST, ROOT, flat
 
 pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
 
@@ -236,3 +236,50 @@ def _latest(out: Path) -> int:
         return int((out / "checkpoints" / "latest").read_text().strip().split("-")[1])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def test_a_search_as_a_job_array_of_two_workers_survives_a_preempted_worker(slurm, tmp_path):
+    """`sbatch --array=0-1 slurm/train.sh --sweep ...`: two workers share one study; the first is
+    preempted (USR1, as before a time limit) inside a trial, requeued, and continues that trial."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("optuna")
+    from train import study
+
+    folder = tmp_path / "search"
+    cmd = ["sbatch", "--parsable", "--wait", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
+           f"--output={tmp_path}/%x-%A_%a.out", "slurm/train.sh", "--sweep", "--config", "examples/digits/config.yaml",
+           "--space", "examples/digits/space.yaml", "--trials", "6", "--dir", str(folder), "epochs=6",
+           "checkpoint.every_steps=5", "progress=false"]
+    job = subprocess.Popen(cmd, cwd=ROOT, env=dict(slurm, CPU_PROCESSES_PER_NODE="1"), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    array = job.stdout.readline().strip()
+    deadline = time.monotonic() + 300
+
+    def task0_trial():  # a trial of task 0 that has saved a checkpoint
+        for worker in folder.glob("trial-*/worker"):
+            if worker.read_text().endswith("task 0") and (worker.parent / "checkpoints" / "latest").exists() \
+                    and not (worker.parent / "model.safetensors").exists():
+                return worker.parent
+        return None
+
+    while (trial := task0_trial()) is None:
+        assert job.poll() is None and time.monotonic() < deadline, "task 0 ran no trial to a checkpoint"
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--signal=USR1", "--full", f"{array}_0"], env=slurm, check=True)
+    _, stderr = job.communicate(timeout=900)
+    logs = {p.name: p.read_text() for p in tmp_path.glob("train-*.out")}
+    everything = "\n".join(logs.values())
+    assert job.returncode == 0, stderr + everything
+    task0 = flat(next(text for name, text in logs.items() if name.endswith("_0.out")))
+    assert "requeueing job" in task0 and "SLURM_RESTART_COUNT=1: resuming" in task0, task0
+    number = int(trial.name.split("-")[1])
+    assert f"trial {number} continues" in task0, task0  # its own worker took it back
+    rows = pd.read_csv(folder / "trials.csv")
+    assert len(rows) == 6 and set(rows["state"]) <= {"COMPLETE", "PRUNED"}, rows
+    assert len(study.load(folder).get_trials(deepcopy=False)) == 6  # no trial asked for twice
+    for row in rows.itertuples():
+        log = flat((folder / f"trial-{row.number:04d}" / "trial.log").read_text())
+        assert log.count("plan: ") - log.count("resuming from") == 1, log  # each trial started once
+    resumed = flat((trial / "trial.log").read_text())
+    assert "preempted: stopped by SIGUSR1" in resumed and "resuming from" in resumed
+    assert history(trial)["epoch"].tolist() == list(range(1, len(history(trial)) + 1))

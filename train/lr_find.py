@@ -103,7 +103,8 @@ def print_once(text: str) -> None:
     once(textwrap.fill(text, 100, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False))
 
 
-def main(argv=None) -> int:    from train.configfile import load_config
+def main(argv=None) -> int:
+    from train.configfile import load_config
 
     parser = argparse.ArgumentParser(prog="python -m train.lr_find", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "mnist.yaml"))

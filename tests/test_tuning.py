@@ -1,0 +1,180 @@
+"""Tuning with real runs: a seeded search over examples/digits (every trial a run under launch/one.sh),
+pruning of clearly bad learning rates, a search killed with SIGKILL and continued, and the
+learning-rate finder on two processes. (SLURM array workers: tests/test_cluster.py.)"""
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import PYTHON, ROOT, assert_same_run, descendants, flat, start_process, wait_for
+
+pytestmark = pytest.mark.slow  # real runs, one per trial
+
+pytest.importorskip("sklearn")  # examples/digits
+pytest.importorskip("optuna")
+
+DIGITS = "examples/digits/config.yaml"
+SPACE = "examples/digits/space.yaml"
+SHORT = ["epochs=4", "progress=false"]
+
+
+def sweep(folder, *args, space=SPACE, trials=8, timeout=600) -> subprocess.CompletedProcess:
+    cmd = [PYTHON, "-m", "train.sweep", "--config", DIGITS, "--space", str(space), "--trials", str(trials),
+           "--dir", str(folder), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2"),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_run(out, *overrides) -> None:
+    done = subprocess.run([str(ROOT / "launch" / "one.sh"), "--config", DIGITS, *overrides, f"output_dir={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def trials(folder) -> pd.DataFrame:
+    return pd.read_csv(folder / "trials.csv")
+
+
+def study_size(folder) -> int:
+    from train import study
+
+    return len(study.load(folder).get_trials(deepcopy=False))
+
+
+def objective(frame: pd.DataFrame) -> pd.Series:
+    return frame[next(c for c in frame.columns if c.startswith("objective"))]
+
+
+def test_a_seeded_search_finishes_its_trials_beats_the_default_and_repeats(tmp_path):
+    folder = tmp_path / "search"
+    args = [*SHORT, "sweep.monitor=val_accuracy"]
+    done = sweep(folder, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = trials(folder)
+    assert len(rows) == 8 and set(rows["state"]) <= {"COMPLETE", "PRUNED"}, rows
+    assert study_size(folder) == 8
+    assert (folder / "sweep.png").stat().st_size > 0
+    # every trial is a real run in its own folder, with the values the study gave it
+    for _, row in rows.iterrows():
+        saved = yaml.safe_load((folder / f"trial-{row['number']:04d}" / "config.yaml").read_text())
+        assert saved["optimizer"]["lr"] == pytest.approx(row["optimizer.lr"], rel=1e-12)
+        assert saved["model_args"]["hidden"] == row["model_args.hidden"]
+
+    # the best trial is at least as good as the config's own values trained alike
+    one_run(tmp_path / "default", *SHORT)
+    default = pd.read_csv(tmp_path / "default" / "history.csv")["val_accuracy"].max()
+    complete = rows[rows["state"] == "COMPLETE"]
+    assert objective(complete).max() >= default
+
+    # the summary's command retrains the best trial exactly
+    out = flat(done.stdout)
+    best = complete.loc[objective(complete).idxmax()]
+    assert f"best: trial {best['number']}, val_accuracy" in out
+    command = shlex.split(re.search(r"retrain it: (.*?) output_dir=", out).group(1))
+    assert command[0] == "launch/one.sh" and "sweep.monitor=val_accuracy" not in command
+    again = subprocess.run([*command, f"output_dir={tmp_path / 'retrained'}"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    mine = load_file(str(tmp_path / "retrained" / "model.safetensors"))
+    theirs = load_file(str(folder / f"trial-{best['number']:04d}" / "model.safetensors"))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+    # the same command again: the search is done, nothing runs
+    rerun = sweep(folder, *args)
+    assert rerun.returncode == 0 and not re.search(r"^trial \d+", rerun.stdout, re.M), rerun.stdout
+    assert "8 of 8 trials done" in flat(rerun.stdout) and study_size(folder) == 8
+
+    # the same seed elsewhere proposes the same values
+    other = sweep(tmp_path / "again", *args, trials=3)
+    assert other.returncode == 0, other.stdout + other.stderr
+    first = trials(tmp_path / "again")
+    pd.testing.assert_frame_equal(first[["optimizer.lr", "model_args.hidden"]],
+                                  rows[["optimizer.lr", "model_args.hidden"]].iloc[:3], check_exact=True)
+
+
+def test_clearly_bad_learning_rates_are_pruned_before_their_last_epoch(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("optimizer.lr: {choice: [0.003, 1.0e-7, 1.0e-6]}\n")
+    folder = tmp_path / "search"
+    done = sweep(folder, *SHORT, "sweep.monitor=val_accuracy", "sweep.pruner_args={n_startup_trials: 1}",
+                 space=space, trials=3)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = trials(folder)
+    pruned = rows[rows["state"] == "PRUNED"]
+    assert len(pruned) >= 1 and (pruned["epochs"] < 4).all(), rows
+    assert (rows.loc[rows["state"] == "COMPLETE", "optimizer.lr"] == 0.003).all()
+    for number in pruned["number"]:
+        log = (folder / f"trial-{number:04d}" / "trial.log").read_text()
+        assert "pruned by the search's median pruner after epoch" in log and "Traceback" not in log
+        assert f"trial {number} pruned after epoch" in done.stdout
+    # a pruned trial's folder stays pruned: rerunning the search changes nothing
+    again = sweep(folder, *SHORT, "sweep.monitor=val_accuracy", "sweep.pruner_args={n_startup_trials: 1}",
+                  space=space, trials=3)
+    assert again.returncode == 0 and trials(folder).equals(rows), again.stdout
+
+
+def test_a_search_killed_with_sigkill_continues_its_trial_exactly(tmp_path):
+    folder = tmp_path / "search"
+    longer = ["epochs=6", "checkpoint.every_steps=5", "progress=false"]
+    cmd = [PYTHON, "-m", "train.sweep", "--config", DIGITS, "--space", SPACE, "--trials", "2", "--dir", str(folder),
+           *longer]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = start_process(cmd, env)
+    latest = folder / "trial-0001" / "checkpoints" / "latest"
+    wait_for(lambda: latest.exists(), proc, "trial 1's first checkpoint", timeout=300)
+    below = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)  # the search alone: its trial hears of it from the kernel
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 120
+    while any(os.path.exists(f"/proc/{pid}") and not _zombie(pid) for pid in below):
+        assert time.monotonic() < deadline, "the trial's processes outlived the search by two minutes"
+        time.sleep(0.2)
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "trial 1 continues" in done.stdout and "trial 0:" not in done.stdout, done.stdout
+    rows = trials(folder)
+    assert rows["state"].tolist() == ["COMPLETE", "COMPLETE"] and study_size(folder) == 2
+    log = flat((folder / "trial-0001" / "trial.log").read_text())
+    assert "preempted: stopped by SIGTERM" in log and "resuming from" in log, log
+    assert log.count("plan: ") - log.count("resuming from") == 1  # started from scratch once
+    saved = yaml.safe_load((folder / "trial-0001" / "config.yaml").read_text())
+    reference = tmp_path / "reference"
+    one_run(reference, *longer, f"optimizer.lr={saved['optimizer']['lr']!r}",
+            f"model_args.hidden={saved['model_args']['hidden']}")
+    assert_same_run(folder / "trial-0001", reference, epochs=6, context="(trial 1 after the search's SIGKILL)")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_lr_find_on_two_processes_suggests_a_rate_that_trains(tmp_path):
+    run_folder = tmp_path / "run"
+    done = subprocess.run([str(ROOT / "launch" / "cpu2.sh"), "train/lr_find.py", "--config", DIGITS,
+                           f"output_dir={run_folder}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not run_folder.exists()  # the run's own folder is untouched
+    found = tmp_path / "run-lr_find"
+    curve = pd.read_csv(found / "lr_find.csv")
+    assert (found / "lr_find.png").stat().st_size > 0
+    assert list(curve.columns) == ["lr", "loss", "smoothed"] and curve["lr"].is_monotonic_increasing
+    lines = re.findall(r"^suggested: optimizer\.lr=(\S+)$", done.stdout, re.M)
+    assert len(lines) == 1, done.stdout  # one line, from one process
+    lr = float(lines[0])
+    assert curve["lr"].min() < lr < curve["lr"].max()
+    one_run(tmp_path / "trained", f"optimizer.lr={lr}", "progress=false")  # the config's 20 epochs
+    assert pd.read_csv(tmp_path / "trained" / "history.csv")["val_accuracy"].iloc[-1] >= 0.95
