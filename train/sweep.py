@@ -102,8 +102,11 @@ class Search:
         self.workers = args.workers
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
-        self.launch = [str(Path(args.launch)) if Path(args.launch).exists() else args.launch]
-        if not Path(self.launch[0]).is_file():
+        wrapper = Path(args.launch)
+        if not wrapper.is_file() and not wrapper.is_absolute() and (ROOT / wrapper).is_file():
+            wrapper = ROOT / wrapper  # launch/cpu2.sh from another folder
+        self.launch = [str(wrapper)]
+        if not wrapper.is_file():
             raise ConfigError(f"--launch {args.launch}: no such wrapper; give launch/one.sh, launch/cpu2.sh, "
                               f"launch/gpus.sh or slurm/step.sh")
         self.callbacks, self.tracking = cfg.callbacks, cfg.tracking
