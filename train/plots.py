@@ -83,7 +83,10 @@ def plot_sweep(trials: list[dict], params: list[tuple[str, bool]], objective: st
             best = t["objective"] if best is None else better(best, t["objective"])
             xs.append(t["number"])
             ys.append(best)
+        xs.append(max(t["number"] for t in trials))  # the best so far holds to the last trial
+        ys.append(best)
         axes[0].step(xs, ys, where="post", label="best so far")
+    axes[0].xaxis.get_major_locator().set_params(integer=True)
     axes[0].set_title(f"{objective} per trial")
     axes[0].legend()
     fig.tight_layout()

@@ -446,9 +446,8 @@ class Search:
         frame = pd.DataFrame(rows).rename(columns={"objective": f"objective ({self.monitor})"})
         atomic_write_text(self.folder / "trials.csv", frame.to_csv(index=False))
         if plot:
-            plot_sweep(rows, [(d.key, d.is_log) for d in self.dimensions if d.kind != "choice"] +
-                       [(d.key, False) for d in self.dimensions if d.kind == "choice"], self.monitor, self.mode,
-                       self.folder / "sweep.png")
+            plot_sweep(rows, [(d.key, d.is_log or _spans_decades(d.choices)) for d in self.dimensions],
+                       self.monitor, self.mode, self.folder / "sweep.png")
 
     def summary(self, s) -> None:
         from optuna.trial import TrialState
@@ -468,6 +467,12 @@ class Search:
         say(f"best: trial {best.number}, {self.monitor} {_short(best.value)}: {shown}")
         print(f"  its model: train.load_model('{self.trial_folder(best.number)}')", flush=True)
         print(f"  retrain it: {self.retrain_command(best.params)}", flush=True)
+
+
+def _spans_decades(choices) -> bool:
+    """Numeric choices spread over two decades or more read best on a log scale."""
+    numbers = [c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+    return bool(numbers) and len(numbers) == len(choices) and min(numbers) > 0 and max(numbers) / min(numbers) >= 100
 
 
 def _short(value) -> str:
