@@ -54,6 +54,8 @@ forward_usr1() {
     preempted=1
     echo "slurm/train.sh: USR1 received; asking the training processes to checkpoint and stop"
     scancel --signal=USR1 "$SLURM_JOB_ID" 2>/dev/null || true
+    # a search's worker, too: between trials no step would hear it, and it must start no more
+    (( sweep )) && [[ -n ${step:-} ]] && kill -USR1 "$step" 2>/dev/null || true
 }
 trap forward_usr1 USR1
 

@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a file (under accelerate launch): import
 from train.errors import ConfigError, RunError, report  # noqa: E402
 
 SMOOTHING = 0.98  # as Lightning and fastai: an exponential moving average over about 50 steps
-DIVERGED = 4.0  # stop when the smoothed loss exceeds this many times the lowest
+DIVERGED = 4.0  # stop when the smoothed loss exceeds this many times the lowest (measured from 0)
 SKIP_BEGIN, SKIP_END = 10, 1  # the curve's ends are noise (the average starts cold; the last step diverged)
 
 
@@ -73,7 +73,9 @@ def find(cfg, steps: int, min_lr: float, max_lr: float):
         job.set_learning_rate(rates[0])
         while len(losses) < steps:
             set_epoch(dl, epoch)
+            batches = 0
             for batch in dl:
+                batches += 1
                 loss, _, _ = job.train_batch(*job.split(batch))
                 pending.append(loss.float())
                 if not job.stepped:
@@ -86,9 +88,13 @@ def find(cfg, steps: int, min_lr: float, max_lr: float):
                 losses.append(mean if math.isfinite(mean) else math.inf)
                 smoothed = smooth(losses)[-1]
                 best = min(best, smoothed)
-                if len(losses) >= steps or not math.isfinite(smoothed) or smoothed > DIVERGED * best:
+                # for a loss that may be negative (a log-likelihood), the margin is measured from the lowest
+                if len(losses) >= steps or not math.isfinite(smoothed) or \
+                        smoothed > best + (DIVERGED - 1) * abs(best):
                     return taken, losses
                 job.set_learning_rate(rates[len(losses)])
+            if not batches:
+                raise ConfigError("the training data gave no batch; give more data or a smaller batch_size")
             epoch += 1
         return taken, losses
     finally:
@@ -122,8 +128,9 @@ def main(argv=None) -> int:
             raise ConfigError(f"--steps must be at least {SKIP_BEGIN + SKIP_END + 2}, got {args.steps}")
         cfg = load_config(args.config, args.overrides)
         out = Path(args.out or f"{cfg.output_dir.rstrip('/')}-lr_find")
-        if out.resolve() == Path(cfg.output_dir).resolve():
-            raise ConfigError(f"--out {out} is the run's output folder; the finder writes elsewhere")
+        if out.resolve().is_relative_to(Path(cfg.output_dir).resolve()):
+            raise ConfigError(f"--out {out} is inside the run's output folder {cfg.output_dir}; the finder writes "
+                              f"elsewhere")
         rates, losses = find(cfg, args.steps, args.min_lr, args.max_lr)
     except RunError as e:
         if args.debug:

@@ -23,7 +23,12 @@ class ReportToStudy(Callback):
         self._trial = None
 
     def on_train_begin(self, run):
-        if run.output_dir is not None and (run.output_dir / MARKER).exists():
+        pruned = [run.is_main_process and run.output_dir is not None and (run.output_dir / MARKER).exists()]
+        if run.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(pruned)  # the main process's view of the folder decides for all
+        if pruned[0]:
             run.stop_training()  # pruned before: the trial is over
 
     def _study_trial(self):
@@ -61,5 +66,7 @@ class ReportToStudy(Callback):
             raise ConfigError(verdict[0] + "; set sweep.monitor to one of them")
         run.stop_training()
         if run.is_main_process:
-            Path(run.output_dir, MARKER).write_text(json.dumps({"epoch": epoch, "value": float(row[self.monitor])}))
+            from .files import atomic_write_text
+
+            atomic_write_text(Path(run.output_dir, MARKER), json.dumps({"epoch": epoch, "value": float(row[self.monitor])}))
             print(verdict[0], flush=True)

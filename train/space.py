@@ -52,8 +52,12 @@ class Dimension:
 
 
 def override(key: str, value) -> str:
-    """`key=value` as the config reads it (JSON is YAML: numbers, strings and lists keep their type)."""
-    return f"{key}={json.dumps(value)}"
+    """`key=value` as the config reads it back with the same type: written by PyYAML itself (a bare
+    `5e-05` would read back as a string; PyYAML writes `5.0e-05`)."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9)
+    return f"{key}={text.removesuffix(chr(10) + '...' + chr(10)).strip()}"
 
 
 def parse_space(space: dict, where: str) -> list[Dimension]:

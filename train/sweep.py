@@ -23,7 +23,6 @@ retrains them.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
 import os
@@ -41,7 +40,12 @@ from .errors import ConfigError, RunError, UserError, report
 ROOT = Path(__file__).resolve().parent.parent
 OWNER_LOCK = ".owner"
 ORPHAN_GRACE_S = 120.0  # another worker's stopped trial waits this long for its own worker to come back
-STOP_CODES = (75, 130)  # the trial saved a checkpoint and stopped on a signal: it continues on the next run
+# The trial stopped on a signal (having saved a checkpoint, or before training began): it continues on
+# the next run. 75 and 130 are the run's own; 128 + the signal is the supervisor's when the signal came
+# before the training processes listened.
+STOP_CODES = (75, 130, 128 + signal.SIGTERM, 128 + signal.SIGUSR1, 128 + signal.SIGHUP)
+WAIT = "wait"  # claim(): nothing to start now, but a stopped trial may need this worker soon
+CLAIM_GRACE_S = 60  # a claim lock older than this was left by a killed worker
 SETTINGS = ("config", "overrides", "space", "monitor", "mode", "sampler", "seed", "pruner", "pruner_args")
 
 
@@ -52,14 +56,16 @@ def say(text: str) -> None:
           flush=True)
 
 
+LOWER_IS_BETTER = ("loss", "error", "err", "mae", "mse", "rmse", "mape", "perplexity", "ppl")
+
+
 def objective_of(cfg) -> tuple[str, str]:
     """The history column the search optimises and whether higher or lower is better."""
     s = cfg.sweep
     if s.monitor:
         mode = s.mode
         if mode == "auto":
-            mode = "min" if "loss" in s.monitor or s.monitor.startswith(("val_mae", "val_mse", "mae", "mse")) \
-                else "max"
+            mode = "min" if any(word in s.monitor.lower() for word in LOWER_IS_BETTER) else "max"
         return s.monitor, mode
     for monitor, mode in ((cfg.early_stopping.monitor, cfg.early_stopping.mode),
                           (cfg.checkpoint.monitor, cfg.checkpoint.mode)):
@@ -98,6 +104,15 @@ class Search:
         s = cfg.sweep
         self.sampler_name, self.seed = s.sampler, s.seed if s.seed is not None else cfg.seed
         self.pruner, self.pruner_args, self.baseline = s.pruner, dict(s.pruner_args), s.baseline
+        if not 0 <= self.seed < 2**31:
+            raise ConfigError(f"sweep.seed must be in [0, 2**31), got {self.seed}")
+        from . import study
+
+        try:  # a typo in sweep.pruner_args is the user's, and says so here, not in every trial
+            study.pruner(self.pruner, self.pruner_args)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"sweep.pruner_args {self.pruner_args} do not suit optuna's MedianPruner ({e}); it "
+                              f"takes n_startup_trials, n_warmup_steps, interval_steps, n_min_trials") from None
         self.folder = Path(args.dir or s.dir or f"{cfg.output_dir}-sweep")
         self.workers = args.workers
         if self.workers < 1:
@@ -109,6 +124,9 @@ class Search:
         if not wrapper.is_file():
             raise ConfigError(f"--launch {args.launch}: no such wrapper; give launch/one.sh, launch/cpu2.sh, "
                               f"launch/gpus.sh or slurm/step.sh")
+        if wrapper.name == "step.sh" and self.workers > 1:
+            raise ConfigError("--workers must be 1 inside a SLURM job (each trial takes the whole allocation); run "
+                              "more workers as array tasks: sbatch --array=0-3 slurm/train.sh --sweep ...")
         self.callbacks, self.tracking = cfg.callbacks, cfg.tracking
         self.config_values = cfg
         self.forward_signals = os.environ.get("SWEEP_FORWARD_SIGNALS", "1") != "0"
@@ -116,7 +134,6 @@ class Search:
         self.stop_code = 0
         self.running: dict[int, subprocess.Popen] = {}
         self.guard = threading.RLock()  # held around the file lock; stop() may run inside it
-        self.failures: list[str] = []
 
     # ------------------------------------------------------------------ the study
     def settings(self) -> dict:
@@ -130,19 +147,27 @@ class Search:
 
     @contextmanager
     def exclusive(self):
-        """One worker at a time counts, asks and adopts (threads here, processes and hosts elsewhere)."""
+        """One worker at a time counts, asks, adopts and tells (threads here; processes and hosts
+        elsewhere, through a file created with O_EXCL, which holds on NFS where flock may not)."""
+        from optuna.storages.journal import JournalFileOpenLock
+
         with self.guard:
-            fd = os.open(self.folder / ".study.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            lock = JournalFileOpenLock(str(self.folder / "claim"), grace_period=CLAIM_GRACE_S)
+            lock.acquire()
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
             finally:
-                os.close(fd)
+                lock.release()
 
     def open_study(self):
         from . import study
 
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / "study.journal").touch()
+        except OSError as e:
+            raise UserError(f"the search folder {self.folder} cannot be written ({e.strerror}); give --dir a "
+                            f"folder you can write") from None
         with self.exclusive():
             s = study.load(self.folder, self.pruner, self.pruner_args, self.mode)
             mine = json.loads(json.dumps(self.settings()))
@@ -188,23 +213,36 @@ class Search:
 
         from .lock import FolderInUse, OutputLock
 
+        keys = {d.key for d in self.dimensions}
         with self.exclusive():
             trials = s.get_trials(deepcopy=False)
+            waiting = 0  # stopped trials left to their own workers for now
             for t in trials:
-                if t.state != TrialState.RUNNING or not self.may_adopt(t.number):
+                if t.state != TrialState.RUNNING:
                     continue
                 owner = OutputLock(self.trial_folder(t.number), OWNER_LOCK)
                 try:
                     owner.acquire()
                 except FolderInUse:
                     continue  # a live worker runs it
+                if set(t.params) != keys:  # its worker died between asking and drawing: draw anew
+                    owner.release()
+                    s.tell(t.number, state=TrialState.FAIL)
+                    continue
+                if not self.may_adopt(t.number):
+                    owner.release()
+                    waiting += 1
+                    continue
                 (self.trial_folder(t.number) / "worker").write_text(self.worker_id)
                 return t.number, dict(t.params), owner, True
+            trials = s.get_trials(deepcopy=False)
             done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             failed = sum(t.state == TrialState.FAIL for t in trials)
-            if done + running >= self.trials or self.stopped_by:
+            if self.stopped_by:
                 return None
+            if done + running >= self.trials:
+                return WAIT if waiting else None
             if failed >= max(3, self.trials):
                 raise RunError(f"{failed} trials failed (see their trial.log in {self.folder}); the search stops")
             from . import study
@@ -247,9 +285,10 @@ class Search:
         report_to = {"name": "train.pruning:ReportToStudy",
                      "args": {"folder": str(self.folder.resolve()), "trial": number, "monitor": self.monitor,
                               "pruner": self.pruner, "pruner_args": self.pruner_args}}
-        extra = [f"output_dir={self.trial_folder(number)}", f"callbacks={json.dumps([*self.callbacks, report_to])}",
-                 f"tracking.group={self.tracking.group or self.folder.name}",
-                 f"tracking.run_name={self.folder.name}/trial-{number:04d}"]
+        extra = [override("output_dir", str(self.trial_folder(number))),
+                 override("callbacks", [*self.callbacks, report_to]),
+                 override("tracking.group", self.tracking.group or self.folder.name),
+                 override("tracking.run_name", f"{self.folder.name}/trial-{number:04d}")]
         pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
         return [*pin, *self.launch, "--config", self.config, *self.overrides,
                 *(override(k, v) for k, v in values.items()), *extra]
@@ -263,7 +302,7 @@ class Search:
         kept = [o for o in self.overrides if not o.startswith("sweep.")]
         return shlex.join([*wrapper.split(), "--config", self.config, *kept,
                            *(override(k, v) for k, v in values.items()),
-                           f"output_dir={self.folder}/best"])
+                           override("output_dir", f"{self.folder}/best")])
 
     def run_trial(self, number: int, values: dict, adopted: bool, cpus) -> int:
         folder = self.trial_folder(number)
@@ -285,6 +324,8 @@ class Search:
                 proc = subprocess.Popen(self.command(number, values, cpus), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
                 self.running[number] = proc
+            if self.stopped_by > 0 and self.forward_signals:  # a signal came while it was starting
+                self.pass_on(proc, self.stopped_by)
             code = proc.wait()
         with self.guard:
             self.running.pop(number, None)
@@ -316,13 +357,16 @@ class Search:
         from optuna.trial import TrialState
 
         folder = self.trial_folder(number)
-        if code in STOP_CODES:
-            say(f"trial {number} stopped (exit {code}) after saving a checkpoint: the next run of this search "
-                f"continues it")
+        if code in STOP_CODES or (code != 0 and self.stopped_by > 0):
+            say(f"trial {number} stopped (exit {code}): the next run of this search continues it")
+            self.stop(code if code in STOP_CODES else self.stopped_by_code())
+            return
+        why = _last_error(folder / "trial.log") or f"exit {code}"
+        if code == 2 and "is in use by" in why:  # the run a killed worker left is still ending
+            say(f"trial {number} is still held by an earlier run ({why}); the next run of this search continues it")
             self.stop(code)
             return
         if code != 0:
-            why = _last_error(folder / "trial.log") or f"exit {code}"
             s.tell(number, state=TrialState.FAIL)
             say(f"trial {number} failed: {why} (see {folder}/trial.log)")
             if code in (2, 74):  # a mistake in the config or a full disk: every trial would fail alike
@@ -331,7 +375,10 @@ class Search:
         rows = _history(folder)
         marker = folder / "pruned.json"
         if marker.exists():
-            epoch = json.loads(marker.read_text())["epoch"]
+            try:
+                epoch = json.loads(marker.read_text())["epoch"]
+            except (OSError, ValueError, KeyError):
+                epoch = len(rows)
             s.tell(number, state=TrialState.PRUNED)
             say(f"trial {number} pruned after epoch {epoch} of {self.config_values.epochs}: {self.monitor} "
                 f"{_short(rows[-1].get(self.monitor)) if rows else '?'}")
@@ -365,10 +412,14 @@ class Search:
                   file=sys.stderr, flush=True)
         if self.forward_signals:
             for proc in list(self.running.values()):
-                try:
-                    os.kill(proc.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
-                except OSError:
-                    pass
+                self.pass_on(proc, signum)
+
+    @staticmethod
+    def pass_on(proc, signum: int) -> None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+        except OSError:
+            pass
 
     def worker(self, slot: int, cpus) -> None:
         from . import study
@@ -378,6 +429,9 @@ class Search:
             claimed = self.claim(s)
             if claimed is None:
                 return
+            if claimed == WAIT:
+                time.sleep(5)  # until the stopped trial's worker is back, or its grace has passed
+                continue
             number, values, owner, adopted = claimed
             try:
                 code = self.run_trial(number, values, adopted, cpus)
@@ -388,9 +442,9 @@ class Search:
                 owner.release()
 
     def run(self) -> int:
-        s = self.open_study()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
             signal.signal(sig, self.on_signal)
+        s = self.open_study()
         say(f"sweep: {self.trials} trials of {self.config} over {', '.join(d.key for d in self.dimensions)}; "
             f"{self.mode} {self.monitor}; {self.sampler_name} sampler (seed {self.seed}), pruner {self.pruner}; "
             f"{self.workers} at a time; in {self.folder}")
@@ -543,13 +597,15 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        import optuna  # noqa: F401
+    except ImportError:
+        report(UserError("the search needs optuna: pip install optuna (or pip install -e '.[tune]')"))
+        return 2
+    try:
         return Search(args).run()
     except RunError as e:
         report(e)
         return e.exit_code
-    except ImportError as e:
-        report(UserError(f"the search needs optuna ({e}); pip install optuna"))
-        return 2
 
 
 if __name__ == "__main__":
