@@ -178,3 +178,26 @@ def test_lr_find_on_two_processes_suggests_a_rate_that_trains(tmp_path):
     assert curve["lr"].min() < lr < curve["lr"].max()
     one_run(tmp_path / "trained", f"optimizer.lr={lr}", "progress=false")  # the config's 20 epochs
     assert pd.read_csv(tmp_path / "trained" / "history.csv")["val_accuracy"].iloc[-1] >= 0.95
+
+
+def test_two_commands_on_one_search_share_its_trials(tmp_path):
+    """A second command on the same folder joins as another worker (and --workers 2 runs two trials at
+    a time): five trials in all, each run once, none asked for twice."""
+    folder = tmp_path / "search"
+    cmd = [PYTHON, "-m", "train.sweep", "--config", DIGITS, "--space", SPACE, "--trials", "5", "--dir", str(folder),
+           "epochs=2", "progress=false"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    first = start_process([*cmd, "--workers", "2"], env)
+    wait_for(lambda: (folder / "trial-0000").exists(), first, "the first trial", timeout=120)
+    second = start_process(cmd, env)
+    logs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], logs
+    rows = trials(folder)
+    assert sorted(rows["number"]) == [0, 1, 2, 3, 4] and set(rows["state"]) == {"COMPLETE"}, rows
+    assert study_size(folder) == 5
+    started = [re.findall(r"^trial (\d+): ", log, re.M) for log in logs]
+    assert sorted(int(n) for ns in started for n in ns) == [0, 1, 2, 3, 4], logs  # each started by one worker
+    assert started[1], logs  # the second command did take a share
+    for number in range(5):
+        log = flat((folder / f"trial-{number:04d}" / "trial.log").read_text())
+        assert log.count("plan: ") == 1 and "resuming from" not in log
