@@ -248,7 +248,7 @@ def test_a_search_as_a_job_array_of_two_workers_survives_a_preempted_worker(slur
     folder = tmp_path / "search"
     cmd = ["sbatch", "--parsable", "--wait", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
            f"--output={tmp_path}/%x-%A_%a.out", "slurm/train.sh", "--sweep", "--config", "examples/digits/config.yaml",
-           "--space", "examples/digits/space.yaml", "--trials", "6", "--dir", str(folder), "epochs=6",
+           "--space", "examples/digits/space.yaml", "--trials", "6", "--dir", str(folder), "epochs=4",
            "checkpoint.every_steps=5", "progress=false"]
     job = subprocess.Popen(cmd, cwd=ROOT, env=dict(slurm, CPU_PROCESSES_PER_NODE="1"), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)

@@ -37,10 +37,13 @@ def ranks(proc) -> list[int]:
     return rank_processes(proc.pid)
 
 
+STALL = ["data.train_size=6144"]  # 24 optimizer steps an epoch per rank: the stall lands well before the end
+
+
 @pytest.fixture(scope="module")
 def reference_two(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted-two")
-    proc = cpu2(out)
+    proc = cpu2(out, *STALL)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log
     return out
@@ -72,7 +75,7 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_exactly(tmp_path):
 
 def test_a_stalled_rank_ends_the_job_within_the_timeout_and_it_recovers(tmp_path, reference_two):
     timeout = 5
-    proc = cpu2(tmp_path, f"collective_timeout_s={timeout}")
+    proc = cpu2(tmp_path, *STALL, f"collective_timeout_s={timeout}")
     wait_for(lambda: latest_step(tmp_path) >= 9 and len(ranks(proc)) == 2, proc, "step 9")
     stopped = ranks(proc)[1]
     os.kill(stopped, signal.SIGSTOP)  # a hung GPU, a stuck NFS read, a deadlock
@@ -97,13 +100,13 @@ def test_two_nodes_over_loopback_restart_together(tmp_path):
 
     def nodes(out):
         return [start_process([str(ROOT / "launch" / "multinode.sh"), str(rank), "2", "127.0.0.1", *SMOKE,
-                               "data.train_size=6144", f"output_dir={out}"], env) for rank in (0, 1)]
+                               "data.train_size=12288", f"output_dir={out}"], env) for rank in (0, 1)]
 
     reference = nodes(tmp_path / "reference")
     logs = [p.communicate(timeout=600)[0] for p in reference]
     assert [p.returncode for p in reference] == [0, 0], logs
     seed = random.randrange(10**6)
-    target = random.Random(seed).randint(25, 40)  # a step of epoch 2 (24 an epoch), well before its end
+    target = random.Random(seed).randint(50, 72)  # a step of epoch 2 (48 an epoch), well before its end
     out = tmp_path / "out"
     procs = nodes(out)
     wait_for(lambda: latest_step(out) >= target and ranks(procs[1]), procs[0], f"step {target} (seed {seed})")

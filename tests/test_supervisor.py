@@ -159,3 +159,12 @@ def test_a_killed_supervisor_of_one_process_leaves_no_training_behind(tmp_path):
     while any(Path(f"/proc/{pid}").exists() for pid in below) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(Path(f"/proc/{pid}").exists() for pid in below), "a training process outlived its supervisor"
+
+
+def test_a_process_hung_after_training_finished_is_ended_and_the_job_finishes():
+    proc = wrapper("cpu2.sh", ROOT / "tests" / "helpers" / "lingers.py", TRAIN_FINISHED_GRACE_S="3")
+    started = time.monotonic()
+    out = finish(proc, timeout=120)
+    assert proc.returncode == 0, out
+    assert "finished (exit 0; rank(s) 1 still there 3 s after training finished, ended)" in supervisor_lines(out)[-1]
+    assert time.monotonic() - started < 60, out

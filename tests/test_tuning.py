@@ -2,6 +2,7 @@
 pruning of clearly bad learning rates, a search killed with SIGKILL and continued, and the
 learning-rate finder on two processes. (SLURM array workers: tests/test_cluster.py.)"""
 
+import json
 import os
 import re
 import shlex
@@ -24,7 +25,7 @@ pytest.importorskip("optuna")
 
 DIGITS = "examples/digits/config.yaml"
 SPACE = "examples/digits/space.yaml"
-SHORT = ["epochs=4", "progress=false"]
+SHORT = ["epochs=3", "progress=false"]
 
 
 def sweep(folder, *args, space=SPACE, trials=8, timeout=600) -> subprocess.CompletedProcess:
@@ -94,11 +95,11 @@ def test_a_seeded_search_finishes_its_trials_beats_the_default_and_repeats(tmp_p
     assert "8 of 8 trials done" in flat(rerun.stdout) and study_size(folder) == 8
 
     # the same seed elsewhere proposes the same values
-    other = sweep(tmp_path / "again", *args, trials=3)
+    other = sweep(tmp_path / "again", *args, trials=2)
     assert other.returncode == 0, other.stdout + other.stderr
     first = trials(tmp_path / "again")
     pd.testing.assert_frame_equal(first[["optimizer.lr", "model_args.hidden"]],
-                                  rows[["optimizer.lr", "model_args.hidden"]].iloc[:3], check_exact=True)
+                                  rows[["optimizer.lr", "model_args.hidden"]].iloc[:2], check_exact=True)
 
 
 def test_clearly_bad_learning_rates_are_pruned_before_their_last_epoch(tmp_path):
@@ -110,7 +111,7 @@ def test_clearly_bad_learning_rates_are_pruned_before_their_last_epoch(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = trials(folder)
     pruned = rows[rows["state"] == "PRUNED"]
-    assert len(pruned) >= 1 and (pruned["epochs"] < 4).all(), rows
+    assert len(pruned) >= 1 and (pruned["epochs"] < 3).all(), rows
     assert (rows.loc[rows["state"] == "COMPLETE", "optimizer.lr"] == 0.003).all()
     for number in pruned["number"]:
         log = (folder / f"trial-{number:04d}" / "trial.log").read_text()
@@ -124,7 +125,7 @@ def test_clearly_bad_learning_rates_are_pruned_before_their_last_epoch(tmp_path)
 
 def test_a_search_killed_with_sigkill_continues_its_trial_exactly(tmp_path):
     folder = tmp_path / "search"
-    longer = ["epochs=6", "checkpoint.every_steps=5", "progress=false"]
+    longer = ["epochs=4", "checkpoint.every_steps=5", "progress=false"]
     cmd = [PYTHON, "-m", "train.sweep", "--config", DIGITS, "--space", SPACE, "--trials", "2", "--dir", str(folder),
            *longer]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -151,7 +152,7 @@ def test_a_search_killed_with_sigkill_continues_its_trial_exactly(tmp_path):
     reference = tmp_path / "reference"
     one_run(reference, *longer, f"optimizer.lr={saved['optimizer']['lr']!r}",
             f"model_args.hidden={saved['model_args']['hidden']}")
-    assert_same_run(folder / "trial-0001", reference, epochs=6, context="(trial 1 after the search's SIGKILL)")
+    assert_same_run(folder / "trial-0001", reference, epochs=4, context="(trial 1 after the search's SIGKILL)")
 
 
 def _zombie(pid: int) -> bool:
@@ -182,10 +183,10 @@ def test_lr_find_on_two_processes_suggests_a_rate_that_trains(tmp_path):
 
 def test_two_commands_on_one_search_share_its_trials(tmp_path):
     """A second command on the same folder joins as another worker (and --workers 2 runs two trials at
-    a time): five trials in all, each run once, none asked for twice."""
+    a time): four trials in all, each run once, none asked for twice."""
     folder = tmp_path / "search"
-    cmd = [PYTHON, "-m", "train.sweep", "--config", DIGITS, "--space", SPACE, "--trials", "5", "--dir", str(folder),
-           "epochs=2", "progress=false"]
+    cmd = [PYTHON, "-m", "train.sweep", "--config", DIGITS, "--space", SPACE, "--trials", "4", "--dir", str(folder),
+           "epochs=1", "progress=false"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     first = start_process([*cmd, "--workers", "2"], env)
     wait_for(lambda: (folder / "trial-0000").exists(), first, "the first trial", timeout=120)
@@ -193,11 +194,46 @@ def test_two_commands_on_one_search_share_its_trials(tmp_path):
     logs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], logs
     rows = trials(folder)
-    assert sorted(rows["number"]) == [0, 1, 2, 3, 4] and set(rows["state"]) == {"COMPLETE"}, rows
-    assert study_size(folder) == 5
+    assert sorted(rows["number"]) == [0, 1, 2, 3] and set(rows["state"]) == {"COMPLETE"}, rows
+    assert study_size(folder) == 4
     started = [re.findall(r"^trial (\d+): ", log, re.M) for log in logs]
-    assert sorted(int(n) for ns in started for n in ns) == [0, 1, 2, 3, 4], logs  # each started by one worker
+    assert sorted(int(n) for ns in started for n in ns) == [0, 1, 2, 3], logs  # each started by one worker
     assert started[1], logs  # the second command did take a share
-    for number in range(5):
+    for number in range(4):
         log = flat((folder / f"trial-{number:04d}" / "trial.log").read_text())
         assert log.count("plan: ") == 1 and "resuming from" not in log
+
+
+def test_with_tracking_each_trial_is_a_wandb_run_in_the_search_group(tmp_path):
+    """tracking.wandb=true (offline): one W&B run per trial, named after it, in the group of the search."""
+    folder = tmp_path / "tuned-digits"
+    done = subprocess.run([PYTHON, "-m", "train.sweep", "--config", DIGITS, "--space", SPACE, "--trials", "1",
+                           "--dir", str(folder), "epochs=1", "progress=false", "tracking.wandb=true"], cwd=ROOT,
+                          env=dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true"), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    wandb = os.path.join(os.path.dirname(PYTHON), "wandb")
+    for number in (0,):
+        runs = list((folder / f"trial-{number:04d}" / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs
+        records = subprocess.run([wandb, "leet", "inspect", "--json", str(runs[0])], capture_output=True, text=True,
+                                 timeout=120).stdout
+        found = {}
+        for line in records.splitlines():
+            _collect(json.loads(line), found)
+        assert found.get("run_group") == "tuned-digits" and \
+            found.get("display_name") == f"tuned-digits/trial-{number:04d}", \
+            {k: found.get(k) for k in ("run_group", "display_name")}
+
+
+def _collect(record, found: dict) -> None:
+    """Every (key, string value) in a record, at any depth (the first of each key)."""
+    if isinstance(record, dict):
+        for key, value in record.items():
+            if isinstance(value, str):
+                found.setdefault(key, value)
+            else:
+                _collect(value, found)
+    elif isinstance(record, list):
+        for item in record:
+            _collect(item, found)

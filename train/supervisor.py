@@ -57,6 +57,8 @@ from train.launcher_filter import LauncherFilter  # noqa: E402
 from train.endings import Ending, _failure, _from_latest, _what_happened  # noqa: E402,F401
 from train.supervised import DIR_ENV, MAX_ENV, RESTART_ENV, _alive, die_with_parent  # noqa: E402
 
+# a process may take this long to exit after training finished (a tracker's upload); the tests shorten it
+FINISHED_GRACE_S = float(os.environ.get("TRAIN_FINISHED_GRACE_S", 300))
 MEANINGS = {1: "preflight found a problem", 2: "bad input", 3: "the loss became NaN or infinite",
             74: "an output could not be written", 75: "preempted; a checkpoint was saved",
             130: "interrupted; a checkpoint was saved"}
@@ -100,6 +102,7 @@ class Supervisor:
         self.signals: list[int] = []  # received, not yet passed on
         self.stopped_by = 0  # the first stop signal received
         self.told: set[int] = set()  # processes that were sent a stop signal in this attempt
+        self.hung: list[int] = []  # ranks ended because they lingered after training finished
 
     def _on_signal(self, signum, frame):
         self.signals.append(signum)
@@ -148,6 +151,7 @@ class Supervisor:
         relays = [filt.relay(proc.stdout, sys.stdout), filt.relay(proc.stderr, sys.stderr)] \
             if self.filter_launcher else []
         failed_at, stalled, self.told, started = None, [], set(), False
+        finished_at, self.hung = None, []
         while proc.poll() is None:
             time.sleep(0.1)
             records = _read(folder)
@@ -168,6 +172,14 @@ class Supervisor:
                     stalled = [r["rank"] for r in records if r.get("code") is None and _alive(r["pid"])]
             if failed_at is not None and time.monotonic() - failed_at > self.grace:
                 _kill(set(_tree(proc.pid)) | {r["pid"] for r in records})
+            # every process finished training and one has exited: one that lingers for minutes is hung in
+            # its teardown (stopped, a stuck file system) and would hold the job forever
+            if finished_at is None and records and all(r.get("code") == 0 for r in records) \
+                    and any(not _alive(r["pid"]) for r in records):
+                finished_at = time.monotonic()
+            if finished_at is not None and time.monotonic() - finished_at > FINISHED_GRACE_S:
+                self.hung = self.hung or [r["rank"] for r in records if _alive(r["pid"])]
+                _kill(set(_tree(proc.pid)) | {r["pid"] for r in records})
         for relay in relays:
             relay.join(timeout=10)
         records = _read(folder)
@@ -185,6 +197,10 @@ class Supervisor:
         that failed before any process started; a script that exited by itself; else a crash."""
         if returncode == 0:
             return Ending(0, "finished (exit 0)", records)
+        if records and all(r.get("code") == 0 for r in records):  # the outputs are written: nothing to redo
+            how = (f"rank(s) {', '.join(map(str, self.hung))} still there {FINISHED_GRACE_S:.0f} s after training "
+                   f"finished, ended" if self.hung else f"the launcher exited {returncode} after training finished")
+            return Ending(0, f"finished (exit 0; {how})", records)
         deliberate = [r["code"] for r in records if r.get("final") and r.get("code")]
         if deliberate:
             code = 130 if 130 in deliberate else deliberate[0]
