@@ -48,11 +48,20 @@ def test_a_folder_holding_another_search_is_refused_in_one_line(tmp_path):
     folder = tmp_path / "search"
     folder.mkdir()
     s = study.load(folder, direction="min")
-    s.set_user_attr("settings", {"config": "other.yaml"})
+    s.set_user_attr("settings", {"config": "other.yaml", "space": ["optimizer.lr uniform [0.1, 0.2]"]})
+    journal = (folder / "study.journal").read_bytes()
     done = sweep_cli(tmp_path, "optimizer.lr: {log_uniform: [1.0e-4, 0.1]}\n")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"{folder} holds a search with other settings (config: other.yaml there" in done.stderr
+    assert "space: optimizer.lr uniform [0.1, 0.2] there, optimizer.lr log_uniform [0.0001, 0.1] now" in done.stderr
+    assert (folder / "study.journal").read_bytes() == journal  # refused: nothing written
     assert len(study.load(folder).get_trials()) == 0  # no trial was asked for
+
+
+def test_zero_trials_is_refused_not_taken_for_the_default(tmp_path):
+    done = sweep_cli(tmp_path, "optimizer.lr: {log_uniform: [1.0e-4, 0.1]}\n", "--trials", "0")
+    assert done.returncode == 2 and done.stderr == "error: --trials must be > 0, got 0\n", done.stderr
+    assert not (tmp_path / "search").exists()
 
 
 def test_the_objective_comes_from_the_config_when_not_given():

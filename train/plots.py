@@ -101,8 +101,10 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], s
     if suggestion is not None:
         ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.3g}")
     finite = [v for v in smoothed if v == v and v != float("inf")]
-    if finite:  # the diverging end would squash the curve that matters
-        ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), max(2 * finite[0], min(finite) * 1.5))
+    raw = [v for v in losses if v == v and v != float("inf")]
+    if finite:  # the diverging end would squash the curve that matters; the raw loss's low points stay in view
+        low = min(finite + raw)
+        ax.set_ylim(low - 0.05 * abs(low), max(2 * finite[0], min(finite) * 1.5))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")

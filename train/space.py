@@ -46,6 +46,11 @@ class Dimension:
             return False
         return self.low <= value <= self.high and (self.kind != "int" or float(value).is_integer())
 
+    def describe(self) -> str:
+        """`optimizer.lr log_uniform [0.0001, 0.1]`, as the space file says it."""
+        values = list(self.choices) if self.kind == "choice" else [self.low, self.high]
+        return f"{self.key} {self.kind} {values}" + (" log" if self.kind == "int" and self.log else "")
+
     @property
     def is_log(self) -> bool:
         return self.kind == "log_uniform" or self.log

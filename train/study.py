@@ -48,7 +48,7 @@ def load(folder, pruner_name: str = "none", pruner_args: dict | None = None, dir
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search says what happens, in its own lines
     kwargs = dict(study_name=STUDY_NAME, storage=storage(folder), pruner=pruner(pruner_name, pruner_args or {}),
                   sampler=sampler_obj)
-    if direction is None:
-        return optuna.load_study(**kwargs)
-    return optuna.create_study(direction="maximize" if direction == "max" else "minimize", load_if_exists=True,
-                               **kwargs)
+    if direction is not None and STUDY_NAME not in optuna.get_all_study_names(kwargs["storage"]):
+        # created only when missing: create_study(load_if_exists=True) appends to the journal on every run
+        return optuna.create_study(direction="maximize" if direction == "max" else "minimize", **kwargs)
+    return optuna.load_study(**kwargs)

@@ -97,7 +97,7 @@ class Search:
                 raise ConfigError(f"search space '{args.space}' is not valid YAML ({e.__class__.__name__})") from None
         self.dimensions = parse_space(space, where)
         check_keys(self.dimensions, self.config, self.overrides, where)
-        self.trials = args.trials or cfg.sweep.trials
+        self.trials = cfg.sweep.trials if args.trials is None else args.trials
         if self.trials <= 0:
             raise ConfigError(f"--trials must be > 0, got {self.trials}")
         self.monitor, self.mode = objective_of(cfg)
@@ -141,7 +141,7 @@ class Search:
         skip = ("sweep.trials=", "sweep.dir=")
         return {"config": str(Path(self.config).resolve()), "overrides": [o for o in self.overrides
                                                                        if not o.startswith(skip)],
-                "space": [d.__dict__ | {"choices": list(d.choices)} for d in self.dimensions],
+                "space": [d.describe() for d in self.dimensions],
                 "monitor": self.monitor, "mode": self.mode, "sampler": self.sampler_name, "seed": self.seed,
                 "pruner": self.pruner, "pruner_args": self.pruner_args}
 
@@ -178,7 +178,7 @@ class Search:
                 if baseline:
                     s.enqueue_trial(baseline)
             elif theirs != mine:
-                different = [f"{k}: {theirs.get(k)} there, {mine.get(k)} now" for k in SETTINGS
+                different = [f"{k}: {_shown(theirs.get(k))} there, {_shown(mine.get(k))} now" for k in SETTINGS
                              if theirs.get(k) != mine.get(k)]
                 raise ConfigError(f"{self.folder} holds a search with other settings ({'; '.join(different)}); run "
                                   f"its command to continue it (--trials may grow), or give another --dir")
@@ -523,6 +523,13 @@ class Search:
         print(f"  retrain it: {self.retrain_command(best.params)}", flush=True)
 
 
+def _shown(value) -> str:
+    """A setting as the user wrote it: a space as `key kind [low, high]; ...`, a list without brackets."""
+    if isinstance(value, list):
+        return "; ".join(map(str, value)) or "none"
+    return str(value)
+
+
 def _spans_decades(choices) -> bool:
     """Numeric choices spread over two decades or more read best on a log scale."""
     numbers = [c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
@@ -584,7 +591,7 @@ def parse_args(argv):
     parser.add_argument("--config", required=True, help="the YAML config every trial starts from")
     parser.add_argument("--space", help="a YAML file: {config key: {log_uniform|uniform|int: [low, high]} or "
                                         "{choice: [...]}} (default: the config's sweep.space)")
-    parser.add_argument("--trials", type=int, default=0, help="trials to finish (default: sweep.trials)")
+    parser.add_argument("--trials", type=int, help="trials to finish (default: sweep.trials)")
     parser.add_argument("--dir", help="the search's folder (default: sweep.dir, else <output_dir>-sweep)")
     parser.add_argument("--workers", type=int, default=1,
                         help="trials at a time on this machine, each with its share of the cores (default 1)")
