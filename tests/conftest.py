@@ -122,6 +122,8 @@ def rank_processes(below: int, marker: str = "") -> list[int]:
         except OSError:
             continue
         rank = [e for e in environ if e.startswith(b"RANK=")]
+        if "train.plots" in cmdline:  # rank 0's drawing helper inherits its RANK: not a training process
+            continue
         if rank and any(e.startswith(b"LOCAL_RANK=") for e in environ) and marker in cmdline:
             found.append((int(rank[0][5:]), pid))
     return [pid for _, pid in sorted(found)]
