@@ -26,14 +26,9 @@ def plot_history(rows: list[dict], path: str | Path) -> int:
     """Draw the history `rows` (one dict per epoch) to `path` (atomically); returns the number of
     panels. Uses matplotlib's object API with the Agg canvas, not pyplot: no figure manager and
     no display."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     columns = list(dict.fromkeys(c for row in rows for c in row))
     names = quantities(columns)
-    fig = Figure(figsize=(4.5 * len(names), 3.5), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    fig, axes = _figure(len(names))
     epochs = [row["epoch"] for row in rows]
     for ax, name in zip(axes, names):
         for column, label, style in ((name, "train", "o-"), (f"val_{name}", "validation", "s--")):

@@ -545,20 +545,13 @@ def _nan(value) -> bool:
 
 
 def _history(folder: Path) -> list[dict]:
-    import csv
+    """The trial's history rows (none before its first epoch)."""
+    import pandas as pd
 
     try:
-        with open(folder / "history.csv", newline="") as f:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    except OSError:
+        return pd.read_csv(folder / "history.csv").to_dict("records")
+    except (OSError, pd.errors.EmptyDataError):
         return []
-
-
-def _number(text: str):
-    try:
-        return float(text) if any(c in text for c in ".en") else int(text)
-    except ValueError:
-        return text
 
 
 def _last_error(log: Path) -> str:
