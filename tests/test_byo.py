@@ -99,7 +99,7 @@ CASES = {
     "a factory that returns a number": ([f"data.factory={HELPERS}:not_data", "data.args={}"],
                                         f"data factory '{HELPERS}:not_data' returned a int; return the training"),
     "a factory that returns a list": ([f"data.factory={HELPERS}:one_dataset_and_a_list", "data.args={}"],
-                                      "returned a list as the validation set; return map-style torch Datasets"),
+                                      "returned a list as the validation set; return torch Datasets: map-style"),
     "a model that cannot take the data's shape": (["model=tutorial_cnn", "model_args={}"],
                                                   "model tutorial_cnn cannot take the training data: an input of "
                                                   "shape (1, 8, 8) gives RuntimeError"),

@@ -57,8 +57,10 @@ class Model(nn.Module):
                             f"{type(loss_func).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise UserError(f"compile(optimizer=...) expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        from .metrics import is_metric
+
         for name, fn in (metrics_dict or {}).items():
-            if not callable(fn) and not hasattr(fn, "compute"):
+            if not is_metric(fn):
                 raise UserError(f"compile(metrics_dict=...): metric '{name}' expects a callable, got {type(fn).__name__}")
         for key in step_options:
             if key not in STEP_OPTIONS:

@@ -97,6 +97,14 @@ def _leaves(sample, prefix=()):
         yield prefix, sample
 
 
+def batch_rows(inputs) -> int:
+    """The number of samples in a batch's inputs: its first tensor's first dimension."""
+    for _, leaf in _leaves(inputs if not isinstance(inputs, list) else tuple(inputs)):
+        if torch.is_tensor(leaf) and leaf.dim() > 0:
+            return leaf.shape[0]
+    raise UserError(f"a batch's inputs hold no tensor: {describe_value(inputs)}")
+
+
 def shapes(sample) -> tuple:
     """The shapes of a sample's tensors (lists as 1-d), in order: equal for samples that stack."""
     out = []

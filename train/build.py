@@ -22,18 +22,58 @@ WITH_MOMENTUM = ("sgd", "rmsprop")
 
 
 def build_model(cfg, in_channels: int) -> nn.Module:
-    """The config's model: a built-in (sized by the data's channels and data.num_classes) or the
-    user's class or factory called with model_args."""
+    """The config's model: a built-in (sized by the data's channels and data.num_classes), the
+    user's class or factory called with model_args, or with `pretrained` the class's
+    `from_pretrained(folder, **model_args)`; then gradient checkpointing and adapters (`peft`)
+    as the config asks."""
     from .models import MODELS
 
     model = resolve(cfg.model, MODELS, "model")
     args = dict(cfg.model_args)
-    if cfg.model in MODELS:
-        args = {"in_channels": in_channels, "num_classes": cfg.data.num_classes, **args}
-    net = build(model, args, "model", cfg.model)
+    if cfg.pretrained:
+        net = from_pretrained(model, cfg.pretrained, args, cfg.model)
+    else:
+        if cfg.model in MODELS:  # sized by the data (data.num_classes null: the model's default, 10)
+            classes = {"num_classes": cfg.data.num_classes} if cfg.data.num_classes else {}
+            args = {"in_channels": in_channels, **classes, **args}
+        net = build(model, args, "model", cfg.model)
     if not isinstance(net, nn.Module):
         raise ConfigError(f"model '{cfg.model}' gave a {type(net).__name__}, not a torch.nn.Module")
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(net, cfg.model)
+    if cfg.peft.method != "none":
+        from .adapters import with_adapters
+
+        net = with_adapters(net, cfg.peft, cfg.model)
     return net
+
+
+def from_pretrained(cls, folder: str, args: dict, name: str) -> nn.Module:
+    """`cls.from_pretrained(folder, **args)` from a local folder only (nothing is downloaded)."""
+    from pathlib import Path
+
+    if not hasattr(cls, "from_pretrained"):
+        raise ConfigError(f"pretrained is set but model '{name}' has no from_pretrained; name a class that has "
+                          f"(e.g. transformers:AutoModelForCausalLM)")
+    if not (Path(folder) / "config.json").is_file():
+        raise ConfigError(f"pretrained '{folder}' is not a folder written by save_pretrained (no config.json there); "
+                          f"give such a folder (nothing is downloaded)")
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, **args)
+    except Exception as e:
+        from .errors import describe
+
+        raise ConfigError(f"model '{name}' cannot load pretrained '{folder}': {describe(e)}") from None
+
+
+def enable_gradient_checkpointing(net: nn.Module, name: str) -> None:
+    """Activations recomputed in the backward pass (the non-reentrant form, which needs no input
+    that requires gradients and so works under adapters too)."""
+    enable = getattr(net, "gradient_checkpointing_enable", None)
+    if enable is None or not getattr(net, "supports_gradient_checkpointing", True):
+        raise ConfigError(f"gradient_checkpointing is true but model '{name}' does not support it (no "
+                          f"gradient_checkpointing_enable); set it to false")
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 MODEL_LOSS = "model"  # the loss the model computes itself (a dict / ModelOutput holding `loss`)
@@ -57,14 +97,14 @@ def build_loss(name: str, args: dict):
 def build_metrics(names) -> dict:
     """`{column name: metric}`: built-ins by name, else imported functions f(y_pred, y_true), or
     classes with update/compute/reset (instantiated without arguments)."""
-    from .metrics import METRICS
+    from .metrics import METRICS, is_metric
 
     metrics = {}
     for name in names:
         metric = resolve(name, METRICS, "metric")
         if inspect.isclass(metric):
             metric = build(metric, {}, "metric", name)
-        if not callable(metric) and not hasattr(metric, "compute"):
+        if not is_metric(metric):
             raise ConfigError(f"metric '{name}' is a {type(metric).__name__}: give a function f(y_pred, y_true) "
                               f"or an object with update/compute/reset")
         metrics[name if name in METRICS else short_name(name)] = metric
@@ -101,9 +141,12 @@ def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     return optimizer
 
 
-def build_scheduler(cfg, optimizer, epochs: int, steps_per_epoch: int):
-    """`cfg` is the `scheduler` section; `steps_per_epoch` counts optimizer steps per process.
-    Returns None for `name: none`."""
+def build_scheduler(cfg, optimizer, epochs: int, steps_per_epoch):
+    """`cfg` is the `scheduler` section; `steps_per_epoch` counts optimizer steps per process (None:
+    unknown, a stream's). Returns None for `name: none`."""
+    if cfg.interval == "step" and cfg.name != "none" and steps_per_epoch is None:
+        raise ConfigError(f"scheduler.name={cfg.name} stepped per optimizer step needs the steps of a run, but the "
+                          f"training stream has no length; set steps_per_epoch, or scheduler.interval=epoch")
     intervals = max(1, epochs if cfg.interval == "epoch" else epochs * steps_per_epoch)
     builtins = {
         "none": lambda opt: None,

@@ -17,6 +17,7 @@ from typing import Iterable, Optional
 
 import torch
 
+from .adapters import frozen_fingerprint, is_adapted, trainable_only
 from .callbacks import Callback
 from .devices import all_ok, from_main
 from .errors import ConfigError, WriteError
@@ -71,6 +72,17 @@ class Checkpoint(Callback):
                             f"give each callback a state_key of its own")
         self.best: Optional[float] = None
         self.last_saved: Optional[Path] = None
+        acc = loop.accelerator
+        self.adapted = is_adapted(acc.unwrap_model(loop.model, keep_torch_compile=False))
+        self._frozen: Optional[str] = None  # the frozen base's fingerprint (train.adapters), taken once
+        if self.adapted:  # a frozen base is rebuilt on resume, not copied into every checkpoint
+            acc.register_save_state_pre_hook(lambda models, weights, _: trainable_only(models, weights, acc.unwrap_model))
+
+    def frozen(self) -> Optional[str]:
+        if self.adapted and self._frozen is None:
+            self._frozen = frozen_fingerprint(self.loop.accelerator.unwrap_model(self.loop.model,
+                                                                                 keep_torch_compile=False))
+        return self._frozen
 
     def state_dict(self) -> dict:
         return {"best": self.best}
@@ -105,7 +117,14 @@ class Checkpoint(Callback):
         if mid_epoch and position["processes"] != acc.num_processes:
             raise ConfigError(f"checkpoint '{path}' was taken mid-epoch by {position['processes']} process(es); "
                               f"resume it with {position['processes']}, or from an epoch-end checkpoint")
-        acc.load_state(str(path))
+        if self.adapted:  # the checkpoint holds the adapters; the frozen base is the one built now
+            if meta.get("frozen") != self.frozen():
+                raise ConfigError(f"checkpoint '{path}' was trained on other frozen weights than the model built now "
+                                  f"(another pretrained folder or seed); resume with the same pretrained and seed, "
+                                  f"or use another output_dir")
+            acc.load_state(str(path), strict=False)
+        else:
+            acc.load_state(str(path))
         if loop.scheduler is not None and (path / SCHEDULER_FILE).is_file():
             loop.scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=True))
         parts = torch.load(path / CALLBACKS_FILE, weights_only=True) if (path / CALLBACKS_FILE).is_file() else {}
@@ -133,7 +152,7 @@ class Checkpoint(Callback):
         loop = self.loop
         # the last batch of an epoch is saved by on_epoch_end, after validation
         if self.every_steps and loop.stepped and loop.step % self.every_steps == 0 \
-                and batch < loop.batches_per_epoch:
+                and not loop.last_round and loop.saves_mid_epoch:
             self.save()
 
     def on_epoch_end(self, epoch, row):
@@ -147,7 +166,8 @@ class Checkpoint(Callback):
     def on_interrupt(self, epoch, batch):
         if self.last_saved is not None and self.last_saved.name == f"step-{self.loop.step:08d}":
             return  # this very step was just saved
-        self.save()
+        if self.loop.saves_mid_epoch:  # else the last epoch end stays `latest`
+            self.save()
 
     # saving
     def save(self, best: bool = False) -> Path:
@@ -199,7 +219,8 @@ class Checkpoint(Callback):
         if acc.is_main_process:
             model = acc.unwrap_model(loop.model, keep_torch_compile=False)
             meta = {"format": FORMAT, "position": state["position"], "history": state["history"],
-                    "model_shapes": model_shapes(model), "compiled": is_compiled(acc, loop.model)}
+                    "model_shapes": model_shapes(model), "compiled": is_compiled(acc, loop.model),
+                    **({"frozen": self.frozen()} if self.adapted else {})}
             (tmp / LOOP_FILE).write_text(json.dumps(meta, indent=1))
             if loop.scheduler is not None:
                 torch.save(loop.scheduler.state_dict(), tmp / SCHEDULER_FILE)

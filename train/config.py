@@ -43,8 +43,10 @@ class DataConfig:
     download: bool = key(False, "torchvision/hf: allowed to fetch from the network")
     train_size: Optional[int] = key(None, "the first N training samples (smoke runs); null: all")
     val_size: Optional[int] = key(None, "the first N validation samples; 0: no validation; null: all")
-    num_classes: int = key(10, "classes of a classification task: the labels are checked against it "
-                               "(with loss cross_entropy or nll) and built-in models size their output by it")
+    num_classes: Optional[int] = key(None, "classes of a classification task: built-in models size their output "
+                                           "by it, and the labels are checked against it (with loss cross_entropy "
+                                           "or nll); null: the training labels' largest value + 1 where they are "
+                                           "held in memory (MNIST: 10), else the model's output width")
     num_workers: Optional[int] = key(None, "loader worker processes; null: 0 for in-memory data, else "
                                            "the CPUs per process minus one, at most 8")
     pin_memory: Optional[bool] = key(None, "null: only when batches go from host memory to a CUDA device")
@@ -129,11 +131,34 @@ class SweepConfig:
 
 
 @dataclass
+class PeftConfig:
+    method: str = key("none", "adapters through peft: lora trains low-rank updates of the target modules while the "
+                              "model's own weights stay frozen; none trains every weight", ("none", "lora"))
+    r: int = key(8, "lora: the rank of each update")
+    alpha: float = key(16.0, "lora: the updates' scale is alpha / r")
+    dropout: float = key(0.0, "lora: dropout on the updates' inputs")
+    target_modules: Optional[list] = key(None, "lora: the module names to adapt, e.g. [c_attn]; null: peft's "
+                                               "default for the model's type")
+    args: dict = key({}, "more arguments of peft's LoraConfig, e.g. {bias: lora_only}")
+    merged_export: bool = key(False, "also write hf-merged/: the adapters merged into the weights, loadable by the "
+                                     "base class's from_pretrained without peft")
+
+
+@dataclass
 class Config:
     model: str = key("tutorial_cnn", f"tutorial_cnn, fast_cnn, {IMPORT} (an nn.Module class or factory)")
-    model_args: dict = key({}, "keyword arguments of the model, e.g. {hidden: 64}")
+    model_args: dict = key({}, "keyword arguments of the model, e.g. {hidden: 64} (of from_pretrained with "
+                               "pretrained)")
+    pretrained: Optional[str] = key(None, "a local folder written by save_pretrained: the model is "
+                                          "model.from_pretrained(folder, **model_args), e.g. with model: "
+                                          "transformers:AutoModelForCausalLM; nothing is downloaded")
+    gradient_checkpointing: bool = key(False, "recompute activations in the backward pass instead of keeping "
+                                              "them: less memory, about a third more compute (models with "
+                                              "gradient_checkpointing_enable, as transformers models have)")
     epochs: int = key(3, "the run's total number of epochs (a resumed run trains the rest)")
     batch_size: int = key(128, "per process")
+    steps_per_epoch: Optional[int] = key(None, "optimizer steps per epoch: needed for a stream without a length "
+                                               "(else an epoch ends when the stream does); null: the whole data set")
     seed: int = key(42, "seeds the initial weights, the data order and every random op of training")
     output_dir: str = key("runs/mnist", "where config.yaml, history.csv/png, model.safetensors and "
                                         "checkpoints/ go; a rerun here resumes. A config file that does "
@@ -170,6 +195,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -179,10 +205,11 @@ class Config:
 # fed and where it lies. Any other difference means another run (model, data, optimizer, loss, ...).
 RESUMABLE_CHANGES = ("epochs", "output_dir", "resume", "preflight", "progress", "log_step_freq", "log_every_s",
                      "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps", "callbacks",
-                     "sweep.", "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor")
+                     "sweep.", "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
+                     "peft.merged_export")
 
 
-SECTIONS = ("data", "optimizer", "scheduler", "tracking", "checkpoint", "early_stopping", "sweep")
+SECTIONS = ("data", "optimizer", "scheduler", "tracking", "checkpoint", "early_stopping", "sweep", "peft")
 
 
 def _flat(config: dict) -> dict:

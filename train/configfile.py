@@ -161,11 +161,12 @@ def validate(cfg: Config) -> None:
         if k["choices"] and k["value"] not in k["choices"] and not (k["value"] is None and name == "mixed_precision"):
             raise ConfigError(f"config key '{name}' must be one of {', '.join(k['choices'])}; got {k['value']!r}")
     flat = {name: k["value"] for name, k in keys.items()}
-    for name in ("batch_size", "gradient_accumulation_steps", "log_step_freq", "data.num_classes",
+    for name in ("batch_size", "gradient_accumulation_steps", "log_step_freq",
                  "log_every_s", "collective_timeout_s", "optimizer.lr", "data.in_memory_limit_mb", "sweep.trials"):
         if flat[name] <= 0:
             raise ConfigError(f"config key '{name}' must be > 0, got {flat[name]}")
-    for name in ("data.prefetch_factor", "max_grad_norm", "checkpoint.every_steps"):
+    for name in ("data.prefetch_factor", "max_grad_norm", "checkpoint.every_steps", "data.num_classes",
+                 "steps_per_epoch"):
         if flat[name] is not None and flat[name] <= 0:
             raise ConfigError(f"config key '{name}' must be > 0 or null, got {flat[name]}")
     for name in ("epochs", "data.train_size", "data.val_size", "data.num_workers"):

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from .draws import SeededSamples
 from .errors import ConfigError, DataError
 from .sources import ArrayData, StreamedImages, TensorData, map_features, load_splits
+from .streams import is_stream, replayable, stream_name
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, split: str) -> None:
@@ -124,6 +125,7 @@ class Loaders:
     notes: list[str] = field(default_factory=list)  # why each setting was chosen, for the plan
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+    classes: Optional[int] = None  # the labels' largest value + 1, where they are held in memory
 
 
 def _mb(n: int) -> str:
@@ -177,20 +179,32 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
     device = torch.device(device)
     dcfg = cfg.data
     train, val, factory_collate = load_splits(dcfg)
-    if len(train) == 0:
+    if not is_stream(train) and len(train) == 0:
         raise DataError("the training set is empty; check data.path, data.train_size or the data factory")
     limit = dcfg.in_memory_limit_mb * 2**20
     in_memory = isinstance(train, (ArrayData, TensorData))
     size = sum(d.nbytes() for d in (train, val) if isinstance(d, (ArrayData, TensorData)))
     place = device if in_memory and device.type == "cuda" and size <= limit else torch.device("cpu")
     notes, mean, std = [], None, None
-    for name, data in (("training", train), ("validation", val)):
-        if num_classes is not None and data is not None:
-            labels = data.labels if isinstance(data, (ArrayData, StreamedImages)) else \
-                data.targets if isinstance(data, TensorData) else None
+    held = {name: _held_labels(data) for name, data in (("training", train), ("validation", val))}
+    if num_classes is not None:
+        for name, labels in held.items():
             if labels is not None:
                 check_labels(labels, num_classes, name)
-    if isinstance(train, ArrayData):
+    classes = None  # counted from labels held in memory (integer class labels only)
+    if held["training"] is not None and not held["training"].is_floating_point() and held["training"].numel():
+        classes = 1 + max(int(labels.max()) for labels in held.values() if labels is not None and labels.numel())
+    if is_stream(train):
+        if dcfg.group_by_length:
+            raise ConfigError("data.group_by_length needs every sample's length, and a stream has no length; set it "
+                              "to false (or give a map-style Dataset)")
+        notes.append(f"stream {stream_name(train)}: length unknown: an epoch ends when the stream does"
+                     + (f" or after steps_per_epoch={cfg.steps_per_epoch}" if cfg.steps_per_epoch else "")
+                     + "; each process reads its own share")
+        if not replayable(train):
+            notes.append(f"stream {stream_name(train)} cannot be read again alike (replayable = False): "
+                         f"checkpoints at epoch ends only; a stop mid-epoch resumes from the last epoch end")
+    elif isinstance(train, ArrayData):
         mean, std = channel_stats(train.images)
         notes.append(f"in-memory fast path: {len(train)} training samples as uint8 on {place.type}, "
                      f"normalised per batch (mean={[round(m, 4) for m in mean]}, std={[round(s, 4) for s in std]})")
@@ -209,6 +223,9 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
         if isinstance(data, TensorData):
             return InMemoryTensors(data, place)
         return SeededSamples(data, seed)  # per-sample random draws that a resume repeats exactly
+
+    def dataset(data, memory=dataset):
+        return data if is_stream(data) else memory(data)
 
     train_ds, val_ds = dataset(train), dataset(val) if val is not None else None
     workers, why = choose_num_workers(dcfg.num_workers, in_memory, local_processes)
@@ -232,8 +249,8 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
                           "data; a TensorDataset holds samples of one shape (the fast path): remove them, or "
                           "return another Dataset")
     train_common = dict(common, collate_fn=batch_as_is) if in_memory else dict(common, collate_fn=collate)
-    order = dict(shuffle=True, generator=generator)
-    if dcfg.collate == "pad" or dcfg.group_by_length:  # lengths read once (no images decoded for other collates)
+    order = dict(shuffle=True, generator=generator) if not is_stream(train_ds) else {}
+    if (dcfg.collate == "pad" or dcfg.group_by_length) and not is_stream(train_ds):  # lengths read once (no images decoded for other collates)
         from .grouping import LengthGroupedSampler, padding_efficiency
 
         # every length for grouping; for the plan's figure alone, an estimate from 2,048 samples
@@ -252,4 +269,13 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
     val_common = dict(common, collate_fn=batch_as_is) if isinstance(val, (ArrayData, TensorData)) \
         else dict(common, collate_fn=collate)
     dl_val = DataLoader(val_ds, shuffle=False, **val_common) if val_ds is not None else None
-    return Loaders(dl_train, dl_val, notes, mean, std)
+    return Loaders(dl_train, dl_val, notes, mean, std, classes)
+
+
+def _held_labels(data) -> Optional[torch.Tensor]:
+    """A split's labels where they are held as one tensor (in memory, or a streamed image set's)."""
+    if isinstance(data, (ArrayData, StreamedImages)):
+        return data.labels
+    if isinstance(data, TensorData):
+        return data.targets
+    return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import logging
 import os
 from datetime import timedelta
 from typing import Optional
@@ -48,7 +49,23 @@ def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulatio
     if accelerator.num_processes > 1 and not _shutdown_registered:
         atexit.register(shutdown, accelerator)
         _shutdown_registered.append(True)
+    _quiet_tied_weights()
     return accelerator
+
+
+class _TiedWeightsNote(logging.Filter):
+    """Accelerate says `Removed shared tensor {'lm_head.weight'} while saving` at every checkpoint
+    of a model with tied weights (a language model's embedding and output layer): safetensors
+    stores a shared tensor once, and loading ties it again. Said once per save, it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+def _quiet_tied_weights() -> None:
+    log = logging.getLogger("accelerate.utils.other")
+    if not any(isinstance(f, _TiedWeightsNote) for f in log.filters):
+        log.addFilter(_TiedWeightsNote())
 
 
 def _has_gpu() -> bool:
@@ -134,6 +151,23 @@ def precision_note(mixed_precision: str, device_type: str) -> str | None:
     return None
 
 
+_host_groups: dict = {}
+
+
+def host_group(accelerator: Accelerator):
+    """A process group over gloo for small agreements on host values (a stream's rounds), so that
+    they never wait for a device: the default group where it is gloo already, else one made once
+    (every process makes it at the same point, as a group must be made). None for one process."""
+    if accelerator.num_processes == 1:
+        return None
+    dist = torch.distributed
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    if "gloo" not in _host_groups:
+        _host_groups["gloo"] = dist.new_group(backend="gloo")
+    return _host_groups["gloo"]
+
+
 def all_ok(accelerator: Accelerator, ok: bool) -> bool:
     """True on every process if `ok` is true on every process (one small collective)."""
     if accelerator.num_processes == 1:
@@ -166,6 +200,28 @@ def from_main(accelerator: Accelerator, fn):
         error.same_on_every_process = True
         raise error
     return result
+
+
+def gather_rows(accelerator: Accelerator, tensors, pads) -> list:
+    """Every process's rows of each of `tensors`, in process order (the same result on every
+    process). The processes' tensors may differ in every dimension (rows, a sequence's length):
+    each is padded to the largest with its `pads` value (-100 for labels, which every token-level
+    loss and metric skips) before the gather, and its padding rows are dropped after it."""
+    tensors = list(tensors)
+    if accelerator.num_processes == 1:
+        return tensors
+    local = torch.tensor([d for t in tensors for d in t.shape], device=accelerator.device)
+    every = accelerator.gather(local.unsqueeze(0)).tolist()  # (processes, all dims): one small gather
+    out, at = [], 0
+    for t, pad in zip(tensors, pads):
+        dims = [row[at:at + t.dim()] for row in every]
+        at += t.dim()
+        largest = [max(d[i] for d in dims) for i in range(t.dim())]
+        padded = t.new_full(largest, pad)
+        padded[tuple(slice(0, n) for n in t.shape)] = t
+        gathered = accelerator.gather(padded)
+        out.append(torch.cat([gathered[p * largest[0]:p * largest[0] + d[0]] for p, d in enumerate(dims)]))
+    return out
 
 
 def to_device(item, device):

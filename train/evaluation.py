@@ -2,9 +2,13 @@
 the check that a real batch of the training data goes through the model before anything is written.
 
 A part of `train.loop.Loop` (a mixin: the same object, the same model and accelerator), kept in
-its own file. Predictions and labels are gathered with `gather_for_metrics`, which drops the
-padding duplicates that make the last batches even across processes; the model's own loss,
-which is a mean over each process's batch, is weighted by that process's real samples.
+its own file. Each process adds its own real rows to the epoch's sums (the padding duplicates that
+make the last batches of a map-style set even across processes left out; a stream's shadow rounds
+add nothing) and the sums are added over processes once, at the end: the loss weighted by its
+samples or target tokens (`train.targets`), each metric function by its samples. Nothing is
+gathered across processes but what needs every row: the inputs of stateful metrics, and
+`predict`'s outputs, each padded to a common shape (`train.devices.gather_rows`), so that outputs
+of any shape (a language model's per-token logits of different lengths) go through.
 """
 
 from __future__ import annotations
@@ -13,33 +17,45 @@ import torch
 
 import warnings
 
-from .batches import call_model, model_output, prediction_inputs, split_batch, take_rows
+from .batches import batch_rows, call_model, model_output, prediction_inputs, split_batch, take_rows
 from .checks import check_classes, first_batch, shape_of
+from .devices import gather_rows
 from .errors import UserError, describe
-from .metrics import EpochSums, is_stateful
+from .metrics import EpochSums, is_stateful, per_batch
 from .rng import rng_untouched
+from .streams import first_samples, is_stream
+from .targets import IGNORE_INDEX
 
 
 class Evaluation:
     @torch.no_grad()
+    def eval_batch(self, features, labels, rows: int, padded_round: bool = False):
+        """This process's share of one evaluation batch: (the loss, a mean over the real rows'
+        samples or targets; the predictions and labels of the real rows; their targets for a
+        token-level loss, else None). `rows` of the batch are real; in a `padded_round` (the last
+        batches of an uneven split, on every process) the model's own loss is computed again on
+        the real rows alone, by every process (a sharded model's forward is a collective)."""
+        preds, loss = self.forward(features, labels)
+        if padded_round and self.model_loss:
+            loss = self.forward(take_rows(features, max(rows, 1)), labels[:max(rows, 1)])[1]
+        if rows < len(labels):
+            preds, labels = preds[:rows], labels[:rows]
+            if not self.model_loss and rows:
+                loss = self.loss_func(preds, labels)
+        count = self.count_targets(labels) if self.count_targets is not None else None
+        return loss, preds, labels, count
+
     def eval_step(self, features, labels):
-        """The one eval step: forward, then predictions and labels gathered from all processes
-        (padding duplicates of the last batch dropped), then the loss over the gathered batch. The
-        model's own loss (a mean over this process's batch) is weighted by the batch's real samples
-        instead; a batch holding padding duplicates is run again on its real samples alone."""
+        """The loss of one batch over all processes, and its predictions and labels gathered from all
+        of them (for a single batch: the function front's `valid_step`)."""
         acc = self.accelerator
-        preds, own = self.forward(features, labels)
-        if self.model_loss:
-            real = self._real_rows(len(labels))
-            if self._padded_round():  # every process runs it (a sharded model's forward is a collective)
-                rerun = self.forward(take_rows(features, max(real, 1)), labels[:max(real, 1)])[1]
-                own = rerun if real else own.new_zeros(())
-            total = acc.gather(torch.stack([own.detach().double() * real, own.new_tensor(real, dtype=torch.double)])
-                               .reshape(1, 2)).sum(dim=0)
-        preds, labels = acc.gather_for_metrics((preds, labels))
-        if self.model_loss:
-            return total[0] / total[1].clamp(min=1), preds, labels
-        return self.loss_func(preds, labels), preds, labels
+        loss, preds, labels, count = self.eval_batch(features, labels, len(labels))
+        weight = count if count is not None else torch.tensor(len(labels), device=loss.device)
+        total = torch.stack([loss.detach().double() * weight, weight.double()])
+        if acc.num_processes > 1:
+            total = acc.reduce(total, "sum")
+        preds, labels = gather_rows(acc, (preds, labels), (0, IGNORE_INDEX))
+        return total[0] / total[1].clamp(min=1), preds, labels
 
     def _padded_round(self) -> bool:
         """Whether the current evaluation batch is the last, holding padding duplicates somewhere
@@ -58,33 +74,66 @@ class Evaluation:
         remainder = self.accelerator.gradient_state.remainder
         return max(0, min(rows, remainder - self.accelerator.process_index * rows))
 
+    def _eval_batches(self, dl, split):
+        """(split batch, real rows, padded round) for every round of an evaluation pass over the
+        prepared loader `dl`; a shadow round of a stream (this process's share has ended) runs its
+        last batch again with no real rows."""
+        if not is_stream(dl.dataset):
+            for batch in dl:
+                parts = split(batch)
+                yield parts, self._real_rows(batch_rows(parts[0])), self._padded_round()
+            return
+        last = None
+        for r in self.rounds(dl, map(split, dl)):
+            if r.batch is not None:
+                last = r.batch
+            yield last, batch_rows(last[0]) if r.batch is not None else 0, False
+
     def evaluate(self, dl, prefix: str = "val_") -> dict:
         """Loss and metrics over the whole of `dl`, exact across processes: `{prefix+name: value}`."""
         dl = self.prepare_loader(dl)
         self._same_draws(dl)
         self.model.eval()
         sums = EpochSums(self.metrics, self.device)
-        for batch in dl:
-            sums.add(*self.eval_step(*self.split(batch)))
-        return {prefix + k: v for k, v in sums.result().items()}
+        gathers = any(is_stateful(m) for m in self.metrics.values())
+        for (features, labels), rows, padded in self._eval_batches(dl, self.split):
+            loss, preds, labels, count = self.eval_batch(features, labels, rows, padded)
+            if rows:
+                sums.add(loss, preds, labels, count, stateful=False)
+            if gathers:  # every process's rows, for metrics computed over the whole set
+                sums.update_stateful(*gather_rows(self.accelerator, (preds, labels), (0, IGNORE_INDEX)))
+        return {prefix + k: v for k, v in sums.result(self.accelerator).items()}
 
     @torch.no_grad()
     def predict(self, dl, with_targets: bool = False):
         """Model outputs for every sample of `dl`, in its order, gathered from all processes (padding
-        duplicates dropped); with `with_targets`, (outputs, targets)."""
+        duplicates dropped), on the CPU; with `with_targets`, (outputs, targets). One tensor when
+        every batch's outputs have one shape past the batch dimension; for outputs whose length
+        varies (a language model's per-token logits), a list of one tensor per sample, cut to the
+        sample's length (its attention mask's, else its batch's)."""
         dl = self.prepare_loader(dl)
         self._same_draws(dl)
         self.model.eval()
-        outputs, targets = [], []
-        for batch in dl:
-            preds, _ = model_output(call_model(self.model, self.layout(prediction_inputs(batch))))
+        outputs, targets, lengths = [], [], []
+
+        def inputs_and_targets(batch):
+            return prediction_inputs(batch), (self.split(batch)[1] if with_targets else None)
+
+        for (inputs, labels), rows, _ in self._eval_batches(dl, inputs_and_targets):
+            preds, _ = model_output(call_model(self.model, self.layout(inputs)))
+            mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+            length = mask.sum(dim=1) if torch.is_tensor(mask) and mask.dim() == 2 else \
+                torch.full((len(preds),), preds.shape[1] if preds.dim() > 2 else 0, device=preds.device)
+            parts = [preds[:rows], length[:rows]] + ([labels[:rows]] if with_targets else [])
+            gathered = gather_rows(self.accelerator, parts, (0, 0, IGNORE_INDEX))
+            outputs.append(gathered[0].cpu())
+            lengths.append(gathered[1].cpu())
             if with_targets:
-                preds, labels = self.accelerator.gather_for_metrics((preds, self.split(batch)[1]))
-                targets.append(labels.cpu())
-            else:
-                preds = self.accelerator.gather_for_metrics(preds)
-            outputs.append(preds.cpu())
-        return (torch.cat(outputs), torch.cat(targets)) if with_targets else torch.cat(outputs)
+                targets.append(gathered[2].cpu())
+        outputs = _joined(outputs, lengths)
+        if with_targets:
+            return outputs, _joined(targets, lengths)
+        return outputs
 
     @staticmethod
     def _same_draws(dl) -> None:
@@ -103,13 +152,15 @@ class Evaluation:
         iterable data set). `num_classes`, for a classification loss, is checked against the model's
         output width."""
         dataset = getattr(train, "dataset", None)
-        if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__"):
+        if dataset is None or not (is_stream(dataset) or hasattr(dataset, "__getitem__")):
             return
         acc = self.accelerator
         model = acc.unwrap_model(self.model, keep_torch_compile=False)
         was_training = model.training
         with rng_untouched():
-            batch = first_batch(dataset, getattr(train, "collate_fn", None))
+            collate = getattr(train, "collate_fn", None)
+            batch = first_batch(dataset, collate) if not is_stream(dataset) else \
+                _collated(first_samples(dataset), collate)
             features, labels = split_batch(batch, self.model_loss)
             features, labels = self.to_device(features, labels)
             try:
@@ -136,6 +187,8 @@ class Evaluation:
                     raise UserError(f"the loss cannot take model {name}'s output {shape_of(preds)} with the labels "
                                     f"{shape_of(labels)}: {describe(e)}") from None
             for metric_name, metric in self.metrics.items():
+                if not is_stateful(metric) and not per_batch(metric):
+                    continue  # computed from the loss
                 try:
                     if is_stateful(metric):
                         metric.update(preds, labels)
@@ -145,3 +198,26 @@ class Evaluation:
                 except Exception as e:
                     raise UserError(f"metric '{metric_name}' cannot take model {name}'s output {shape_of(preds)} with "
                                     f"the labels {shape_of(labels)}: {describe(e)}") from None
+
+
+def _collated(samples, collate):
+    from torch.utils.data import default_collate
+
+    try:
+        return (collate or default_collate)(samples)
+    except Exception as e:
+        raise UserError(f"the collate function cannot batch the stream's first samples: {describe(e)}; set "
+                        f"data.collate: pad for samples of different lengths, or give a collate function") from None
+
+
+def _joined(pieces: list, lengths: list):
+    """Batches of outputs as one tensor, or (outputs of varying length) a list of per-sample tensors."""
+    if not pieces:
+        return torch.empty(0)
+    if all(p.shape[1:] == pieces[0].shape[1:] for p in pieces):
+        return torch.cat(pieces)
+    samples = []
+    for piece, length in zip(pieces, lengths):
+        for row, n in zip(piece, length.tolist()):
+            samples.append(row[:n] if n else row)
+    return samples

@@ -21,7 +21,7 @@ import torch
 
 from .errors import UserError
 
-WEIGHTS, ORIGIN, HF_DIR = "model.safetensors", "run.json", "hf"
+WEIGHTS, ORIGIN, HF_DIR, MERGED_DIR = "model.safetensors", "run.json", "hf", "hf-merged"
 PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DistributedDataParallel's
 
 
@@ -36,12 +36,14 @@ def plain_names(state: dict) -> dict:
     return out
 
 
-def write_weights(accelerator, model, out: Path) -> list[str]:
-    """`model.safetensors` (and `hf/` for a model with `save_pretrained`) in `out`, written by the
-    main process atomically; every process takes part in collecting the state (sharded models
-    gather it). Returns the names written."""
+def write_weights(accelerator, model, out: Path, merged: bool = False) -> list[str]:
+    """`model.safetensors` (and `hf/` for a model with `save_pretrained`: a `transformers` model, or
+    a `peft` model's adapter; with `merged`, `hf-merged/` too: the adapters merged into the weights)
+    in `out`, written by the main process atomically; every process takes part in collecting the
+    state (sharded models gather it). Returns the names written."""
     from safetensors.torch import save_file
 
+    from .adapters import is_adapted, merged_copy
     from .devices import write_on_main
     from .files import atomic_write
 
@@ -50,19 +52,41 @@ def write_weights(accelerator, model, out: Path) -> list[str]:
                   out / WEIGHTS)
     written = [WEIGHTS]
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
-    if hasattr(plain, "save_pretrained") and hasattr(plain, "config"):  # a transformers model
-        def export():
+    adapted = is_adapted(plain)
+    if hasattr(plain, "save_pretrained") and hasattr(plain, "config"):  # a transformers model, or peft's
+        def export(folder: str, save):
             import shutil
             import tempfile
 
             tmp = Path(tempfile.mkdtemp(prefix=".hf-", dir=out))
-            plain.save_pretrained(tmp, state_dict=plain_names(state), safe_serialization=True)
-            shutil.rmtree(out / HF_DIR, ignore_errors=True)
-            os.replace(tmp, out / HF_DIR)
+            with quiet_transformers():  # no progress bar for one shard
+                save(tmp)
+            shutil.rmtree(out / folder, ignore_errors=True)
+            os.replace(tmp, out / folder)
 
-        write_on_main(accelerator, export, out / HF_DIR)
-        written.append(f"{HF_DIR}/")
+        # peft's save_pretrained takes the adapter's weights out of the whole state
+        write_on_main(accelerator, lambda: export(HF_DIR, lambda tmp: plain.save_pretrained(
+            tmp, state_dict=plain_names(state), safe_serialization=True)), out / HF_DIR)
+        written.append(f"{HF_DIR}/" + (" (the adapter)" if adapted else ""))
+        if adapted and merged:
+            write_on_main(accelerator, lambda: export(MERGED_DIR, lambda tmp: merged_copy(plain).save_pretrained(
+                tmp, safe_serialization=True)), out / MERGED_DIR)
+            written.append(f"{MERGED_DIR}/")
     return written
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' progress bars off (it draws one per saved shard, even for one), then back."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def write_origin(accelerator, out: Path, **facts) -> None:

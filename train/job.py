@@ -31,6 +31,7 @@ def options_from(cfg):
         output_dir=cfg.output_dir, resume=cfg.resume, checkpoint=ck.enabled, checkpoint_every=ck.every_steps,
         keep_last=ck.keep_last, checkpoint_monitor=ck.monitor, checkpoint_mode=ck.mode, seed=cfg.seed,
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        steps_per_epoch=cfg.steps_per_epoch,
         max_grad_norm=cfg.max_grad_norm, nonfinite=cfg.nonfinite, compile=cfg.compile,
         channels_last=cfg.channels_last, tf32=cfg.tf32, collective_timeout_s=cfg.collective_timeout_s,
         trackers=[n for n, on in (("wandb", tr.wandb), ("tensorboard", tr.tensorboard)) if on],
@@ -38,7 +39,7 @@ def options_from(cfg):
         tracking_tags=tr.tags, tracking_group=tr.group, early_stopping=stop.monitor, early_stopping_mode=stop.mode,
         early_stopping_patience=stop.patience, early_stopping_min_delta=stop.min_delta,
         early_stopping_restore_best=stop.restore_best, progress=cfg.progress, log_every_s=cfg.log_every_s,
-        log_step_freq=cfg.log_step_freq, name=cfg.model)
+        log_step_freq=cfg.log_step_freq, name=cfg.model, export_merged=cfg.peft.merged_export)
 
 
 def build_model_class_only(cfg) -> None:
@@ -59,6 +60,7 @@ def build(cfg):
     from .devices import local_processes
     from .models import MODELS
     from .run import Run, accelerator_for
+    from .streams import is_stream
 
     resolve_paths(cfg)
     options = options_from(cfg)
@@ -68,18 +70,27 @@ def build(cfg):
         build_model_class_only(cfg)  # a wrong import path says so before any data is read
     accelerator = accelerator_for(options)
     set_seed(cfg.seed)  # the model's initial weights
-    classes = cfg.data.num_classes if cfg.loss in CLASSIFICATION_LOSSES else None  # labels checked against it
-    options.num_classes = classes  # and the model's output width
-    loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed, num_classes=classes,
+    classification = cfg.loss in CLASSIFICATION_LOSSES
+    loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed,
+                           num_classes=cfg.data.num_classes if classification else None,
                            processes=accelerator.num_processes)
+    if cfg.data.num_classes is None:  # from the labels (saved in config.yaml, so that a resume compares it)
+        cfg.data.num_classes = loaders.classes
+    options.num_classes = cfg.data.num_classes if classification else None  # the model's output width checked
     world = accelerator.num_processes
-    if loaders.val is not None and len(loaders.val.dataset) < world:
+    stream = is_stream(loaders.train.dataset)
+    if loaders.val is not None and not is_stream(loaders.val.dataset) and len(loaders.val.dataset) < world:
         raise ConfigError(f"the validation set has {len(loaders.val.dataset)} sample(s), fewer than the {world} "
                           f"processes; give data.val_size >= {world}, or data.val_size=0 for no validation")
     in_channels = loaders.train.dataset[0][0].shape[0] if cfg.model in MODELS else None  # built-ins only
     model = build_model(cfg, in_channels)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    steps_per_epoch = math.ceil(math.ceil(len(loaders.train) / world) / cfg.gradient_accumulation_steps)
+    if cfg.steps_per_epoch:
+        steps_per_epoch = cfg.steps_per_epoch
+    elif stream:
+        steps_per_epoch = None  # a stream's length is unknown
+    else:
+        steps_per_epoch = math.ceil(math.ceil(len(loaders.train) / world) / cfg.gradient_accumulation_steps)
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch)
     run = Run(model, optimizer, loss, metrics, scheduler=scheduler,
               scheduler_interval=cfg.scheduler.interval, options=options, accelerator=accelerator, config=cfg,

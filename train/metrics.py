@@ -1,14 +1,18 @@
 """Metrics: built-in metric functions and the per-epoch sums that make them exact.
 
-Sums stay on the device (sample-weighted: value x batch size) and are read back only at log points
-and at the end of an epoch, so the hot path never waits for the device. Evaluation gathers each
-batch with `gather_for_metrics`, which drops the padding duplicates of uneven splits, so N
-processes report the numbers of one.
+Sums stay on the device and are read back only at log points and at the end of an epoch, so the
+hot path never waits for the device. Metric functions are means over a batch's samples and are
+weighted by its real samples; the loss is weighted by what it is a mean over: samples, or target
+tokens for a token-level loss (`train.targets`). Each process adds its own real rows (the padding
+duplicates of uneven splits left out) and the sums are added over processes once at the end, so N
+processes report the numbers of one. A metric derived from the loss (`perplexity`) is computed
+from the epoch's loss, not per batch.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import math
+from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -42,8 +46,21 @@ def mse(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
     return _errors(y_pred, y_true).pow(2).mean(dim=1).mean()
 
 
+class FromLoss:
+    """A metric computed from the epoch's loss (over all its samples or target tokens, on every
+    process), not from the predictions."""
+
+    def __init__(self, fn, about: str):
+        self.fn, self.about = fn, about
+
+    def __repr__(self) -> str:
+        return self.about
+
+
+perplexity = FromLoss(lambda loss: math.exp(min(loss, 700.0)), "perplexity: exp of the epoch's token-level loss")
+
 # each a mean over the batch's samples, so that sample-weighted sums make them exact over an epoch
-METRICS: dict[str, MetricFn] = {"accuracy": accuracy, "mae": mae, "mse": mse}
+METRICS: dict[str, MetricFn] = {"accuracy": accuracy, "mae": mae, "mse": mse, "perplexity": perplexity}
 
 
 def is_stateful(metric) -> bool:
@@ -51,12 +68,28 @@ def is_stateful(metric) -> bool:
     return all(hasattr(metric, a) for a in ("update", "compute", "reset"))
 
 
+def is_metric(metric) -> bool:
+    """A function f(y_pred, y_true), a stateful object, or a metric derived from the loss."""
+    return callable(metric) or hasattr(metric, "compute") or is_from_loss(metric)
+
+
+def is_from_loss(metric) -> bool:
+    return isinstance(metric, FromLoss)
+
+
+def per_batch(metric) -> bool:
+    """A metric function computed on each batch (not stateful, not derived from the loss)."""
+    return not is_stateful(metric) and not is_from_loss(metric)
+
+
 class EpochSums:
-    """Sample-weighted running sums of the loss and each metric over one epoch, on the device.
+    """Running sums of the loss and each metric over one epoch, on the device.
 
     Metric functions return a tensor (kept on the device) or a Python number (e.g. sklearn's
-    accuracy_score; that one already synchronised). Stateful metrics are updated per batch and
-    computed at the end.
+    accuracy_score; that one already synchronised); each is weighted by the batch's real samples.
+    The loss is weighted by the same, or by `weight` (a device tensor: the batch's target tokens,
+    for a token-level loss). Stateful metrics are updated per batch and computed at the end;
+    metrics derived from the loss are computed from the epoch's loss.
     """
 
     def __init__(self, metrics: Mapping[str, object], device: torch.device):
@@ -66,35 +99,51 @@ class EpochSums:
         # MPS has no float64
         self.dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
         self.sums = torch.zeros(len(self.names), dtype=self.dtype, device=device)
-        self.count = 0
-        for m in self.metrics.values():
-            if is_stateful(m):
-                m.reset()
-                if hasattr(m, "persistent"):  # torchmetrics: its states in state_dict(), for mid-epoch saves
-                    m.persistent(True)
+        self.count = 0  # real samples
+        self.loss_rows = 0  # samples of the batches whose loss is weighted by its samples
+        self.loss_weights = torch.zeros((), dtype=self.dtype, device=device)  # targets of the others
+        self._batch_metrics = [(i, fn) for i, fn in enumerate(self.metrics.values(), start=1) if per_batch(fn)]
+        self._stateful = [m for m in self.metrics.values() if is_stateful(m)]
+        for m in self._stateful:
+            m.reset()
+            if hasattr(m, "persistent"):  # torchmetrics: its states in state_dict(), for mid-epoch saves
+                m.persistent(True)
 
-    def add(self, loss: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor,
+            weight: Optional[torch.Tensor] = None, stateful: bool = True) -> None:
+        """One batch: `loss` its mean, `preds` and `labels` its real rows. `stateful=False` leaves the
+        stateful metrics to `update_stateful` (evaluation updates them with every process's rows)."""
         n = labels.shape[0]
         self.count += n
-        values = [loss.detach()]
-        for i, fn in enumerate(self.metrics.values(), start=1):
-            if is_stateful(fn):
-                fn.update(preds, labels)
-                values.append(None)
-                continue
+        if weight is None:
+            self.loss_rows += n
+        else:
+            self.loss_weights += weight
+        if stateful:
+            self.update_stateful(preds, labels)
+        values, idx = [loss.detach()], [0]
+        for i, fn in self._batch_metrics:
             v = fn(preds, labels)
             if torch.is_tensor(v):
                 values.append(v.detach())
+                idx.append(i)
             else:  # a host number: add it straight in (passed as a scalar argument, no sync)
                 self.sums[i] += float(v) * n
-                values.append(None)
         # one multiply-add for all tensor values instead of one per metric
-        idx = [i for i, v in enumerate(values) if v is not None]
-        stacked = torch.stack([values[i].to(self.dtype) for i in idx])
-        if len(idx) == len(values):
-            self.sums.add_(stacked, alpha=n)
+        stacked = torch.stack([v.to(self.dtype) for v in values])
+        if weight is not None:
+            stacked = stacked * torch.cat([weight.reshape(1).to(self.dtype), stacked.new_full((len(idx) - 1,), n)])
+            weight_all = 1
         else:
-            self.sums[idx] += stacked * n
+            weight_all = n
+        if len(idx) == len(self.names):
+            self.sums.add_(stacked, alpha=weight_all)
+        else:
+            self.sums[idx] += stacked * weight_all
+
+    def update_stateful(self, preds: torch.Tensor, labels: torch.Tensor) -> None:
+        for m in self._stateful:
+            m.update(preds, labels)
 
     def state(self) -> dict:
         """The sums so far, on the CPU (for a mid-epoch checkpoint), and the state of each stateful
@@ -102,29 +151,43 @@ class EpochSums:
         mid-way)."""
         metrics = {name: m.state_dict() for name, m in self.metrics.items()
                    if is_stateful(m) and hasattr(m, "state_dict") and hasattr(m, "load_state_dict")}
-        return {"sums": self.sums.cpu(), "count": self.count, "metrics": metrics}
+        return {"sums": self.sums.cpu(), "count": self.count, "metrics": metrics, "loss_rows": self.loss_rows,
+                "loss_weights": self.loss_weights.cpu()}
 
     def load_state(self, state: dict) -> None:
         self.sums.copy_(state["sums"])
         self.count = int(state["count"])
+        self.loss_rows = int(state.get("loss_rows", self.count))  # checkpoints before token-level losses
+        if "loss_weights" in state:
+            self.loss_weights.copy_(state["loss_weights"])
         for name, saved in state.get("metrics", {}).items():
             if name in self.metrics:
                 self.metrics[name].load_state_dict(saved)
 
+    def _means(self, totals: list[float], count: float, loss_weight: float) -> dict[str, float]:
+        out = {}
+        for i, (name, value) in enumerate(zip(self.names, totals)):
+            out[name] = value / max(loss_weight if i == 0 else count, 1)
+        for name, m in self.metrics.items():
+            if is_from_loss(m):
+                out[name] = m.fn(out["loss"])
+        return out
+
     def running(self) -> dict[str, float]:
         """This process's averages so far (a device sync: call at log points only)."""
-        means = (self.sums / max(1, self.count)).tolist()
-        return {k: v for k, v in zip(self.names, means) if not is_stateful(self.metrics.get(k))}
+        totals = torch.cat([self.sums, (self.loss_weights + self.loss_rows).reshape(1)]).tolist()
+        means = self._means(totals[:-1], self.count, totals[-1])
+        return {k: v for k, v in means.items() if not is_stateful(self.metrics.get(k))}
 
     def result(self, accelerator=None) -> dict[str, float]:
-        """Averages over the epoch. With `accelerator`, sums are added over all processes first
-        (one collective); without it, the sums are taken as already global (gathered batches)."""
-        totals = torch.cat([self.sums, torch.tensor([float(self.count)], dtype=self.dtype,
-                                                    device=self.sums.device)])
+        """Averages over the epoch: the sums added over all processes first (one collective), when
+        `accelerator` runs several."""
+        totals = torch.cat([self.sums, torch.tensor([float(self.count)], dtype=self.dtype, device=self.sums.device),
+                            (self.loss_weights + self.loss_rows).reshape(1)])
         if accelerator is not None and accelerator.num_processes > 1:
             totals = accelerator.reduce(totals, reduction="sum")
-        values = (totals[:-1] / totals[-1].clamp(min=1)).tolist()
-        out = dict(zip(self.names, values))
+        values = totals.tolist()
+        out = self._means(values[:-2], values[-2], values[-1])
         for k, m in self.metrics.items():
             if is_stateful(m):
                 out[k] = float(m.compute())

@@ -35,6 +35,7 @@ class RunOptions:
     seed: Optional[int] = None  # seeds Python, NumPy, torch and the data order at the start of fit
     mixed_precision: Optional[str] = None  # no | bf16 | fp16 | auto (bf16 where fast); None: the launcher's
     gradient_accumulation_steps: int = 1
+    steps_per_epoch: Optional[int] = None  # at most this many optimizer steps an epoch (a stream without a length)
     max_grad_norm: Optional[float] = None
     nonfinite: str = "stop"  # a NaN/inf loss: stop (exit 3) or skip the optimizer step
     compile: bool = False  # torch.compile the model (inductor)
@@ -59,6 +60,7 @@ class RunOptions:
     log_step_freq: Optional[int] = None  # running metrics every N batches (a device sync each)
     step_lines: bool = False  # the tutorial's "[step = N] loss: ..." lines at each log point
     name: Optional[str] = None  # the model's name in the plan
+    export_merged: bool = False  # a peft model: also hf-merged/, the adapters merged into the weights
 
     def __post_init__(self):
         self.trackers = tuple(self.trackers or ())
@@ -75,7 +77,8 @@ class RunOptions:
             check_choice("each of trackers", tracker, TRACKERS)
         for name in ("gradient_accumulation_steps", "keep_last", "log_every_s"):
             _positive(name, getattr(self, name))
-        for name in ("checkpoint_every", "max_grad_norm", "log_step_freq", "collective_timeout_s", "num_classes"):
+        for name in ("checkpoint_every", "max_grad_norm", "log_step_freq", "collective_timeout_s", "num_classes",
+                     "steps_per_epoch"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:

@@ -7,6 +7,7 @@ import os
 import textwrap
 
 from .devices import describe, precision_note
+from .loop import batches_per_epoch
 
 WIDTH = 100
 
@@ -15,8 +16,7 @@ def plan_lines(run, epochs: int, train) -> list[str]:
     o, acc = run.options, run.accelerator
     world, accumulation = acc.num_processes, o.gradient_accumulation_steps
     batch = getattr(train, "batch_size", None) or getattr(getattr(train, "base_dataloader", None), "batch_size", None)
-    batches = len(train)  # per process
-    steps = math.ceil(batches / accumulation)
+    batches = batches_per_epoch(train, o.steps_per_epoch, accumulation)  # per process; None: a stream's end
     lines = [f"plan: {run.name} on {describe(acc)}"]
     slow = precision_note(acc.mixed_precision, acc.device.type)
     if slow:
@@ -24,14 +24,19 @@ def plan_lines(run, epochs: int, train) -> list[str]:
     if batch:
         lines.append(f"batch {batch} per process x {world} process(es) x accumulation {accumulation} = "
                      f"{batch * world * accumulation} samples per optimizer step")
-    lines.append(f"{batches} batches per epoch per process = {steps} optimizer steps; {epochs} epoch(s)")
+    if batches is None:
+        lines.append(f"an epoch ends when the stream does; {epochs} epoch(s)")
+    else:
+        lines.append(f"{batches} batches per epoch per process = {math.ceil(batches / accumulation)} optimizer "
+                     f"steps; {epochs} epoch(s)")
     lines += [f"data: {note}" for note in run.plan_notes]
     restart = int(os.environ.get("TRAIN_RESTART", "0"))
     if restart:
         lines.append(f"restart {restart} of {os.environ.get('TRAIN_MAX_RESTARTS', '?')} after a crash")
     if run.resumed is not None:
         pos, done = run.resumed.position, len(run.resumed.history)
-        where = (f"epoch {pos['epoch']}, batch {pos['batch']} of {batches}" if pos["epoch"] > done
+        where = (f"epoch {pos['epoch']}, batch {pos['batch']}" + (f" of {batches}" if batches else "")
+                 if pos["epoch"] > done
                  else f"the end of epoch {done}")
         lines.append(f"resuming from {run.resumed.path} ({where}, step {pos['step']}); training to epoch {epochs}")
     if run.checkpoint is not None:

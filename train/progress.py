@@ -85,9 +85,13 @@ class ProgressLines(_EpochProgress):
         if now - self.last < self.every_s or not run.is_main_process:
             return  # the common case costs one clock read
         self.last = now
-        total = run.batches_per_epoch
-        eta = (now - self.start) / max(1, batch - self.first_batch) * (total - batch)
+        total = run.batches_per_epoch  # None: a stream of unknown length
         values = " ".join(f"{k} {v:.4f}" for k, v in run.running_logs().items())
+        if total is None:
+            self.print(f"epoch {self.epoch}/{run.epochs} batch {batch} {values} {self.rate(now):.0f} samples/s",
+                       flush=True)
+            return
+        eta = (now - self.start) / max(1, batch - self.first_batch) * (total - batch)
         self.print(f"epoch {self.epoch}/{run.epochs} batch {batch}/{total} {values} "
                    f"{self.rate(now):.0f} samples/s eta {_fmt_s(eta)}", flush=True)
 

@@ -44,7 +44,7 @@ class Run:
         self.accelerator = accelerator = accelerator or accelerator_for(o)
         self.loop = Loop(model, optimizer, loss, metrics, accelerator=accelerator, scheduler=scheduler,
                          scheduler_interval=scheduler_interval, max_grad_norm=o.max_grad_norm,
-                         nonfinite=o.nonfinite, channels_last=o.channels_last)
+                         nonfinite=o.nonfinite, channels_last=o.channels_last, steps_per_epoch=o.steps_per_epoch)
         self.loop.output_dir = o.output_dir
         self.callbacks = list(callbacks)
         self.config = config
@@ -279,7 +279,7 @@ class Run:
         """Final weights (see `train.export`), then one line naming what the folder holds."""
         from .export import write_weights
 
-        weights = write_weights(self.accelerator, self.loop.model, out)
+        weights = write_weights(self.accelerator, self.loop.model, out, self.options.export_merged)
         if self.is_main_process:
             import textwrap
 

@@ -6,7 +6,9 @@ A source gives each split as one of three things, and the loaders (`train.data`)
 - `TensorData`: any tensors held in memory (a `TensorDataset` from your factory): the same fast
   path without the image normalisation;
 - any other map-style `Dataset` (your own, a streamed Hugging Face set): loaded sample by sample
-  in worker processes.
+  in worker processes;
+- an `IterableDataset` (a stream: a generator of your own, a Hugging Face `datasets.IterableDataset`):
+  read in order, each process its share (`train.streams`).
 This module knows nothing of models or the loop.
 """
 
@@ -218,9 +220,11 @@ def load_python(cfg):
         raise DataError(f"data factory '{cfg.factory}' returned {_kind(made)}; return the training and "
                         f"validation data sets: (train, val), {{'train': ..., 'val': ...}} or the training set")
     for name, ds in zip(("training", "validation"), made):
-        if ds is not None and not (isinstance(ds, torch.utils.data.Dataset) and hasattr(ds, "__len__")):
-            raise DataError(f"data factory '{cfg.factory}' returned {_kind(ds)} as the {name} set; "
-                            f"return map-style torch Datasets (with __len__ and __getitem__)")
+        if ds is None or isinstance(ds, torch.utils.data.IterableDataset):
+            continue  # a stream (train.streams)
+        if not (isinstance(ds, torch.utils.data.Dataset) and hasattr(ds, "__len__")):
+            raise DataError(f"data factory '{cfg.factory}' returned {_kind(ds)} as the {name} set; return torch "
+                            f"Datasets: map-style (with __len__ and __getitem__) or an IterableDataset (a stream)")
     return (*(_in_memory(ds) for ds in made), collate)
 
 
@@ -257,4 +261,8 @@ def _head(data, n):
         return data
     if isinstance(data, (ArrayData, TensorData)):
         return data.head(n)
+    if isinstance(data, torch.utils.data.IterableDataset):
+        from .streams import head
+
+        return head(data, n)
     return data if len(data) <= n else torch.utils.data.Subset(data, range(n))
