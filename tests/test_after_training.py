@@ -49,8 +49,10 @@ def test_a_run_comes_back_as_a_model_and_predicts_the_same_on_one_and_two_proces
     assert done.returncode == 0, done.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    # one thread, as each of the two ranks has: convolutions split over two threads round differently
     one = subprocess.run([PYTHON, "-m", "train.predict", "../digits", "--out", str(tmp_path / "one.csv")],
-                         cwd=elsewhere, capture_output=True, text=True, timeout=300)  # a relative run folder
+                         cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))  # a relative run folder
     assert one.returncode == 0, one.stderr
     two = subprocess.run([str(ROOT / "launch" / "cpu2.sh"), str(ROOT / "train" / "predict.py"), str(run), "--out",
                           str(tmp_path / "two.csv")], cwd=elsewhere, capture_output=True, text=True, timeout=300,
@@ -72,7 +74,7 @@ def test_a_run_comes_back_as_a_model_and_predicts_the_same_on_one_and_two_proces
              "x = torch.stack([load(val_fraction=0.2, seed=0)[1][i][0] for i in range(359)])\n"
              "with torch.no_grad(): print(repr(model(x).tolist()))\n")
     loaded = subprocess.run([PYTHON, "-c", probe, str(run)], cwd=elsewhere, capture_output=True, text=True,
-                            timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                            timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
     assert loaded.returncode == 0, loaded.stderr
     outputs = torch.tensor(eval(loaded.stdout))
     from_csv = torch.tensor([[float(v) for v in r[3:]] for r in rows[0][1:]])

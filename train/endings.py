@@ -12,29 +12,42 @@ from train.supervised import is_lost_contact
 
 class Ending:
     """How an attempt ended: `code` to exit with (None: a crash worth a restart), `why` in words,
-    and for a crash `failure`, the signature of an exception raised by the training code (which
-    process, where, what), compared with the previous attempt's to tell a bug from a fault."""
+    and for a crash `failure`, the exceptions raised by the training code (`_failure`), compared
+    with the previous attempt's to tell a bug from a fault."""
 
     def __init__(self, code, why: str, records: list[dict]):
         self.code, self.why, self.records = code, why, records
-        self.failure, self.failure_text = None, ""
+        self.failure = None
 
 
-def _failure(records: list[dict], exit_codes: dict, returncode) -> tuple:
-    """(signature, words) of an exception raised by the training code, or (None, "") for a fault
-    (a signal, a lost or stalled peer). A process that failed before it could record anything
-    and was not killed by a signal counts too: a script that fails at start-up fails every time."""
-    raised = next((r for r in records if r.get("kind") == "exception" and r.get("code") and not r.get("final")
-                   and not is_lost_contact(str(r.get("reason", "")))), None)
-    if raised is not None:
-        reason = raised.get("reason", "")
-        where = f"at epoch {raised['epoch']} batch {raised['batch']}" if raised.get("epoch") else "while starting up"
-        return ((raised.get("epoch"), raised.get("batch"), reason),
-                f"rank {raised['rank']} failed twice {where} with {reason}")
+def _failure(records: list[dict], exit_codes: dict, returncode):
+    """{signature: words} of every exception the training code raised, one per process that
+    raised (where, what), or None for a fault (a signal, a lost or stalled peer). A process
+    that failed before it could record anything and was not killed by a signal counts too: a script
+    that fails at start-up fails every time. Two attempts that share a signature failed alike on
+    some process: a bug, even where the other processes' words differ (one raised, the other lost
+    contact; which process is first to raise may change)."""
+    raised = [r for r in records if r.get("kind") == "exception" and r.get("code") and not r.get("final")
+              and not is_lost_contact(str(r.get("reason", "")))]
+    if raised:
+        failures = {}
+        for r in raised:
+            reason = r.get("reason", "")
+            where = f"at epoch {r['epoch']} batch {r['batch']}" if r.get("epoch") else "while starting up"
+            failures.setdefault((r.get("epoch"), r.get("batch"), reason), f"rank {r['rank']} failed twice {where} "
+                                                                          f"with {reason}")
+        return failures
     signalled = any(code < 0 for code in exit_codes.values() if code is not None)
     if not records and not signalled:
-        return ("start-up", returncode), f"the script failed twice before training started (exit {returncode})"
-    return None, ""
+        return {("start-up", returncode): f"the script failed twice before training started (exit {returncode})"}
+    return None
+
+
+def repeated(failure, previous) -> str | None:
+    """The words for a failure of this attempt that the previous attempt had too, else None."""
+    if not failure or not previous:
+        return None
+    return next((words for signature, words in failure.items() if signature in previous), None)
 
 
 def _what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int], returncode=None) -> str:

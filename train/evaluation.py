@@ -144,16 +144,16 @@ class Evaluation:
         if hasattr(getattr(dl, "dataset", None), "set_epoch"):
             dl.dataset.set_epoch(0)
 
-    def check_data(self, train, name: str, num_classes: int | None = None) -> None:
+    def check_data(self, train, name: str, num_classes: int | None = None) -> list[str]:
         """A real batch of the training data through the collate, the model, the loss and each metric,
         on every process, in eval mode and without drawing from any RNG: two samples of different
         shapes where the data has them (one of the first and one spread over the set), else the first
         two. Raises `UserError` naming what does not fit. Skipped for data that cannot be indexed (an
         iterable data set). `num_classes`, for a classification loss, is checked against the model's
-        output width."""
+        output width. Returns warnings (things that run, but are likely a mistake)."""
         dataset = getattr(train, "dataset", None)
         if dataset is None or not (is_stream(dataset) or hasattr(dataset, "__getitem__")):
-            return
+            return []
         acc = self.accelerator
         model = acc.unwrap_model(self.model, keep_torch_compile=False)
         was_training = model.training
@@ -163,6 +163,7 @@ class Evaluation:
                 _collated(first_samples(dataset), collate)
             features, labels = split_batch(batch, self.model_loss)
             features, labels = self.to_device(features, labels)
+            warnings_found = padding_with_labels(features, labels)
             try:
                 with torch.no_grad(), acc.autocast():
                     model.eval()
@@ -198,6 +199,7 @@ class Evaluation:
                 except Exception as e:
                     raise UserError(f"metric '{metric_name}' cannot take model {name}'s output {shape_of(preds)} with "
                                     f"the labels {shape_of(labels)}: {describe(e)}") from None
+        return warnings_found
 
 
 def _collated(samples, collate):
@@ -221,3 +223,16 @@ def _joined(pieces: list, lengths: list):
         for row, n in zip(piece, length.tolist()):
             samples.append(row[:n] if n else row)
     return samples
+
+
+def padding_with_labels(features, labels) -> list[str]:
+    """A warning when labels at padding positions (attention mask 0) are real ids: the loss would
+    train on padding (labels padded by hand with the pad token instead of -100)."""
+    mask = features.get("attention_mask") if isinstance(features, dict) else None
+    if not (torch.is_tensor(mask) and torch.is_tensor(labels) and mask.shape == labels.shape):
+        return []
+    bad = int(((mask == 0) & (labels != IGNORE_INDEX)).sum())
+    if not bad:
+        return []
+    return [f"{bad} label(s) of the first batch sit at padding positions (attention_mask 0) with real ids, so the "
+            f"loss trains on padding; give them -100 there (data.collate: pad does)"]

@@ -69,18 +69,28 @@ def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=No
 
 
 def write_rows(path: Path, outputs, targets) -> None:
+    """One row per sample: `index, target, prediction, output_0, ...`; for outputs per token (a list
+    of per-sample tensors of their own lengths) `index, length, target, prediction`, the target and
+    predicted tokens (the arg-max at each position) as space-separated ids, without padding."""
     import csv
+    import io
 
     from train.files import atomic_write_text
 
+    text = io.StringIO()
+    writer = csv.writer(text)
+    if isinstance(outputs, list):
+        writer.writerow(["index", "length", "target", "prediction"])
+        for i, (out, target) in enumerate(zip(outputs, targets)):
+            predicted = out.argmax(dim=-1) if out.dim() > 1 else out
+            target = target[target != -100] if target.dim() else target.reshape(1)
+            writer.writerow([i, len(out), " ".join(map(str, target.tolist())), " ".join(map(str, predicted.tolist()))])
+        atomic_write_text(path, text.getvalue())
+        return
     flat = outputs.reshape(len(outputs), -1).float()
     classifier = outputs.dim() == 2 and outputs.shape[1] > 1
     predicted = outputs.argmax(dim=1) if classifier else flat[:, 0]
     target = targets.reshape(len(targets), -1)[:, 0] if targets.dim() > 1 else targets
-    import io
-
-    text = io.StringIO()
-    writer = csv.writer(text)
     writer.writerow(["index", "target", "prediction", *(f"output_{i}" for i in range(flat.shape[1]))])
     for i in range(len(flat)):
         writer.writerow([i, target[i].item(), predicted[i].item(), *(repr(v) for v in flat[i].tolist())])

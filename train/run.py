@@ -184,7 +184,9 @@ class Run:
     # ------------------------------------------------------------------- before training
     def check_model_takes(self, train) -> None:
         """See `train.checks.model_takes_data`: before anything is written, with one line on failure."""
-        self.loop.check_data(train, self.name, self.options.num_classes)
+        for warning in self.loop.check_data(train, self.name, self.options.num_classes):
+            if self.is_main_process:
+                self._say_stderr(f"warning: {warning}")
 
     def _lock_folder(self, out: Path) -> None:
         """Take the output folder's lock (the main process; the others wait for it)."""

@@ -54,7 +54,7 @@ if __package__ in (None, ""):  # run as a file: the project folder first, for `t
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from train.launcher_filter import LauncherFilter  # noqa: E402
-from train.endings import Ending, _failure, _from_latest, _what_happened  # noqa: E402,F401
+from train.endings import Ending, _failure, _from_latest, _what_happened, repeated  # noqa: E402,F401
 from train.supervised import DIR_ENV, MAX_ENV, RESTART_ENV, _alive, die_with_parent  # noqa: E402
 
 # a process may take this long to exit after training finished (a tracker's upload); the tests shorten it
@@ -124,8 +124,9 @@ class Supervisor:
             if ending.code is not None:
                 self.say(ending.why)
                 return ending.code
-            if ending.failure is not None and ending.failure == previous_failure:
-                self.say(f"{ending.failure_text}; a bug, not a fault: not restarting")
+            same = repeated(ending.failure, previous_failure)
+            if same is not None:
+                self.say(f"{same}; a bug, not a fault: not restarting")
                 return 1
             previous_failure = ending.failure  # one retry tells a fault from a bug
             if restart >= self.max_restarts:
@@ -224,7 +225,7 @@ class Supervisor:
             return Ending(code, f"rank {r['rank']} exited with {code}{known} by itself, not a crash; not restarting",
                           records)
         ending = Ending(None, _what_happened(records, exit_codes, stalled, returncode), records)
-        ending.failure, ending.failure_text = _failure(records, exit_codes, returncode)
+        ending.failure = _failure(records, exit_codes, returncode)
         return ending
 
     def _pass_signals(self, proc, records) -> None:

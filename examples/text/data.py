@@ -79,11 +79,12 @@ class Texts(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.labels[i]}
 
 
-def shared_tokenizer(texts: list[str], vocab_size: int, folder: str):
-    """The tokenizer of these texts, trained once and kept in `folder` (named by a hash of the texts
-    and the vocabulary size). Training is not deterministic (the trainer breaks ties between equally
-    frequent merges in no fixed order), so every process of a run, a resumed run, and a later
-    evaluation must read the same file: the first process to get the lock trains and saves it."""
+def shared_tokenizer(texts: list[str], vocab_size: int, folder: str, train=train_tokenizer, kind: str = "wordpiece"):
+    """The tokenizer of these texts, trained once by `train(texts, vocab_size)` and kept in `folder`
+    (named by `kind`, a hash of the texts and the vocabulary size). Training is not deterministic
+    (the trainer breaks ties between equally frequent merges in no fixed order), so every process of
+    a run, a resumed run, and a later evaluation must read the same file: the first process to get
+    the lock trains and saves it."""
     import fcntl
     import hashlib
     import os
@@ -92,13 +93,13 @@ def shared_tokenizer(texts: list[str], vocab_size: int, folder: str):
     from tokenizers import Tokenizer
 
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
-    path = Path(folder) / f"wordpiece-{vocab_size}-{digest}.json"
+    path = Path(folder) / f"{kind}-{vocab_size}-{digest}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here while the first one trains
         if not path.exists():
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            train_tokenizer(texts, vocab_size).save(str(tmp))
+            train(texts, vocab_size).save(str(tmp))
             os.replace(tmp, path)
     return Tokenizer.from_file(str(path))
 
