@@ -194,6 +194,19 @@ def test_the_text_example_on_slurm(slurm, tmp_path):
     assert history(out)["epoch"].tolist() == [1, 2, 3] and history(out)["val_accuracy"].iloc[-1] >= 0.90, log
 
 
+def test_the_lm_example_on_slurm(slurm, tmp_path):
+    """examples/lm as the README gives it: a causal language model, its token-level loss and perplexity."""
+    out = tmp_path / "out"
+    done = subprocess.run(["sbatch", "--parsable", "--wait", "--gpus-per-node=0", f"--output={tmp_path}/%x-%j.out",
+                           "slurm/train.sh", "--config", "examples/lm/config.yaml", "progress=false",
+                           f"data.args.tokenizer_dir={tmp_path / 'tokenizers'}", f"output_dir={out}"],
+                          cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=900)
+    log = job_log(tmp_path)
+    assert done.returncode == 0, done.stderr + log
+    assert "plan: examples.lm.model:gpt2 on 2 processes on CPUs (gloo)" in log
+    assert history(out)["epoch"].tolist() == [1, 2, 3, 4, 5] and history(out)["val_perplexity"].iloc[-1] <= 6.0, log
+
+
 def test_a_killed_rank_inside_sbatch_is_restarted_without_a_requeue(slurm, tmp_path):
     import random
     import signal

@@ -11,10 +11,11 @@ from torch import nn
 
 from .errors import ConfigError
 from .registry import build, resolve, short_name
+from .targets import TokenCrossEntropy
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "nll": nn.NLLLoss, "mse": nn.MSELoss, "l1": nn.L1Loss,
           "smooth_l1": nn.SmoothL1Loss, "huber": nn.HuberLoss, "bce_with_logits": nn.BCEWithLogitsLoss,
-          "bce": nn.BCELoss}
+          "bce": nn.BCELoss, "token_cross_entropy": TokenCrossEntropy}
 CLASSIFICATION_LOSSES = ("cross_entropy", "nll")  # whose targets are class indices
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "rmsprop": torch.optim.RMSprop}
@@ -69,11 +70,18 @@ def from_pretrained(cls, folder: str, args: dict, name: str) -> nn.Module:
 def enable_gradient_checkpointing(net: nn.Module, name: str) -> None:
     """Activations recomputed in the backward pass (the non-reentrant form, which needs no input
     that requires gradients and so works under adapters too)."""
-    enable = getattr(net, "gradient_checkpointing_enable", None)
-    if enable is None or not getattr(net, "supports_gradient_checkpointing", True):
+    if not getattr(net, "supports_gradient_checkpointing", True):
+        enable = None
+    elif hasattr(net, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+        enable = lambda: net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})  # noqa: E731
+    elif hasattr(net, "gradient_checkpointing_enable"):
+        enable = lambda: net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # noqa: E731
+    else:
+        enable = None
+    if enable is None:
         raise ConfigError(f"gradient_checkpointing is true but model '{name}' does not support it (no "
                           f"gradient_checkpointing_enable); set it to false")
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable()
 
 
 MODEL_LOSS = "model"  # the loss the model computes itself (a dict / ModelOutput holding `loss`)

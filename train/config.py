@@ -163,11 +163,12 @@ class Config:
     output_dir: str = key("runs/mnist", "where config.yaml, history.csv/png, model.safetensors and "
                                         "checkpoints/ go; a rerun here resumes. A config file that does "
                                         "not set it: runs/<the file's name> (its folder's, for config.yaml)")
-    loss: str = key("cross_entropy", "cross_entropy, nll, mse, l1, smooth_l1, huber, bce_with_logits, bce, model "
-                                     f"(the loss the model returns, as transformers models do), {IMPORT}")
+    loss: str = key("cross_entropy", "cross_entropy, nll, mse, l1, smooth_l1, huber, bce_with_logits, bce, "
+                                     "token_cross_entropy (logits per token; loss_args {shift: true} for next-token), "
+                                     f"model (the loss the model returns, as transformers models do), {IMPORT}")
     loss_args: dict = key({}, "keyword arguments of the loss, e.g. {label_smoothing: 0.1}")
-    metrics: list = key(["accuracy"], f"each accuracy, mae or mse, {IMPORT} (f(y_pred, y_true) or an "
-                                      "object with update/compute/reset)")
+    metrics: list = key(["accuracy"], f"each accuracy, mae, mse, perplexity (exp of the loss), {IMPORT} "
+                                      "(f(y_pred, y_true) or an object with update/compute/reset)")
     callbacks: list = key([], "each an import path 'package.module:Class' (built without arguments) or "
                               "{name: 'package.module:Class', args: {...}}: objects with hooks (see the README)")
     mixed_precision: Optional[str] = key(None, "no, bf16, fp16, or auto (bf16 where the device computes it "

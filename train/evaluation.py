@@ -122,18 +122,20 @@ class Evaluation:
         for (inputs, labels), rows, _ in self._eval_batches(dl, inputs_and_targets):
             preds, _ = model_output(call_model(self.model, self.layout(inputs)))
             mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-            length = mask.sum(dim=1) if torch.is_tensor(mask) and mask.dim() == 2 else \
-                torch.full((len(preds),), preds.shape[1] if preds.dim() > 2 else 0, device=preds.device)
+            # a sample's length, for outputs per token (batch, length, ...): its mask's, else the batch's; 0 else
+            length = torch.full((len(preds),), preds.shape[1] if preds.dim() > 2 else 0, device=preds.device)
+            if preds.dim() > 2 and torch.is_tensor(mask) and mask.shape == preds.shape[:2]:
+                length = mask.sum(dim=1)
             parts = [preds[:rows], length[:rows]] + ([labels[:rows]] if with_targets else [])
             gathered = gather_rows(self.accelerator, parts, (0, 0, IGNORE_INDEX))
             outputs.append(gathered[0].cpu())
             lengths.append(gathered[1].cpu())
             if with_targets:
                 targets.append(gathered[2].cpu())
-        outputs = _joined(outputs, lengths)
+        outputs_joined = _joined(outputs, lengths)
         if with_targets:
-            return outputs, _joined(targets, lengths)
-        return outputs
+            return outputs_joined, _joined(targets, lengths)
+        return outputs_joined
 
     @staticmethod
     def _same_draws(dl) -> None:
@@ -213,10 +215,12 @@ def _collated(samples, collate):
 
 
 def _joined(pieces: list, lengths: list):
-    """Batches of outputs as one tensor, or (outputs of varying length) a list of per-sample tensors."""
+    """Batches of outputs as one tensor, or a list of per-sample tensors cut to their lengths for
+    outputs per token (a length for each sample: its attention mask's) or of varying shapes."""
     if not pieces:
         return torch.empty(0)
-    if all(p.shape[1:] == pieces[0].shape[1:] for p in pieces):
+    per_token = any(int(length.max()) > 0 for length in lengths if length.numel())
+    if not per_token and all(p.shape[1:] == pieces[0].shape[1:] for p in pieces):
         return torch.cat(pieces)
     samples = []
     for piece, length in zip(pieces, lengths):

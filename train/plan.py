@@ -30,6 +30,7 @@ def plan_lines(run, epochs: int, train) -> list[str]:
         lines.append(f"{batches} batches per epoch per process = {math.ceil(batches / accumulation)} optimizer "
                      f"steps; {epochs} epoch(s)")
     lines += [f"data: {note}" for note in run.plan_notes]
+    lines += [f"model: {note}" for note in model_notes(acc.unwrap_model(run.loop.model, keep_torch_compile=False))]
     restart = int(os.environ.get("TRAIN_RESTART", "0"))
     if restart:
         lines.append(f"restart {restart} of {os.environ.get('TRAIN_MAX_RESTARTS', '?')} after a crash")
@@ -49,3 +50,21 @@ def plan_lines(run, epochs: int, train) -> list[str]:
     lines = [lines[0], *("  " + line for line in lines[1:])]
     return [part for line in lines for part in textwrap.wrap(line, WIDTH, subsequent_indent="      ",
                                                              break_long_words=False, break_on_hyphens=False)]
+
+
+def model_notes(model) -> list[str]:
+    """What the plan says of the model beyond its name: adapters, gradient checkpointing, the loss."""
+    from .adapters import is_adapted
+
+    notes = []
+    if is_adapted(model):
+        total = sum(p.numel() for p in model.parameters())
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        notes.append(f"adapters ({type(model.peft_config['default']).__name__.replace('Config', '').lower()}): "
+                     f"{trained:,} of {total:,} parameters train ({100 * trained / total:.2f}%); the frozen base is "
+                     f"not saved in checkpoints")
+    checkpointing = getattr(type(model), "is_activation_checkpointing", None) or \
+        getattr(type(model), "is_gradient_checkpointing", None)  # transformers' new name, else its old one
+    if checkpointing is not None and checkpointing.fget(model):
+        notes.append("gradient checkpointing: activations recomputed in the backward pass (less memory, more compute)")
+    return notes

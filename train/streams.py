@@ -170,12 +170,13 @@ def head(dataset, n: int):
 
 
 def first_samples(dataset, n: int = 2) -> list:
-    """The first `n` samples of a stream, read in this process (for the checks before training)."""
+    """The first `n` samples of a stream (this process's share, for a `StreamShard`), read in this
+    process, drawing nothing from its generators (for the checks before training)."""
     from .rng import rng_untouched
 
     out = []
     with rng_untouched():
-        for sample in iter(getattr(dataset, "dataset", dataset)):
+        for sample in iter(dataset):
             out.append(sample)
             if len(out) == n:
                 break

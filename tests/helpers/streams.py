@@ -9,13 +9,17 @@ import torch
 from tests.helpers.lm import Counting
 
 
+VAL_IDS = 100_000  # validation samples' ids start here
+
+
 class CountingStream(torch.utils.data.IterableDataset):
     """The samples of `Counting(n, seed)` in an order drawn from (seed, epoch): the same order each
     time it is read for an epoch. `fresh_order=True` draws the order anew on every read (a stream
     that cannot be read again alike); `replayable` says so when set."""
 
-    def __init__(self, n: int, seed: int, fresh_order: bool = False):
+    def __init__(self, n: int, seed: int, fresh_order: bool = False, first_id: int = 0):
         self.data, self.seed, self.epoch, self.fresh_order = Counting(n, seed), seed, 0, fresh_order
+        self.first_id = first_id
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -27,7 +31,7 @@ class CountingStream(torch.utils.data.IterableDataset):
         else:
             g.manual_seed(self.seed * 1000 + self.epoch)
         for i in torch.randperm(len(self.data), generator=g).tolist():
-            yield {**self.data[i], "id": i}
+            yield {**self.data[i], "id": self.first_id + i}
 
 
 def load(train_size: int = 512, val_size: int = 101, seed: int = 0, fresh_order: bool = False,
@@ -35,20 +39,21 @@ def load(train_size: int = 512, val_size: int = 101, seed: int = 0, fresh_order:
     train = CountingStream(train_size, seed, fresh_order)
     if not replayable:
         train.replayable = False
-    return {"train": train, "val": CountingStream(val_size, seed + 1)}
+    return {"train": train, "val": CountingStream(val_size, seed + 1, first_id=VAL_IDS)}
 
 
 def load_hf(train_size: int = 512, val_size: int = 101, seed: int = 0, shards: int = 4):
     """The same samples as Hugging Face streams, shuffled by `datasets` (its buffer, seeded)."""
     import datasets
 
-    def as_stream(data, seed):
+    def as_stream(data, seed, first_id=0):
         rows = {"input_ids": [t.tolist() for t in data.tokens], "labels": [t.tolist() for t in data.tokens],
-                "id": list(range(len(data)))}
+                "id": list(range(first_id, first_id + len(data)))}
         stream = datasets.Dataset.from_dict(rows).to_iterable_dataset(num_shards=shards)
         return stream.shuffle(seed=seed, buffer_size=64)
 
-    return {"train": as_stream(Counting(train_size, seed), seed), "val": as_stream(Counting(val_size, seed + 1), seed)}
+    return {"train": as_stream(Counting(train_size, seed), seed),
+            "val": as_stream(Counting(val_size, seed + 1), seed, VAL_IDS)}
 
 
 class RecordingPad:

@@ -1,0 +1,158 @@
+"""The pieces behind language models, in one process: which losses are token-level and how they are
+counted and averaged, the supervisor's rule for a repeated failure, the checks and one-line errors
+of streams, adapters, pretrained folders and gradient checkpointing, the class front's warnings,
+and the rows `train.predict` writes for outputs per token. References are plain torch."""
+
+import csv
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+def test_which_losses_are_token_level_and_what_they_count():
+    from transformers import BertConfig, BertForTokenClassification
+
+    from examples.lm.model import GPT2ForCausalLM, gpt2
+    from tests.helpers.hf_models import tiny_bert
+    from tests.helpers.lm import tiny_gpt2
+    from train.targets import TokenCrossEntropy, loss_shifts_labels, target_counter
+
+    from transformers import GPT2LMHeadModel
+
+    causal = tiny_gpt2()
+    assert loss_shifts_labels(causal) and loss_shifts_labels(gpt2(vocab_size=32, hidden=16))
+    assert isinstance(gpt2(vocab_size=32, hidden=16), GPT2ForCausalLM)
+    assert loss_shifts_labels(GPT2LMHeadModel(causal.config))  # no loss_type: transformers falls back to causal
+    tokens = BertForTokenClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=32, num_labels=3))
+    assert not loss_shifts_labels(tokens) and not loss_shifts_labels(tiny_bert())
+    labels = torch.tensor([[5, 6, 7, -100], [8, 9, -100, -100]])
+    assert target_counter(causal, None)(labels).item() == 3  # shifted: position 0 is never a target
+    assert target_counter(tokens, None)(labels).item() == 5
+    assert target_counter(tiny_bert(), None)(torch.tensor([0, 1])) is None  # one label per sample
+    assert target_counter(causal, torch.nn.functional.cross_entropy) is None  # a plain loss: sample-level
+    loss = TokenCrossEntropy(shift=True)
+    assert target_counter(causal, loss)(labels).item() == 3
+    logits = torch.randn(2, 4, 10)
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 10), labels[:, 1:].reshape(-1))
+    assert torch.allclose(loss(logits, labels), expected)
+
+
+def test_epoch_sums_average_a_token_level_loss_over_its_targets():
+    from train.metrics import EpochSums, perplexity
+
+    sums = EpochSums({"perplexity": perplexity}, "cpu")
+    batches = [(torch.tensor(2.0), 30), (torch.tensor(1.0), 10), (torch.tensor(4.0), 0)]  # means, targets
+    for mean, targets in batches:
+        sums.add(mean, torch.zeros(3, 5), torch.zeros(3, 5, dtype=torch.long), weight=torch.tensor(targets))
+    expected = (2.0 * 30 + 1.0 * 10) / 40  # summed token losses over their number, not a mean of means
+    result = sums.result()
+    assert result["loss"] == pytest.approx(expected) and result["perplexity"] == pytest.approx(torch.tensor(expected).exp().item())
+    restored = EpochSums({"perplexity": perplexity}, "cpu")
+    restored.load_state(sums.state())  # a mid-epoch checkpoint keeps the counts
+    assert restored.result() == result
+
+
+def test_a_failure_repeated_on_any_process_is_a_bug():
+    from train.endings import _failure, repeated
+
+    def attempt(rank, reason, batch=63):
+        return [{"rank": rank, "pid": 10 + rank, "kind": "exception", "code": 1, "epoch": 1, "batch": batch,
+                 "reason": reason},
+                {"rank": 1 - rank, "pid": 11 - rank, "kind": "lost contact", "code": 1, "epoch": 1, "batch": batch,
+                 "reason": "lost contact with another process"}]
+
+    first = _failure(attempt(0, "RuntimeError: sizes differ"), {}, 1)
+    second = _failure(attempt(1, "RuntimeError: sizes differ"), {}, 1)  # the other rank raised first this time
+    assert repeated(second, first) == "rank 1 failed twice at epoch 1 batch 63 with RuntimeError: sizes differ"
+    assert repeated(_failure(attempt(0, "RuntimeError: sizes differ", batch=64), {}, 1), first) is None
+    assert repeated(second, None) is None
+
+
+def test_rows_for_outputs_per_token(tmp_path):
+    from train.predict import write_rows
+
+    outputs = [torch.eye(4)[[1, 2, 3]], torch.eye(4)[[0, 0]]]  # two samples of 3 and 2 tokens
+    targets = [torch.tensor([1, 2, 3]), torch.tensor([-100, 0])]
+    write_rows(tmp_path / "p.csv", outputs, targets)
+    rows = list(csv.reader(open(tmp_path / "p.csv")))
+    assert rows == [["index", "length", "target", "prediction"], ["0", "3", "1 2 3", "1 2 3"], ["1", "2", "0", "0 0"]]
+
+
+def run_main(*args) -> int:
+    from train.main import main
+
+    return main(list(map(str, args)))
+
+
+LM = ["--config", ROOT / "tests" / "helpers" / "lm.yaml", "data.args={train_size: 64, val_size: 16}"]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["data.factory=tests.helpers.streams:load", "data.group_by_length=true"],
+     "error: data.group_by_length needs every sample's length, and a stream has no length"),
+    (["data.factory=tests.helpers.streams:load", "scheduler.name=cosine", "scheduler.interval=step"],
+     "error: scheduler.name=cosine stepped per optimizer step needs the steps of a run, but the training stream has "
+     "no length; set steps_per_epoch"),
+    (["peft.method=lora", "peft.target_modules=[nothing_here]"],
+     "error: cannot add lora adapters to model 'tests.helpers.lm:tiny_gpt2'"),
+    (["model=transformers:GPT2LMHeadModel", "pretrained=/nowhere"],
+     "error: pretrained '/nowhere' is not a folder written by save_pretrained (no config.json there)"),
+    (["pretrained=runs"], "error: pretrained is set but model 'tests.helpers.lm:tiny_gpt2' has no from_pretrained"),
+    (["model=tests.helpers.sequences:MeanPool", "loss=cross_entropy", "data.factory=tests.helpers.sequences:load",
+      "data.args={train_size: 64, val_size: 16}", "gradient_checkpointing=true"],
+     "error: gradient_checkpointing is true but model 'tests.helpers.sequences:MeanPool' does not support it"),
+    (["model=tests.helpers.sequences:MeanPool", "model_args={classes: 3}", "loss=cross_entropy",
+      "data.factory=tests.helpers.sequences:load", "data.args={train_size: 64, val_size: 16}", "data.num_classes=4"],
+     "error: model tests.helpers.sequences:MeanPool outputs 3 classes but data.num_classes=4"),
+])
+def test_language_model_mistakes_are_one_line(tmp_path, capsys, overrides, expected):
+    assert run_main(*LM, *overrides, f"output_dir={tmp_path / 'out'}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_your_own_classes_come_from_the_model_not_mnist(tmp_path):
+    """A 3-class model of your own on your own data: no data.num_classes to write (it was refused
+    against MNIST's 10)."""
+    out = tmp_path / "out"
+    assert run_main(*LM, "model=tests.helpers.sequences:MeanPool", "model_args={classes: 3}", "loss=cross_entropy",
+                    "metrics=[accuracy]", "data.factory=tests.helpers.sequences:load",
+                    "data.args={train_size: 64, val_size: 16}", f"output_dir={out}") == 0
+    assert (out / "model.safetensors").is_file()
+
+
+def test_gradient_checkpointing_trains_the_same_steps(tmp_path):
+    import pandas as pd
+
+    runs = {}
+    for on in (False, True):
+        out = tmp_path / str(on)
+        assert run_main(*LM, f"gradient_checkpointing={str(on).lower()}", "checkpoint.enabled=false",
+                        f"output_dir={out}") == 0
+        runs[on] = pd.read_csv(out / "history.csv")
+    assert runs[True]["loss"].tolist() == pytest.approx(runs[False]["loss"].tolist(), rel=1e-5)
+    assert runs[True]["val_loss"].tolist() == pytest.approx(runs[False]["val_loss"].tolist(), rel=1e-5)
+
+
+def test_labels_at_padding_positions_get_one_warning(capsys):
+    import train
+    from tests.helpers.lm import tiny_gpt2
+
+    class PaddedByHand(torch.utils.data.Dataset):  # fixed length 8, padded with token 0 in the labels too
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            ids = torch.tensor([3, 4, 5, 6, 0, 0, 0, 0])
+            return {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": ids}
+
+    model = train.Model(tiny_gpt2())
+    model.compile(loss_func=None, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+    model.fit(1, torch.utils.data.DataLoader(PaddedByHand(), batch_size=4))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: 8 label(s) of the first batch sit at padding positions (attention_mask 0) with real "
+                        "ids, so the loss trains on padding; give them -100 there (data.collate: pad does)"]
