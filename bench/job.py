@@ -15,9 +15,9 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train import main as script  # noqa: E402
-from train.callbacks import Callback  # noqa: E402
-from train.run import Run  # noqa: E402
+from train.fronts import script  # noqa: E402
+from train.engine.events import Callback  # noqa: E402
+from train.service.run import Run  # noqa: E402
 
 
 class Probe(Callback):

@@ -32,7 +32,7 @@ from torch import nn  # noqa: E402
 
 
 def tutorial_net() -> nn.Module:
-    from train.models import TutorialCNN
+    from train.fronts.models import TutorialCNN
 
     torch.manual_seed(0)
     return TutorialCNN()
@@ -43,7 +43,7 @@ class Work:
 
     def __init__(self, samples: int, device: torch.device, tmp: Path):
         import train
-        from train.data import make_loaders
+        from train.data.loaders import make_loaders
 
         self.samples, self.device, self.tmp = samples, device, tmp
         self.cfg = train.load_config(None, [f"data.train_size={samples}", "data.val_size=0",

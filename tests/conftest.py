@@ -41,7 +41,7 @@ def run_one(script, *args, timeout=300, **env) -> subprocess.CompletedProcess:
 @pytest.fixture
 def small_cfg(tmp_path):
     """A smoke-sized MNIST config: 2048 training and 1001 validation samples."""
-    from train.configfile import load_config
+    from train.config.loading import load_config
 
     return load_config(ROOT / "configs" / "mnist.yaml",
                        ["epochs=2", "data.train_size=2048", "data.val_size=1001", f"data.path={MNIST}",
@@ -158,7 +158,7 @@ def assert_same_run(out: Path, reference: Path, epochs: int = 2, context: str = 
 
 
 def assert_same_history(out: Path, reference: Path, epochs: int = 2, context: str = ""):
-    from train.history import TIMING_COLUMNS
+    from train.engine.history import TIMING_COLUMNS
 
     def history(path):
         frame = pd.read_csv(path / "history.csv")

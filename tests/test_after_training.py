@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from conftest import MNIST, PYTHON, ROOT, two_rank_env
-from train.main import main
+from train.fronts.script import main
 
 TINY = ["data.train_size=256", "data.val_size=128", f"data.path={MNIST}", "progress=false", "epochs=1"]
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import (PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, launch_two, run_one,
                       start_process, wait_for)
-from train.main import main
+from train.fronts.script import main
 
 pytest.importorskip("sklearn")
 MAIN = ROOT / "train" / "main.py"
@@ -23,10 +23,10 @@ def evaluate_alone(config_args, out):
     """The validation numbers of `out`'s final weights, computed by this one process."""
     from safetensors.torch import load_file
 
-    from train.build import build_loss, build_metrics, build_model
-    from train.configfile import load_config
-    from train.data import make_loaders
-    from train.loop import Loop
+    from train.fronts.building import build_loss, build_metrics, build_model
+    from train.config.loading import load_config
+    from train.data.loaders import make_loaders
+    from train.engine.loop import Loop
 
     cfg = load_config(config_args[1], [a for a in config_args[2:]])
     loaders = make_loaders(cfg)

@@ -5,10 +5,10 @@ import json
 import torch
 from torch import nn
 
-from train import storage
-from train.checkpoint import Checkpoint
-from train.devices import make_accelerator
-from train.loop import Loop
+from train.saving import storage
+from train.saving.checkpoint import Checkpoint
+from train.engine.devices import make_accelerator
+from train.engine.loop import Loop
 
 
 def build() -> Loop:

@@ -40,10 +40,10 @@ def test_two_nodes_over_loopback_form_one_job(tmp_path):
     assert rows["epoch"].tolist() == [1, 2]
 
     # the job's validation numbers equal one process evaluating the same weights
-    from train.build import build_metrics, build_model
-    from train.configfile import load_config
-    from train.data import make_loaders
-    from train.loop import Loop
+    from train.fronts.building import build_metrics, build_model
+    from train.config.loading import load_config
+    from train.data.loaders import make_loaders
+    from train.engine.loop import Loop
 
     cfg = load_config(ROOT / "configs" / "mnist.yaml", SMOKE)
     model = build_model(cfg, in_channels=1)
@@ -256,7 +256,7 @@ def test_a_search_as_a_job_array_of_two_workers_survives_a_preempted_worker(slur
     preempted (USR1, as before a time limit) inside a trial, requeued, and continues that trial."""
     pytest.importorskip("sklearn")
     pytest.importorskip("optuna")
-    from train import study
+    from train.tuning import study
 
     folder = tmp_path / "search"
     cmd = ["sbatch", "--parsable", "--wait", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",

@@ -1,8 +1,8 @@
 import pytest
 
-from train.configfile import load_config
-from train.configfile import describe_keys
-from train.errors import ConfigError
+from train.config.loading import load_config
+from train.config.loading import describe_keys
+from train.base.errors import ConfigError
 
 from conftest import ROOT
 

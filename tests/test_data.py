@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from train.data import InMemoryDataset, channel_stats, choose_num_workers, make_loaders
-from train.sources import load_mnist, read_idx
-from train.errors import DataError
+from train.data.loaders import InMemoryDataset, channel_stats, choose_num_workers, make_loaders
+from train.data.sources import load_mnist, read_idx
+from train.base.errors import DataError
 
 from conftest import MNIST
 

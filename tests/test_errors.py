@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from conftest import MNIST, ROOT, launch_two
-from train.main import main
+from train.fronts.script import main
 
 SMOKE = ["data.train_size=256", "data.val_size=128", f"data.path={MNIST}", "progress=false"]
 
@@ -87,7 +87,7 @@ def test_bad_input_gives_one_line_and_leaves_nothing(case, tmp_path, capsys, req
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from train.errors import ConfigError
+    from train.base.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown config key"):
         main(["--debug", "optimizer.lrr=0.1", f"output_dir={tmp_path}"])

@@ -175,7 +175,7 @@ def test_a_crafted_checkpoint_is_refused_before_any_of_it_runs(tmp_path, referen
     for name in ("scheduler.pt", "random_states_0.pkl", "optimizer.bin", "callbacks.pt", "custom_checkpoint_0.pkl"):
         torch.save({"state": Marker(str(marker))}, folder / name)
     # the attacker could rewrite the manifest too: sizes and checksums then match
-    from train.storage import write_manifest
+    from train.saving.storage import write_manifest
 
     write_manifest(folder)
     refused = run_main(tmp_path)

@@ -6,9 +6,9 @@ import torch
 from accelerate.utils import set_seed
 
 import train
-from train.data import make_loaders
-from train.main import main
-from train.models import TutorialCNN
+from train.data.loaders import make_loaders
+from train.fronts.script import main
+from train.fronts.models import TutorialCNN
 
 from conftest import MNIST
 

@@ -17,7 +17,7 @@ def test_which_losses_are_token_level_and_what_they_count():
     from examples.lm.model import GPT2ForCausalLM, gpt2
     from tests.helpers.hf_models import tiny_bert
     from tests.helpers.lm import tiny_gpt2
-    from train.targets import TokenCrossEntropy, loss_shifts_labels, target_counter
+    from train.engine.targets import TokenCrossEntropy, loss_shifts_labels, target_counter
 
     from transformers import GPT2LMHeadModel
 
@@ -41,7 +41,7 @@ def test_which_losses_are_token_level_and_what_they_count():
 
 
 def test_epoch_sums_average_a_token_level_loss_over_its_targets():
-    from train.metrics import EpochSums, perplexity
+    from train.engine.metrics import EpochSums, perplexity
 
     sums = EpochSums({"perplexity": perplexity}, "cpu")
     batches = [(torch.tensor(2.0), 30), (torch.tensor(1.0), 10), (torch.tensor(4.0), 0)]  # means, targets
@@ -56,7 +56,7 @@ def test_epoch_sums_average_a_token_level_loss_over_its_targets():
 
 
 def test_a_failure_repeated_on_any_process_is_a_bug():
-    from train.endings import _failure, repeated
+    from train.supervision.attempts import _failure, repeated
 
     def attempt(rank, reason, batch=63):
         return [{"rank": rank, "pid": 10 + rank, "kind": "exception", "code": 1, "epoch": 1, "batch": batch,
@@ -72,7 +72,7 @@ def test_a_failure_repeated_on_any_process_is_a_bug():
 
 
 def test_rows_for_outputs_per_token(tmp_path):
-    from train.predict import write_rows
+    from train.fronts.predict import write_rows
 
     outputs = [torch.eye(4)[[1, 2, 3]], torch.eye(4)[[0, 0]]]  # two samples of 3 and 2 tokens
     targets = [torch.tensor([1, 2, 3]), torch.tensor([-100, 0])]
@@ -82,7 +82,7 @@ def test_rows_for_outputs_per_token(tmp_path):
 
 
 def run_main(*args) -> int:
-    from train.main import main
+    from train.fronts.script import main
 
     return main(list(map(str, args)))
 

@@ -135,8 +135,8 @@ def test_preflight_passes_on_a_good_config(tmp_path):
 
 
 def test_a_model_that_does_not_fit_the_labels_fails_clearly(tmp_path, capsys):
-    from train import main as main_module
-    from train.models import MODELS
+    from train.fronts import script as main_module
+    from train.fronts.models import MODELS
 
     MODELS["three_classes"] = lambda in_channels, num_classes: torch.nn.Sequential(
         torch.nn.Flatten(), torch.nn.Linear(784, 3))

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import train
-from train.main import main
+from train.fronts.script import main
 
 from helpers.sequences import MeanPool, Sequences
 
@@ -109,7 +109,7 @@ def test_float_labels_with_cross_entropy_in_the_class_front(tmp_path, capsys):
 
 
 def test_pad_collate_pads_each_tensor_and_adds_the_attention_mask():
-    from train.batches import pad_collate
+    from train.data.batches import pad_collate
 
     batch = pad_collate([{"input_ids": torch.tensor([5, 6, 7]), "labels": 1},
                          {"input_ids": torch.tensor([8]), "labels": 0}])
@@ -127,7 +127,7 @@ def test_pad_collate_pads_each_tensor_and_adds_the_attention_mask():
 
 
 def test_length_grouped_batches_pad_less_and_depend_on_seed_and_epoch_only():
-    from train.grouping import LengthGroupedSampler, padding_efficiency
+    from train.data.grouping import LengthGroupedSampler, padding_efficiency
 
     lengths = Sequences(2000, 0).lengths
     sampler = LengthGroupedSampler(lengths, 32, seed=3)
@@ -144,7 +144,7 @@ def test_length_grouped_batches_pad_less_and_depend_on_seed_and_epoch_only():
 def test_model_outputs_as_libraries_return_them():
     from transformers.modeling_outputs import SequenceClassifierOutput
 
-    from train.batches import model_output, split_batch
+    from train.data.batches import model_output, split_batch
 
     logits, loss = torch.randn(4, 3), torch.tensor(0.5)
     assert model_output(logits) == (logits, None)

@@ -60,10 +60,10 @@ def killed_and_rerun(out, args, steps_per_epoch: int, seed: int) -> str:
 
 def evaluate_alone(args, out) -> dict:
     """The final weights of `out` evaluated by this one process on the config's validation data."""
-    from train.build import build_loss, build_metrics, build_model
-    from train.configfile import load_config
-    from train.data import make_loaders
-    from train.loop import Loop
+    from train.fronts.building import build_loss, build_metrics, build_model
+    from train.config.loading import load_config
+    from train.data.loaders import make_loaders
+    from train.engine.loop import Loop
 
     config = args[1] if args[:1] == ["--config"] else None
     cfg = load_config(config, [a for a in args if "=" in a])
@@ -111,7 +111,7 @@ def test_a_transformers_model_trains_on_its_own_loss_or_its_logits_exactly_acros
 
 def test_the_text_example_reaches_its_accuracy_and_its_weights_load_into_the_users_class(tmp_path):
     from examples.text.model import encoder
-    from train.configfile import load_config
+    from train.config.loading import load_config
 
     done = script(tmp_path / "text", *TEXT, f"data.args.tokenizer_dir={tmp_path / 'tokenizers'}")
     history = pd.read_csv(tmp_path / "text" / "history.csv")

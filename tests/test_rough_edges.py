@@ -67,8 +67,8 @@ def test_files_are_readable_by_the_team_under_umask_022(tmp_path):
 def test_the_progress_bar_starts_at_the_resumed_batch(tmp_path):
     from test_checkpoint import build, loader
 
-    from train.checkpoint import Checkpoint
-    from train.progress import ProgressBar
+    from train.saving.checkpoint import Checkpoint
+    from train.callbacks.progress import ProgressBar
 
     first = build()
     first.fit(2, loader(), callbacks=[Checkpoint(first, tmp_path, every_steps=3, keep_last=10)])
@@ -89,8 +89,8 @@ def test_the_progress_bar_starts_at_the_resumed_batch(tmp_path):
 
 
 def test_the_plot_has_a_panel_per_quantity_with_nonfinite_skip(tmp_path):
-    from train.history import quantities
-    from train.plots import plot_history
+    from train.engine.history import quantities
+    from train.callbacks.plots import plot_history
 
     columns = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "skipped_steps", "epoch_s",
                "data_s", "compute_s", "samples_per_s", "flops_per_s"]

@@ -4,8 +4,8 @@ NHWC layout. (torch.compile is exercised by hand: on this CPU it compiles for ~3
 import pytest
 import torch
 
-from train.tune import tune
-from train.loop import Loop
+from train.data.loader_tuning import tune
+from train.engine.loop import Loop
 
 
 def test_tune_times_every_candidate_and_names_the_best(small_cfg):
@@ -37,7 +37,7 @@ def test_channels_last_trains_the_same_model_in_nhwc():
 
 
 def test_bf16_where_it_is_fast_and_a_plan_line_where_it_is_emulated(monkeypatch):
-    from train import devices
+    from train.engine import devices
 
     for units, expected in ((True, "bf16"), (False, "no")):
         monkeypatch.setattr(devices, "cpu_has_bf16_units", lambda units=units: units)

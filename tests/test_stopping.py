@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import MNIST
-from train.main import main
+from train.fronts.script import main
 
 SMOKE = ["data.train_size=1024", "data.val_size=256", f"data.path={MNIST}", "progress=false"]
 
@@ -62,7 +62,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def test_nonfinite_skip_drops_exactly_the_bad_steps():
-    from train.loop import Loop
+    from train.engine.loop import Loop
 
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 3)

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from train import Model
-from train.models import TutorialCNN
+from train.fronts.models import TutorialCNN
 
 from conftest import ROOT
 
@@ -40,8 +40,8 @@ def test_parameters_of_non_leaf_modules_are_counted():
 
 
 def test_fast_cnn_of_the_speed_recipe():
-    from train.configfile import load_config
-    from train.build import build_model
+    from train.config.loading import load_config
+    from train.fronts.building import build_model
 
     cfg = load_config(ROOT / "configs" / "mnist_fast.yaml")
     model = build_model(cfg, in_channels=1)

@@ -46,7 +46,7 @@ def trials(folder) -> pd.DataFrame:
 
 
 def study_size(folder) -> int:
-    from train import study
+    from train.tuning import study
 
     return len(study.load(folder).get_trials(deepcopy=False))
 

@@ -43,7 +43,7 @@ def test_a_bad_space_is_one_line_and_exit_2_before_any_trial(tmp_path, space, sa
 
 def test_a_folder_holding_another_search_is_refused_in_one_line(tmp_path):
     pytest.importorskip("optuna")
-    from train import study
+    from train.tuning import study
 
     folder = tmp_path / "search"
     folder.mkdir()
@@ -65,8 +65,8 @@ def test_zero_trials_is_refused_not_taken_for_the_default(tmp_path):
 
 
 def test_the_objective_comes_from_the_config_when_not_given():
-    from train.configfile import load_config
-    from train.sweep import objective_of
+    from train.config.loading import load_config
+    from train.tuning.search import objective_of
 
     assert objective_of(load_config(DIGITS)) == ("val_loss", "min")  # the checkpoint's default monitor
     assert objective_of(load_config(DIGITS, ["early_stopping.monitor=val_accuracy", "early_stopping.mode=max"])) \
@@ -80,8 +80,8 @@ def test_the_objective_comes_from_the_config_when_not_given():
 
 
 def test_the_space_gives_overrides_the_config_reads_back():
-    from train.configfile import load_config
-    from train.space import override, parse_space
+    from train.config.loading import load_config
+    from train.tuning.space import override, parse_space
 
     dims = parse_space({"optimizer.lr": {"log_uniform": [1e-4, 0.1]}, "batch_size": {"choice": [32, 64]},
                         "model_args.hidden": {"int": [16, 128], "log": True},
@@ -95,7 +95,7 @@ def test_the_space_gives_overrides_the_config_reads_back():
 
 
 def test_lr_find_arithmetic():
-    from train.lr_find import learning_rates, smooth, suggest
+    from train.tuning.lr_find import learning_rates, smooth, suggest
 
     rates = learning_rates(1e-6, 1.0, 61)
     assert rates[0] == pytest.approx(1e-6) and rates[-1] == pytest.approx(1.0)

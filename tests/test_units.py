@@ -9,11 +9,11 @@ import time
 import pytest
 import torch
 
-from train.errors import ConfigError, UserError
+from train.base.errors import ConfigError, UserError
 
 
 def test_a_lock_from_another_host_blocks_while_its_heartbeat_is_fresh(tmp_path):
-    from train.lock import STALE_S, FolderInUse, OutputLock
+    from train.base.lock import STALE_S, FolderInUse, OutputLock
 
     (tmp_path / ".lock").write_text(json.dumps({"host": "node-3", "pid": 1234, "since": "12:04"}))
     with pytest.raises(FolderInUse, match=r"in use by pid 1234 on node-3 since 12:04"):
@@ -30,7 +30,7 @@ def test_a_lock_from_another_host_blocks_while_its_heartbeat_is_fresh(tmp_path):
 
 
 def test_import_paths_and_their_mistakes(tmp_path, monkeypatch):
-    from train.registry import resolve
+    from train.config.names import resolve
 
     assert resolve("torch.optim:RMSprop", {}, "optimizer") is torch.optim.RMSprop
     assert resolve("torch.optim.SGD", {}, "optimizer") is torch.optim.SGD  # dots only, Hydra's way
@@ -48,8 +48,8 @@ def test_import_paths_and_their_mistakes(tmp_path, monkeypatch):
 
 
 def test_run_options_are_checked_once_in_the_core():
-    from train.loop import Loop
-    from train.options import run_options
+    from train.engine.loop import Loop
+    from train.config.options import run_options
 
     net = torch.nn.Linear(2, 2)
     with pytest.raises(UserError, match=r"nonfinite must be one of 'stop', 'skip'; got 'skipp'"):
@@ -64,7 +64,7 @@ def test_run_options_are_checked_once_in_the_core():
 
 
 def test_sample_weighted_metrics_do_not_depend_on_the_batching():
-    from train.metrics import EpochSums, mae, mse
+    from train.engine.metrics import EpochSums, mae, mse
 
     g = torch.Generator().manual_seed(0)
     preds, targets = torch.randn(101, 1, generator=g), torch.randn(101, generator=g)  # (N, 1) against (N,)
@@ -82,7 +82,7 @@ def test_sample_weighted_metrics_do_not_depend_on_the_batching():
 
 
 def test_the_supervisor_holds_back_the_launchers_traceback_and_reads_its_report():
-    from train.supervisor import LauncherFilter, _what_happened
+    from train.supervision.supervisor import LauncherFilter, _what_happened
 
     shown, filt = [], LauncherFilter()
     lines = ["epoch 1 ...\n",
@@ -105,7 +105,7 @@ def test_the_supervisor_holds_back_the_launchers_traceback_and_reads_its_report(
 
 
 def test_a_pickle_that_would_run_code_is_refused_before_it_is_loaded(tmp_path):
-    from train.storage import refuse_unsafe
+    from train.saving.storage import refuse_unsafe
 
     class Evil:
         def __reduce__(self):
@@ -122,8 +122,8 @@ def test_a_pickle_that_would_run_code_is_refused_before_it_is_loaded(tmp_path):
 
 
 def test_an_unexpected_error_on_the_main_process_reaches_every_process():
-    from train.devices import from_main, make_accelerator
-    from train.errors import RunError
+    from train.engine.devices import from_main, make_accelerator
+    from train.base.errors import RunError
 
     with pytest.raises(RunError, match="ZeroDivisionError: division by zero") as caught:
         from_main(make_accelerator(), lambda: 1 / 0)
@@ -133,7 +133,7 @@ def test_an_unexpected_error_on_the_main_process_reaches_every_process():
 def test_saving_the_same_step_again_keeps_latest_valid(tmp_path):
     from test_checkpoint import build, loader
 
-    from train.checkpoint import Checkpoint
+    from train.saving.checkpoint import Checkpoint
 
     loop = build()
     ck = Checkpoint(loop, tmp_path)
@@ -143,7 +143,7 @@ def test_saving_the_same_step_again_keeps_latest_valid(tmp_path):
     assert (tmp_path / "latest").read_text().strip() == "step-00000008"
     assert (tmp_path / "step-00000008" / "manifest.json").is_file()
     assert not list(tmp_path.glob(".old-*")) and not list(tmp_path.glob(".tmp-*"))
-    from train import storage
+    from train.saving import storage
 
     assert storage.damage(tmp_path / "step-00000008") is None  # replaced whole: every file its manifest lists
     assert json.loads(first)["files"].keys() == json.loads((tmp_path / "step-00000008" / "manifest.json")
@@ -182,8 +182,8 @@ def test_a_users_stateful_callback_is_restored_on_resume(tmp_path):
 def test_per_sample_draws_follow_seed_epoch_and_index_through_a_prepared_loader():
     from helpers.augmented import Noisy
 
-    from train.draws import SeededSamples
-    from train.loop import Loop, set_epoch
+    from train.data.sample_draws import SeededSamples
+    from train.engine.loop import Loop, set_epoch
 
     data = SeededSamples(torch.utils.data.Subset(Noisy(64, 0), range(32)), seed=5)
     loop = Loop(torch.nn.Linear(64, 2), None, torch.nn.functional.cross_entropy)

@@ -34,7 +34,7 @@ class FailsAtThirdBatch(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        from train.models import TutorialCNN
+        from train.fronts.models import TutorialCNN
 
         self.net, self.batches = TutorialCNN(), 0
 

@@ -10,8 +10,8 @@ import torch  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
 
 import train  # noqa: E402
-from train.data import make_loaders  # noqa: E402
-from train.models import TutorialCNN  # noqa: E402
+from train.data.loaders import make_loaders  # noqa: E402
+from train.fronts.models import TutorialCNN  # noqa: E402
 
 out = Path(sys.argv[1])
 root = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ import os
 import time
 
 import train  # noqa: F401  (records this process with the supervisor)
-from train.supervised import record_exit, record_start
+from train.supervision.reports import record_exit, record_start
 
 record_start(os.environ.get("TRAIN_OUTPUT_DIR", "lingers"))
 record_exit(0, "finished")

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import train  # noqa: E402
 from tests.helpers import streams  # noqa: E402
 from tests.helpers.lm import tiny_gpt2  # noqa: E402
-from train.batches import PadCollate  # noqa: E402
+from train.data.batches import PadCollate  # noqa: E402
 
 
 def without_ids(samples):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from train import checkpoint  # noqa: E402
-from train.main import main  # noqa: E402
+from train.saving import checkpoint  # noqa: E402
+from train.fronts.script import main  # noqa: E402
 
 number, marker = int(os.environ["SLOW_SAVE_NUMBER"]), Path(os.environ["SLOW_SAVE_MARKER"])
 seconds = float(os.environ.get("SLOW_SAVE_SECONDS", "300"))

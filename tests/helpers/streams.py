@@ -61,7 +61,7 @@ class RecordingPad:
     them from the batch (the model does not take them)."""
 
     def __init__(self, folder: str):
-        from train.batches import PadCollate
+        from train.data.batches import PadCollate
 
         self.folder, self.pad = folder, PadCollate()
 

@@ -1,0 +1,191 @@
+"""Config files: YAML + `key=value` overrides -> a checked `Config`, and the `--help` listing.
+
+`load_config(path, overrides)` reads a YAML file, applies dotted overrides such as `optimizer.lr=0.02`
+or `model_args.hidden=64`, checks names, types and ranges, and raises `ConfigError` with one line
+that says what to change. Names of models, losses, metrics, optimizers, schedules and data
+factories are checked where they are resolved (`train.registry`), with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+from train.config.schema import Config
+from train.base.errors import ConfigError
+
+
+def all_keys(cls=Config, prefix: str = "", values=None) -> dict[str, dict]:
+    """Every dotted key of the schema: its type, value (the default, or `values`'), help and choices."""
+    keys = {}
+    hints = typing.get_type_hints(cls)
+    values = values if values is not None else cls()
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys.update(all_keys(kind, f"{prefix}{f.name}.", getattr(values, f.name)))
+        else:
+            keys[prefix + f.name] = dict(type=kind, value=getattr(values, f.name), help=f.metadata.get("help", ""),
+                                         choices=f.metadata.get("choices", ()))
+    return keys
+
+
+def describe_keys(cfg: Optional[Config] = None, width: int = 100) -> str:
+    """The `--help` listing: each key with its value in `cfg` (or the default) and its help."""
+    import textwrap
+
+    lines = []
+    for name, k in all_keys(values=cfg).items():
+        lines.append(f"  {name} = {k['value']!r}")
+        lines += textwrap.wrap(k["help"], width, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def _closest(key: str, known) -> str:
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else "; run with --help to list the keys"
+
+
+def _coerce(key: str, value: Any, kind) -> Any:
+    """Check `value` against the annotated type of `key`; ints are accepted where floats are."""
+    optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+    if optional:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is list and isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    if kind is dict and value is None:
+        value = {}
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"config key '{key}' expects {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _flatten(tree: dict, known: dict, prefix: str = "") -> dict:
+    """{"optimizer": {"lr": 1}} -> {"optimizer.lr": 1}; the values of dict-typed keys stay whole."""
+    flat = {}
+    for k, v in tree.items():
+        name = prefix + str(k)
+        if isinstance(v, dict) and v and known.get(name, {}).get("type") is not dict:
+            flat.update(_flatten(v, known, name + "."))
+        else:
+            flat[name] = v
+    return flat
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass an existing file with --config")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and start:  # where the unclosed bracket or quote began
+            problem += f" ({context} at line {start.line + 1})"
+        raise ConfigError(f"config file '{path}' has a YAML syntax error{where}: {problem}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(tree).__name__}")
+    return tree
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`optimizer.lr=0.02` -> ("optimizer.lr", 0.02); the value is read as YAML (numbers, null, lists)."""
+    import yaml
+
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. epochs=1)")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return name.strip(), value
+
+
+def build_config(values: dict) -> Config:
+    """A checked `Config` from a flat {dotted key: value} mapping over the defaults. A key inside a
+    dict-typed key (`model_args.hidden`) sets that entry."""
+    known = all_keys()
+    cfg = Config()
+    for name, value in values.items():
+        entry = None
+        if name not in known:  # model_args.hidden=64: an entry of the dict key model_args
+            parent = next((p for p in known if known[p]["type"] is dict and name.startswith(p + ".")), None)
+            if parent is None:
+                raise ConfigError(f"unknown config key '{name}'{_closest(name, known)}")
+            name, entry = parent, name[len(parent) + 1:]
+        *parents, leaf = name.split(".")
+        target = cfg
+        for p in parents:
+            target = getattr(target, p)
+        if entry is not None:
+            getattr(target, leaf)[entry] = value
+        else:
+            setattr(target, leaf, _coerce(name, value, known[name]["type"]))
+    validate(cfg)
+    return cfg
+
+
+def load_config(path=None, overrides=()) -> Config:
+    """Read the YAML file at `path` (or the defaults), apply `key=value` overrides, validate."""
+    known = all_keys()
+    values = _flatten(_read_yaml(Path(path)), known) if path else {}
+    if path and "output_dir" not in values:  # a config of your own: runs/<its name>, not runs/mnist
+        stem = Path(path).stem if Path(path).stem != "config" else Path(path).resolve().parent.name
+        values["output_dir"] = f"runs/{stem}"
+    values.update(parse_override(o) for o in overrides)
+    return build_config(values)
+
+
+def validate(cfg: Config) -> None:
+    """Choice and range checks that types alone cannot express."""
+    keys = all_keys(values=cfg)
+    for name, k in keys.items():
+        if k["choices"] and k["value"] not in k["choices"] and not (k["value"] is None and name == "mixed_precision"):
+            raise ConfigError(f"config key '{name}' must be one of {', '.join(k['choices'])}; got {k['value']!r}")
+    flat = {name: k["value"] for name, k in keys.items()}
+    for name in ("batch_size", "gradient_accumulation_steps", "log_step_freq",
+                 "log_every_s", "collective_timeout_s", "optimizer.lr", "data.in_memory_limit_mb", "sweep.trials"):
+        if flat[name] <= 0:
+            raise ConfigError(f"config key '{name}' must be > 0, got {flat[name]}")
+    for name in ("data.prefetch_factor", "max_grad_norm", "checkpoint.every_steps", "data.num_classes",
+                 "steps_per_epoch"):
+        if flat[name] is not None and flat[name] <= 0:
+            raise ConfigError(f"config key '{name}' must be > 0 or null, got {flat[name]}")
+    for name in ("epochs", "data.train_size", "data.val_size", "data.num_workers"):
+        if flat[name] is not None and flat[name] < 0:
+            raise ConfigError(f"config key '{name}' must be >= 0, got {flat[name]}")
+    if cfg.data.train_size == 0:
+        raise ConfigError("config key 'data.train_size' must be > 0 or null (all); a run needs training data")
+    if cfg.checkpoint.keep_last < 1:
+        raise ConfigError(f"config key 'checkpoint.keep_last' must be >= 1, got {cfg.checkpoint.keep_last} "
+                          f"(checkpoint.enabled=false turns checkpoints off)")
+    if cfg.early_stopping.patience < 0 or cfg.early_stopping.min_delta < 0:
+        raise ConfigError("config keys 'early_stopping.patience' and 'early_stopping.min_delta' must be >= 0")
+    if cfg.data.source == "python" and not cfg.data.factory:
+        raise ConfigError("data.source=python needs data.factory='package.module:function' (returning the "
+                          "training and validation data sets)")
+    if cfg.resume is None or str(cfg.resume).lower() in ("none", "null", "false", "no"):
+        cfg.resume = "none"
+    monitors = [("checkpoint.monitor", cfg.checkpoint.monitor), ("early_stopping.monitor", cfg.early_stopping.monitor)]
+    for name, column in monitors:
+        if column is not None and cfg.data.val_size == 0 and column.startswith("val_"):
+            raise ConfigError(f"config key '{name}' is '{column}' but there is no validation data (data.val_size=0); "
+                              f"monitor a training column such as '{column[4:]}' or give validation data")

@@ -1,0 +1,278 @@
+"""The run configuration: the schema, one key at a time, with its default and what it means.
+
+Everything a run needs is one `Config` (dataclasses, so the keys are typed and listed in one
+place, each with a line of help that `--help` prints). Reading YAML, applying `key=value`
+overrides and checking values is `train.configfile`'s job (`load_config`). This module knows
+nothing of torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from train.config.options import MODES, NONFINITE, PRECISIONS, SCHEDULER_INTERVALS
+
+
+def key(default: Any = None, help: str = "", choices: tuple = ()):
+    """A config key: its default, one line of help, and its choices where they are fixed."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+IMPORT = "or an import path 'package.module:Name' (or 'path/file.py:Name')"
+
+
+@dataclass
+class DataConfig:
+    source: str = key("mnist", "where the data comes from: mnist (IDX files in data.path), torchvision (class "
+                               "data.name), hf (a datasets builder), python (your data.factory)",
+                      ("mnist", "torchvision", "hf", "python"))
+    factory: Optional[str] = key(None, "python: 'package.module:function' returning the training and "
+                                       "validation data sets (map-style Datasets; validation optional)")
+    args: dict = key({}, "python: keyword arguments of data.factory")
+    path: str = key("data/mnist", "the data's folder: IDX files, torchvision's root, or hf's data_dir")
+    name: Optional[str] = key(None, "torchvision class (FashionMNIST) or hf builder/hub name (parquet, imagefolder)")
+    train_split: str = key("train", "torchvision/hf: the training split")
+    val_split: str = key("test", "torchvision/hf: the validation split")
+    image_column: str = key("image", "hf: the input column")
+    label_column: str = key("label", "hf: the target column")
+    download: bool = key(False, "torchvision/hf: allowed to fetch from the network")
+    train_size: Optional[int] = key(None, "the first N training samples (smoke runs); null: all")
+    val_size: Optional[int] = key(None, "the first N validation samples; 0: no validation; null: all")
+    num_classes: Optional[int] = key(None, "classes of a classification task: built-in models size their output "
+                                           "by it, and the labels are checked against it (with loss cross_entropy "
+                                           "or nll); null: the training labels' largest value + 1 where they are "
+                                           "held in memory (MNIST: 10), else the model's output width")
+    num_workers: Optional[int] = key(None, "loader worker processes; null: 0 for in-memory data, else "
+                                           "the CPUs per process minus one, at most 8")
+    pin_memory: Optional[bool] = key(None, "null: only when batches go from host memory to a CUDA device")
+    prefetch_factor: Optional[int] = key(None, "batches each worker loads ahead; null: torch's default (2)")
+    in_memory_limit_mb: int = key(2048, "data sets up to this size are held in memory (the fast path); "
+                                        "larger hf sets stream through workers")
+    streaming: Optional[bool] = key(None, "hf: true streams (decode per sample in workers), false holds "
+                                          "in memory; null: by data.in_memory_limit_mb")
+    collate: Optional[str] = key(None, "how samples become a batch: null stacks them (one shape), pad pads "
+                                       "variable-length tensors to the batch's longest, or an import path to "
+                                       "f(samples) -> batch (a factory's 'collate' is used when this is null)")
+    collate_args: dict = key({}, "keyword arguments of an imported collate (a class is built with them)")
+    pad_value: float = key(0, "collate pad: what padding is filled with (labels get -100, attention masks 0)")
+    group_by_length: bool = key(False, "batches of samples of similar lengths (sorted within shuffled "
+                                       "mega-batches, seeded by seed and epoch): less padding")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = key("adam", f"adam, adamw, sgd, rmsprop, {IMPORT} (a torch.optim.Optimizer class)")
+    lr: float = key(0.01, "the learning rate (the one-cycle peak with scheduler.name=onecycle)")
+    weight_decay: float = key(0.0, "L2 penalty / decoupled weight decay (adamw)")
+    momentum: float = key(0.9, "sgd and rmsprop only")
+    args: dict = key({}, "more keyword arguments of the optimizer, e.g. {betas: [0.9, 0.95]}")
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = key("none", f"none, step, cosine, onecycle, {IMPORT} (an LRScheduler class)")
+    interval: str = key("epoch", "step the schedule once per epoch or once per optimizer step", SCHEDULER_INTERVALS)
+    step_size: int = key(1, "step: decay every step_size intervals")
+    gamma: float = key(0.1, "step: the decay factor")
+    args: dict = key({}, "more keyword arguments of the schedule")
+
+
+@dataclass
+class TrackingConfig:
+    wandb: bool = key(False, "Weights & Biases (WANDB_MODE=offline works without network)")
+    tensorboard: bool = key(False, "TensorBoard event files in <output_dir>/tensorboard")
+    project: str = key("train", "the trackers' project name")
+    entity: Optional[str] = key(None, "W&B entity (team or user)")
+    run_name: Optional[str] = key(None, "the run's name in the trackers")
+    tags: list = key([], "W&B tags")
+    group: Optional[str] = key(None, "W&B group (a search's trials share one: the search's name)")
+
+
+@dataclass
+class CheckpointConfig:
+    enabled: bool = key(True, "checkpoints in <output_dir>/checkpoints (needed to resume)")
+    every_steps: Optional[int] = key(None, "also every N optimizer steps within an epoch; null: epoch ends only")
+    keep_last: int = key(2, "how many of the newest to keep (plus the best)")
+    monitor: Optional[str] = key(None, "the history column that picks checkpoints/best; null: val_loss, "
+                                       "or loss without validation")
+    mode: str = key("min", "whether a lower (min) or higher (max) monitor is better", MODES)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: Optional[str] = key(None, "a history column to watch, e.g. val_loss; null: no early stopping")
+    mode: str = key("min", "whether a lower (min) or higher (max) value is better", MODES)
+    patience: int = key(3, "epochs without an improvement of more than min_delta before stopping")
+    min_delta: float = key(0.0, "the smallest change that counts as an improvement")
+    restore_best: bool = key(False, "end with the weights of the best epoch instead of the last")
+
+
+@dataclass
+class SweepConfig:
+    space: dict = key({}, "the search space: {config key: {log_uniform|uniform|int: [low, high]} or {choice: "
+                          "[...]}} (or python -m train.sweep --space FILE)")
+    trials: int = key(20, "how many trials the search finishes (complete or pruned)")
+    monitor: Optional[str] = key(None, "the history column to optimise; null: the early-stopping monitor, else "
+                                       "the checkpoint monitor, else val_loss (loss without validation)")
+    mode: str = key("auto", "max or min; auto: the mode of the monitor it took (min for val_loss)",
+                    ("auto", "min", "max"))
+    sampler: str = key("tpe", "Optuna's TPE sampler, or random", ("tpe", "random"))
+    seed: Optional[int] = key(None, "seeds the sampler, so the same search proposes the same trials; null: seed")
+    pruner: str = key("median", "stop a trial at an epoch end whose monitor is worse than the median of the "
+                                "earlier trials at that epoch; none: never", ("median", "none"))
+    pruner_args: dict = key({}, "arguments of optuna's MedianPruner, e.g. {n_startup_trials: 5, n_warmup_steps: 1}")
+    baseline: bool = key(True, "the first trial trains the config's own values (where the space holds them)")
+    dir: Optional[str] = key(None, "the search's folder (study, trials, results); null: <output_dir>-sweep")
+
+
+@dataclass
+class PeftConfig:
+    method: str = key("none", "adapters through peft: lora trains low-rank updates of the target modules while the "
+                              "model's own weights stay frozen; none trains every weight", ("none", "lora"))
+    r: int = key(8, "lora: the rank of each update")
+    alpha: float = key(16.0, "lora: the updates' scale is alpha / r")
+    dropout: float = key(0.0, "lora: dropout on the updates' inputs")
+    target_modules: Optional[list] = key(None, "lora: the module names to adapt, e.g. [c_attn]; null: peft's "
+                                               "default for the model's type")
+    args: dict = key({}, "more arguments of peft's LoraConfig, e.g. {bias: lora_only}")
+    merged_export: bool = key(False, "also write hf-merged/: the adapters merged into the weights, loadable by the "
+                                     "base class's from_pretrained without peft")
+
+
+@dataclass
+class Config:
+    model: str = key("tutorial_cnn", f"tutorial_cnn, fast_cnn, {IMPORT} (an nn.Module class or factory)")
+    model_args: dict = key({}, "keyword arguments of the model, e.g. {hidden: 64} (of from_pretrained with "
+                               "pretrained)")
+    pretrained: Optional[str] = key(None, "a local folder written by save_pretrained: the model is "
+                                          "model.from_pretrained(folder, **model_args), e.g. with model: "
+                                          "transformers:AutoModelForCausalLM; nothing is downloaded")
+    gradient_checkpointing: bool = key(False, "recompute activations in the backward pass instead of keeping "
+                                              "them: less memory, about a third more compute (models with "
+                                              "gradient_checkpointing_enable, as transformers models have)")
+    epochs: int = key(3, "the run's total number of epochs (a resumed run trains the rest)")
+    batch_size: int = key(128, "per process")
+    steps_per_epoch: Optional[int] = key(None, "optimizer steps per epoch: needed for a stream without a length "
+                                               "(else an epoch ends when the stream does); null: the whole data set")
+    seed: int = key(42, "seeds the initial weights, the data order and every random op of training")
+    output_dir: str = key("runs/mnist", "where config.yaml, history.csv/png, model.safetensors and "
+                                        "checkpoints/ go; a rerun here resumes. A config file that does "
+                                        "not set it: runs/<the file's name> (its folder's, for config.yaml)")
+    loss: str = key("cross_entropy", "cross_entropy, nll, mse, l1, smooth_l1, huber, bce_with_logits, bce, "
+                                     "token_cross_entropy (logits per token; loss_args {shift: true} for next-token), "
+                                     f"model (the loss the model returns, as transformers models do), {IMPORT}")
+    loss_args: dict = key({}, "keyword arguments of the loss, e.g. {label_smoothing: 0.1}")
+    metrics: list = key(["accuracy"], f"each accuracy, mae, mse, perplexity (exp of the loss), {IMPORT} "
+                                      "(f(y_pred, y_true) or an object with update/compute/reset)")
+    callbacks: list = key([], "each an import path 'package.module:Class' (built without arguments) or "
+                              "{name: 'package.module:Class', args: {...}}: objects with hooks (see the README)")
+    mixed_precision: Optional[str] = key(None, "no, bf16, fp16, or auto (bf16 where the device computes it "
+                                               "in hardware, else no); null: what `accelerate launch "
+                                               "--mixed_precision` says, else no", PRECISIONS)
+    gradient_accumulation_steps: int = key(1, "batches per optimizer step")
+    max_grad_norm: Optional[float] = key(None, "clip gradients to this norm; null: no clipping")
+    nonfinite: str = key("stop", "a NaN/inf loss: stop (exit 3, the last good checkpoint kept) or skip the "
+                                 "optimizer step", NONFINITE)
+    resume: Optional[str] = key("auto", "auto: the newest intact checkpoint in output_dir; none; or a "
+                                        "checkpoint folder")
+    collective_timeout_s: float = key(600.0, "a process waiting longer than this for the others ends the "
+                                             "run (a stalled process); a supervisor then restarts it")
+    log_step_freq: int = key(100, "read running metrics back from the device every N batches")
+    log_every_s: float = key(30.0, "without a terminal: one progress line every N seconds")
+    progress: Optional[bool] = key(None, "a progress bar; null: only when stdout is a terminal")
+    preflight: bool = key(False, "a few batches, a checkpoint round trip, an estimate, then exit")
+    compile: bool = key(False, "torch.compile the model (inductor): a slower start, faster steps on GPUs")
+    channels_last: bool = key(False, "NHWC memory layout for conv nets (tensor cores like it)")
+    tf32: Optional[bool] = key(None, "TF32 matmuls and convolutions on NVIDIA GPUs; null: torch's defaults")
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Keys a resumed run may change: how long it trains, how it is watched and tracked, how the data is
+# fed and where it lies. Any other difference means another run (model, data, optimizer, loss, ...).
+RESUMABLE_CHANGES = ("epochs", "output_dir", "resume", "preflight", "progress", "log_step_freq", "log_every_s",
+                     "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps", "callbacks",
+                     "sweep.", "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
+                     "peft.merged_export")
+
+
+SECTIONS = ("data", "optimizer", "scheduler", "tracking", "checkpoint", "early_stopping", "sweep", "peft")
+
+
+def _flat(config: dict) -> dict:
+    """A config as `{dotted key: value}`; dict-valued keys (model_args, data.args) stay whole."""
+    out = {}
+    for k, v in config.items():
+        if k in SECTIONS and isinstance(v, dict):
+            out.update({f"{k}.{sub}": value for sub, value in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def config_differences(saved: dict, new: dict) -> list[str]:
+    """`key: saved -> new` for each setting that differs and that a resume may not change."""
+    before, after = _flat(saved), _flat(new)
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES):
+            continue
+        if before.get(key) != after.get(key):
+            changed.append(f"{key}: {before.get(key)!r} there, {after.get(key)!r} now")
+    return changed
+
+
+def refuse_other_run(out, cfg: Config) -> None:
+    """A `ConfigError` naming the differences when the run saved in the folder `out` (its
+    config.yaml) has other settings than `cfg`, before anything is loaded or written."""
+    from pathlib import Path
+
+    import yaml
+
+    from train.base.errors import ConfigError
+
+    saved = Path(out) / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        before = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # unreadable: the checkpoint's own checks (the model's shapes) still apply
+    try:  # with today's defaults filled in, so that a key added since is no difference
+        from train.config.loading import build_config
+
+        before = build_config(_flat(before)).to_dict()
+    except Exception:  # a config of another version: compare what it says
+        pass
+    changed = config_differences(before, cfg.to_dict())
+    if before.get("scheduler", {}).get("name") == "onecycle" and before.get("epochs") != cfg.epochs:
+        changed.append(f"epochs: {before.get('epochs')!r} there, {cfg.epochs!r} now (a one-cycle schedule is "
+                       f"planned for its epochs)")
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ConfigError(f"output_dir {out} holds a run with other settings ({'; '.join(changed[:3])}{more}); use "
+                          f"another output_dir (only epochs, logging, tracking, callbacks and data loading may "
+                          f"change on a resume)")
+
+
+def save_config(cfg: Config, path) -> None:
+    """Write the resolved config as YAML (atomically), so a run can be repeated from its output."""
+    import yaml
+
+    from train.base.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

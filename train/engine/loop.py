@@ -1,0 +1,433 @@
+"""The one training loop: the train step, the eval step, the epoch loop, `evaluate` and `predict`.
+
+Words used throughout the project: a *batch* is one batch of training data on each process (one
+forward and backward pass); an *optimizer step* (a *step*) updates the weights once, after
+`gradient_accumulation_steps` batches. `epoch` and `batch` count from 1; `step` counts optimizer
+steps since the run began, across resumes: it names checkpoints and is the trackers' x-axis.
+
+Devices, processes, precision and gradient accumulation all come from `accelerate.Accelerator`, so
+the same code runs on a CPU, one GPU or many. Every front drives this `Loop`; none has a copy of
+the step. This module prints nothing, writes no files and knows nothing of checkpoints: it hands
+its state to whoever saves it (`state_dict` / `load_state_dict`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Mapping, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+
+from train.data.batches import call_model, model_output, split_batch  # noqa: F401 (call_model: re-exported)
+from train.engine.events import CallbackList
+from train.engine.evaluation import Evaluation
+from train.engine.devices import host_group, make_accelerator, shutdown, to_device
+from train.base.errors import Interrupted, Preempted, UserError, check_choice
+from train.engine.history import History, make_row
+from train.engine.metrics import EpochSums
+from train.config.options import NONFINITE, SCHEDULER_INTERVALS
+from train.data.rng import restore_rng
+from train.engine.rounds import batch_fingerprint, map_rounds, skip_stream, stream_rounds
+from train.engine.stop_check import StatusCheck
+from train.data.streams import is_stream, replayable, shard_loader, stream_name
+from train.engine.targets import target_counter
+from train.engine.timing import EpochTimer, count_flops
+
+
+def set_epoch(dl, epoch: int) -> None:
+    """The epoch for the loader's sampler and for its data set: Accelerate tells the data set only
+    when the sampler has no `set_epoch`, and per-sample draws (`train.draws`) are seeded by it."""
+    dl.set_epoch(epoch)
+    if hasattr(getattr(dl, "dataset", None), "set_epoch"):
+        dl.dataset.set_epoch(epoch)
+
+
+class Loop(Evaluation):
+    """Trains and evaluates one model with one optimizer under one `Accelerator`.
+
+    `metrics` maps a name to `f(y_pred, y_true)` (a tensor or a number; mean over the batch) or to
+    a torchmetrics-style object with update/compute/reset. `scheduler_interval` is "epoch" or
+    "step" (one optimizer step). `nonfinite` says what a NaN/inf loss does: "stop" raises
+    `NonFiniteLoss` at the next status check (see `train.status`), naming the first bad batch;
+    "skip" drops that optimizer step (one device sync per step) and counts it in the history as
+    `skipped_steps`. `loss_func=None` trains on the loss the model returns (a dict or `transformers`
+    `ModelOutput` with `loss`; dict samples then keep their `labels` in the model's inputs). Samples
+    and outputs may take any form of `train.batches`. Callbacks hear the events listed in
+    `train.callbacks`.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], loss_func,
+                 metrics: Optional[Mapping[str, object]] = None, *, accelerator: Optional[Accelerator] = None,
+                 scheduler=None, scheduler_interval: str = "epoch", max_grad_norm: Optional[float] = None,
+                 nonfinite: str = "stop", channels_last: bool = False, callbacks: Iterable = (),
+                 steps_per_epoch: Optional[int] = None):
+        check_choice("nonfinite", nonfinite, NONFINITE)
+        check_choice("scheduler_interval", scheduler_interval, SCHEDULER_INTERVALS)
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise UserError(f"max_grad_norm must be > 0 or None; got {max_grad_norm!r}")
+        if loss_func is not None and not callable(loss_func):
+            raise UserError(f"the loss must be callable as loss(y_pred, y_true), or None for the model's own "
+                            f"loss; got {type(loss_func).__name__}")
+        self.accelerator = accelerator or make_accelerator()
+        self.channels_last = channels_last
+        if channels_last:  # NHWC weights; 4-d batches are made NHWC in the steps
+            model = model.to(memory_format=torch.channels_last)
+        if optimizer is None:  # evaluate/predict only
+            self.model, self.optimizer = self.accelerator.prepare(model), None
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # The schedule is not prepared: Accelerate's wrapper steps it once per process per call,
+        # while ours counts this run's optimizer steps (or epochs), the same on every process.
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.loss_func = loss_func
+        self.model_loss = loss_func is None  # the model computes its loss from the labels in its inputs
+        # a token-level loss's targets per batch (train.targets); None: every loss is sample-level
+        self.count_targets = target_counter(self.accelerator.unwrap_model(self.model, keep_torch_compile=False),
+                                            loss_func)
+        self.steps_per_epoch = steps_per_epoch  # None: until the data ends
+        self.metrics = dict(metrics or {})
+        self.max_grad_norm = max_grad_norm
+        self.nonfinite = nonfinite
+        self.callbacks = list(callbacks)
+        self.status = StatusCheck(self.accelerator, watch_losses=nonfinite == "stop")
+        self.output_dir = None  # the run's, for the callbacks' view (the loop itself writes nothing)
+        self.events = CallbackList([], self)
+        self.history = History()
+        self.stop_training = False  # set by callbacks (early stopping)
+        # where the loop is (see the module docstring for the words)
+        self.epoch = 0
+        self.batch = 0  # batches of the current epoch done
+        self.step = 0  # optimizer steps since the run began
+        self.samples_seen = 0  # training samples, all processes together, since the run began
+        self.stepped = False  # whether the last batch ended with an optimizer step
+        self.last_epoch = 0  # the epoch the current fit ends at
+        self.batches_per_epoch: Optional[int] = 0  # None: a stream of unknown length
+        self.last_round = False  # whether the current batch is the epoch's last
+        self.skipped_steps = 0  # optimizer steps of this epoch dropped for a non-finite loss
+        self.flops_per_sample: Optional[float] = None  # counted after the first epoch
+        self._sums: Optional[EpochSums] = None
+        self._epoch_lr = 0.0
+        self._unfinished: Optional[dict] = None  # a checkpointed epoch to continue (load_state_dict)
+        self._loaders: dict[int, object] = {}
+        self._last_batch = None  # this process's last real batch: a shadow round runs it again
+        self._consumed = 0  # real batches of a stream this process trained on in this epoch
+        self.stream_epoch = False  # whether the epoch being trained reads a stream
+        self.saves_mid_epoch = True  # False for a stream that cannot be read again alike (train.streams)
+
+    # ------------------------------------------------------------------ small helpers
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def prepare_loader(self, dl):
+        """The loader sharded over processes and placed on the device (prepared once per loader). A
+        stream is split by `train.streams` and only placed by Accelerate, not sharded again."""
+        if dl is None or isinstance(dl, (DataLoaderShard, DataLoaderDispatcher)):
+            return dl
+        if id(dl) not in self._loaders:
+            if is_stream(getattr(dl, "dataset", None)):
+                from accelerate.data_loader import prepare_data_loader
+
+                acc = self.accelerator
+                seed = acc.dataloader_config.data_seed or 0
+                shard = shard_loader(dl, acc.process_index, acc.num_processes, seed)
+                prepared = prepare_data_loader(shard, acc.device, num_processes=1, process_index=0,
+                                               put_on_device=acc.device_placement, rng_types=[], dispatch_batches=False,
+                                               even_batches=False, non_blocking=acc.dataloader_config.non_blocking)
+            else:
+                prepared = self.accelerator.prepare(dl)
+            self._loaders[id(dl)] = (dl, prepared)  # keep dl alive: ids are reused
+        return self._loaders[id(dl)][1]
+
+    def rounds(self, dl, batches, cap: Optional[int] = None, done: int = 0):
+        """The epoch's rounds (`train.rounds`) of the prepared loader `dl`, from its `batches`."""
+        if is_stream(dl.dataset):
+            return stream_rounds(batches, host_group(self.accelerator), self.accelerator.num_processes, cap, done)
+        total = len(dl) if cap is None else min(cap, len(dl))
+        return map_rounds(batches, total, done)
+
+    def to_device(self, *items):
+        """Tensors (or tuples/dicts of them) moved to this loop's device."""
+        return tuple(to_device(t, self.device) for t in items)
+
+    def layout(self, features):
+        """4-d batches in NHWC order when the model is (channels_last)."""
+        if self.channels_last and torch.is_tensor(features) and features.dim() == 4:
+            return features.contiguous(memory_format=torch.channels_last)
+        return features
+
+    def split(self, batch):
+        """(inputs, targets) of a batch, whatever its form (see `train.batches`)."""
+        return split_batch(batch, self.model_loss)
+
+    def forward(self, features, labels):
+        """The model on a batch: (predictions, loss), the loss the model's own or the loss function's."""
+        preds, own = model_output(call_model(self.model, self.layout(features)))
+        if self.model_loss:
+            if own is None:
+                raise UserError("loss: model, but the model returned no 'loss'; pass the labels to it (dict samples "
+                                "holding 'labels') or choose a loss function")
+            return preds, own
+        return preds, self.loss_func(preds, labels)
+
+    def request_stop(self, signum: int) -> None:
+        """Ask every process to stop at the next status check (safe to call from a signal handler)."""
+        self.status.requested = signum
+
+    def check_status(self) -> None:
+        """Agree across processes now on signals and non-finite losses (a collective: every process
+        calls it at the same batch). Raises `NonFiniteLoss` for a bad loss since the last check."""
+        self.status.check((self.epoch, self.batch, self.step))
+
+    # --------------------------------------------------------------------- the steps
+    def train_step(self, features, labels, sync: Optional[bool] = None, scale: Optional[torch.Tensor] = None):
+        """The one train step: forward, loss, backward, and at the end of an optimizer step clip,
+        step, schedule. `sync` says whether this batch ends an optimizer step (the epoch loop knows;
+        None: every `gradient_accumulation_steps` batches, as Accelerate counts them). `scale`
+        multiplies the batch's loss before the backward pass: a token-level loss's targets over
+        the global batch's (`train.targets`), 0 for a shadow round. Returns the detached loss and
+        predictions; reads nothing back from the device (except with nonfinite=skip)."""
+        model, acc = self.model, self.accelerator
+        self.stepped = False
+        if sync is None:
+            context = acc.accumulate(model)
+        else:  # what accumulate() does, with the loop saying where an optimizer step ends
+            acc.sync_gradients = sync
+            context = contextlib.nullcontext() if sync else acc.no_sync(model)
+        with context:
+            preds, loss = self.forward(features, labels)
+            # a batch without targets (or a shadow round) adds nothing, not its mean's 0 / 0
+            acc.backward(loss if scale is None else torch.where(scale > 0, loss * scale, loss.new_zeros(())))
+            skip_check = self.nonfinite == "skip" and acc.scaler is None  # fp16's scaler skips by itself
+            norm = None
+            if acc.sync_gradients and (self.max_grad_norm is not None or skip_check):
+                norm = acc.clip_grad_norm_(model.parameters(), self.max_grad_norm or float("inf"))
+            dropped = skip_check and norm is not None and not torch.isfinite(norm)
+            if dropped:
+                # the gradients are already summed over processes, so every process drops this step
+                self.skipped_steps += 1
+            else:
+                self.optimizer.step()  # the prepared optimizer skips the step while accumulating
+                if acc.sync_gradients and self.nonfinite == "skip" and self.optimizer.step_was_skipped:
+                    self.skipped_steps += 1
+            if acc.sync_gradients:
+                self.optimizer.zero_grad(set_to_none=True)
+            self.stepped = acc.sync_gradients
+        if self.stepped:
+            self.step += 1
+            if self.scheduler is not None and self.scheduler_interval == "step" and not dropped:
+                self.scheduler.step()
+        return loss.detach(), preds.detach()
+
+    def loss_scales(self, window: list) -> list:
+        """For a window of rounds that ends in one optimizer step: each batch's loss multiplier, so
+        that the step trains on the sum of its losses over the targets of the whole global batch
+        (`train.targets`; also over the samples of a stream, whose last rounds are uneven). Nones
+        for a sample-level loss of even batches, trained as Accelerate does (each batch's mean,
+        averaged); one collective."""
+        acc = self.accelerator
+        world, accumulation = acc.num_processes, acc.gradient_accumulation_steps
+        counts = [r.targets for r in window]
+        if all(c is None for c in counts) or world * accumulation == 1:
+            return [None] * len(window)
+        counts = [torch.as_tensor(c if c is not None else 0, device=acc.device) for c in counts]
+        total = torch.stack(counts).sum()
+        if world > 1:
+            total = acc.reduce(total, "sum")
+        # Accelerate divides each loss by the accumulation steps and DDP averages over processes
+        factor = (world * accumulation) / total.clamp(min=1).to(torch.float64)
+        return [(c * factor).float() for c in counts]
+
+    def targets_of(self, batch):
+        """What a batch's loss is a mean over, when it is not its samples on even batches: a
+        token-level loss's target tokens, or a stream's samples; else None."""
+        labels = batch[1]
+        counted = self.count_targets(labels) if self.count_targets is not None else None
+        if counted is None and self.stream_epoch:
+            return torch.tensor(len(labels), device=self.device)
+        return counted
+
+    # -------------------------------------------------------------------- the epochs
+    def train_epoch(self, dl, epoch: int, events=None, log_step_freq: Optional[int] = None) -> dict:
+        """One pass over the prepared loader `dl` (or the rest of it, continuing a checkpointed
+        epoch); returns the epoch's training averages over all processes and its timing."""
+        events = events or self.events
+        self.model.train()
+        self.epoch, self.batch, self._consumed = epoch, 0, 0
+        self.stream_epoch = is_stream(dl.dataset)
+        self.saves_mid_epoch = not self.stream_epoch or replayable(dl.dataset)
+        self._sums = EpochSums(self.metrics, self.device)
+        self.skipped_steps, self._epoch_lr = 0, self.optimizer.param_groups[0]["lr"]
+        source, on_start = self._continue_unfinished(dl)
+        events.on_epoch_begin(epoch=epoch)
+        timer = EpochTimer()
+        accumulation = self.accelerator.gradient_accumulation_steps
+        cap = self.steps_per_epoch * accumulation if self.steps_per_epoch else None
+        rounds = self.rounds(dl, timer.batches(source, on_start, self.split), cap, self.batch)
+        for window in windows(rounds, accumulation, self.batch):
+            for r in window:
+                r.targets = self.targets_of(r.batch) if r.batch is not None else 0
+            for r, scale in zip(window, self.loss_scales(window)):
+                self.batch += 1
+                self.last_round = r.last
+                real = r.batch is not None
+                if real:
+                    self._last_batch = r.batch
+                    self._consumed += 1
+                features, labels = self._last_batch
+                self.samples_seen += r.rows if self.stream_epoch else len(labels) * self.accelerator.num_processes
+                loss, preds = self.train_step(features, labels, sync=r is window[-1],
+                                              scale=scale if real else torch.zeros((), device=self.device))
+                if real:
+                    self._add(loss, preds, labels, r.targets if self.count_targets is not None else None)
+                if self.stepped and self.status.due(self.step, r.last):
+                    self.check_status()
+                events.on_train_batch_end(batch=self.batch, step=self.step)
+                if self.status.stop_signal:
+                    events.on_interrupt(epoch=epoch, batch=self.batch, step=self.step)
+                    stop = Interrupted if self.status.stop_signal == "SIGINT" else Preempted
+                    raise stop(self.status.stop_signal, epoch, self.batch)
+                if log_step_freq and self.batch % log_step_freq == 0:
+                    # a device sync, at log points only
+                    events.on_log(epoch=epoch, batch=self.batch, step=self.step, logs=self._sums.running())
+                if self.stop_training:
+                    break
+            if self.stop_training:
+                break
+        self.check_status()
+        if self.flops_per_sample is None and timer.first_sample is not None:
+            model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+            self.flops_per_sample = count_flops(model, call_model, timer.first_sample, self.accelerator.autocast)
+        return {**self._sums.result(self.accelerator), **timer.row(self.accelerator, self.flops_per_sample)}
+
+    def _add(self, loss, preds, labels, weight) -> None:
+        """A trained batch into the epoch's sums (and the non-finite watch); `weight`: its targets,
+        for a token-level loss."""
+        if self.nonfinite == "stop":
+            self._sums.add(loss, preds, labels, weight)
+            self.status.add_loss(self.epoch, self.batch, loss)
+        elif torch.isfinite(loss):  # a sync per batch: the price of skipping
+            self._sums.add(loss, preds, labels, weight)
+
+    def _continue_unfinished(self, dl):
+        """For an epoch a checkpoint interrupted: the loader without its done batches, the sums so
+        far, and a function that puts back the RNG states once the loader's iterator has started
+        (starting it may draw from the global RNG; the uninterrupted run drew that at the epoch's
+        start, so that dropout masks continue as they would have)."""
+        unfinished, self._unfinished = self._unfinished, None
+        if unfinished is None or unfinished["epoch"] != self.epoch:
+            return dl, None
+        self.batch = unfinished["batch"]
+        if self.stream_epoch:  # read again and dropped: a stream has no index to skip to
+            stream = unfinished.get("stream") or {}
+            self._consumed = stream.get("consumed", self.batch)
+            resumed = skip_stream(dl, self._consumed, stream.get("fingerprint"), f"stream {stream_name(dl.dataset)}",
+                                  self.split)
+        else:
+            resumed = self.accelerator.skip_first_batches(dl, self.batch)
+            set_epoch(resumed, self.epoch - 1)
+        self._sums.load_state(unfinished["sums"])
+        self.skipped_steps, self._epoch_lr = unfinished["skipped_steps"], unfinished["lr"]
+        rng = unfinished.get("rng")
+        return resumed, (lambda: restore_rng(rng)) if rng is not None else None
+
+    def running_logs(self) -> dict:
+        """This process's running averages in the current epoch (a device sync; for progress lines)."""
+        return self._sums.running() if self._sums is not None else {}
+
+    def fit(self, epochs: int, dl_train, dl_val=None, callbacks: Iterable = (),
+            log_step_freq: Optional[int] = None):
+        """Train until epoch `epochs` (the run's total: epochs already in the history, from an
+        earlier fit or a checkpoint, count), validating after each; returns the history as a
+        pandas DataFrame (the same on every process)."""
+        return self.train(epochs, dl_train, dl_val, callbacks, log_step_freq).frame()
+
+    def train(self, epochs: int, dl_train, dl_val=None, callbacks: Iterable = (),
+              log_step_freq: Optional[int] = None) -> History:
+        """`fit`, returning the `History` itself (no pandas needed)."""
+        if self.optimizer is None:
+            raise UserError("no optimizer: pass one to compile() / Loop(...) before fit()")
+        dl_train, dl_val = self.prepare_loader(dl_train), self.prepare_loader(dl_val)
+        self.events = events = CallbackList([*self.callbacks, *callbacks], self, self.output_dir)
+        self.stop_training = False
+        self.last_epoch = epochs
+        self.batches_per_epoch = batches_per_epoch(dl_train, self.steps_per_epoch,
+                                                   self.accelerator.gradient_accumulation_steps)
+        events.on_train_begin()  # may set stop_training (a resumed run that had already stopped early)
+        for epoch in range(len(self.history) + 1, epochs + 1):
+            if self.stop_training:
+                break
+            set_epoch(dl_train, epoch - 1)  # reshuffle: the order is a function of (seed, epoch)
+            train = self.train_epoch(dl_train, epoch, events, log_step_freq)
+            quantities = {k: train.pop(k) for k in ("loss", *self.metrics)}
+            val = self.evaluate(dl_val) if dl_val is not None else {}
+            skipped = self.skipped_steps if self.nonfinite == "skip" else None
+            row = make_row(epoch, quantities, val, self._epoch_lr, skipped, train)
+            if self.scheduler is not None and self.scheduler_interval == "epoch":
+                self.scheduler.step()
+            self.history.append(row)
+            events.on_epoch_end(epoch=epoch, logs=row, row=row, step=self.step)
+        events.on_train_end(logs=self.history.rows[-1] if len(self.history) else {})
+        return self.history
+
+    # -------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """Where the loop is. `position` and `history` are the same on every process; `unfinished`
+        (this process's share of an epoch not yet in the history: its sums so far) is not."""
+        state = {"position": {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+                              "samples_seen": self.samples_seen, "processes": self.accelerator.num_processes},
+                 "history": [dict(r) for r in self.history.rows], "unfinished": None}
+        if self.epoch > len(self.history) and self._sums is not None:
+            state["unfinished"] = {"sums": self._sums.state(), "skipped_steps": self.skipped_steps,
+                                   "lr": self._epoch_lr}
+            if getattr(self, "stream_epoch", False):  # where to read the stream again from
+                last = batch_fingerprint(self._last_batch) if self._last_batch is not None else None
+                state["unfinished"]["stream"] = {"consumed": self._consumed, "fingerprint": last}
+        return state
+
+    def load_state_dict(self, state: dict, rng: Optional[dict] = None) -> None:
+        """Continue from `state_dict()`'s output. For an unfinished epoch, the next `fit` continues
+        it at its next batch, putting back the RNG states `rng` once that epoch's data starts."""
+        position = state["position"]
+        self.history = History(state["history"])
+        self.step, self.samples_seen = position["step"], position["samples_seen"]
+        self.epoch, self.batch = position["epoch"], position["batch"]
+        self._unfinished = None
+        if state.get("unfinished") is not None and self.epoch > len(self.history):
+            self._unfinished = {**state["unfinished"], "epoch": self.epoch, "batch": self.batch, "rng": rng}
+
+    def close(self) -> None:
+        """Release the prepared objects and the process group (see `shutdown`)."""
+        self._loaders.clear()
+        shutdown(self.accelerator)
+
+
+def batches_per_epoch(dl, steps_per_epoch: Optional[int], accumulation: int) -> Optional[int]:
+    """Batches per epoch per process: the loader's, at most `steps_per_epoch` optimizer steps' worth;
+    None for a stream of unknown length without `steps_per_epoch`."""
+    cap = steps_per_epoch * accumulation if steps_per_epoch else None
+    if is_stream(dl.dataset):
+        return cap
+    return len(dl) if cap is None else min(cap, len(dl))
+
+
+def windows(rounds, accumulation: int, done: int = 0):
+    """Rounds grouped into the windows that each end in one optimizer step: every `accumulation`
+    batches of the epoch (`done` already trained), and at its last round."""
+    window, index = [], done
+    for r in rounds:
+        window.append(r)
+        index += 1
+        if index % accumulation == 0 or r.last:
+            yield window
+            window = []
+    if window:
+        yield window
+

@@ -1,0 +1,111 @@
+"""An epoch's batches as rounds: in each round every process takes one batch together, and all of
+them know when the epoch ends, so that they stay in step in every collective.
+
+A map-style data set prepared by Accelerate gives every process the same number of batches (its
+last batches are made even with padding duplicates, which evaluation leaves out), so a round is
+simply the next batch and the last round is known from the length. A stream (an `IterableDataset`,
+`train.streams`) gives each process its own share, which can end a batch earlier on some
+processes; and its length is unknown. There, each round every process says whether it has a batch
+(one small reduction on the CPU, `train.devices.host_group`: no device sync), one round ahead, so
+that the last round is known before it is trained on. A process whose share has ended while others
+still have a batch takes part with a *shadow* round (`Round.batch is None`): the loop runs its last
+batch again with no weight, so that every collective (gradient all-reduce, a sharded forward) sees
+every process, and nothing counts twice.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from train.data.batches import batch_rows
+
+
+@dataclass
+class Round:
+    batch: Optional[tuple]  # (inputs, targets) of this process, or None: a shadow round
+    last: bool  # the epoch's last round, on every process
+    rows: int = 0  # samples in this round on all processes (streams; 0: not counted)
+    targets: object = None  # what this process's loss is a mean over, where it matters (Loop.targets_of)
+
+
+def map_rounds(batches, total: Optional[int], done: int = 0) -> Iterator[Round]:
+    """Rounds of a loader that gives every process the same number of batches: `total` in the
+    epoch (None: until it ends, looking one batch ahead), `done` of them already trained."""
+    it = iter(batches)
+    index = done
+    if total is not None:
+        for batch in it:
+            index += 1
+            yield Round(batch, index >= total)
+            if index >= total:
+                return
+        return
+    batch = next(it, None)
+    while batch is not None:
+        following = next(it, None)
+        yield Round(batch, following is None)
+        batch = following
+
+
+def stream_rounds(batches, group, world: int, cap: Optional[int] = None, done: int = 0) -> Iterator[Round]:
+    """Rounds of a stream's loader (see the module docstring): until no process has a batch left, or
+    `cap` rounds of the epoch (`done` already trained)."""
+    it = iter(batches)
+    index = done
+
+    def fetch():
+        batch = next(it, None)
+        have = torch.tensor([batch is not None, batch_rows(batch[0]) if batch is not None else 0], dtype=torch.int64)
+        if world > 1:
+            torch.distributed.all_reduce(have, group=group)
+        return batch, int(have[0]), int(have[1])
+
+    batch, processes, rows = fetch()
+    while processes and (cap is None or index < cap):
+        index += 1
+        following, next_processes, next_rows = fetch() if cap is None or index < cap else (None, 0, 0)
+        yield Round(batch, next_processes == 0, rows)
+        batch, processes, rows = following, next_processes, next_rows
+
+
+def skip_stream(batches, consumed: int, fingerprint: Optional[int], what: str, split=tuple):
+    """The stream's loader with its first `consumed` batches read and dropped (a resumed epoch),
+    checking that the last of them (as `split` makes it) is the batch the interrupted run trained on
+    last: a stream that gives other samples when read again cannot resume exactly, and says so."""
+    from train.base.errors import DataError
+
+    it = iter(batches)
+    last = None
+    for _ in range(consumed):
+        last = next(it, None)
+        if last is None:
+            break
+    if consumed and (last is None or (fingerprint is not None and batch_fingerprint(split(last)) != fingerprint)):
+        raise DataError(f"{what} gave other samples when read again to resume mid-epoch (batch {consumed} "
+                        f"{'is missing' if last is None else 'differs'}): it cannot resume exactly; make its order "
+                        f"a function of the epoch (set_epoch) and its seed, set replayable = False on it (then "
+                        f"checkpoints are taken at epoch ends), or resume from an epoch-end checkpoint")
+    return it
+
+
+def batch_fingerprint(batch) -> int:
+    """A CRC-32 of a batch's tensors (a device-to-host copy: taken at checkpoints only)."""
+    crc = 0
+    for t in _tensors(batch):
+        crc = zlib.crc32(t.detach().to("cpu").contiguous().numpy().tobytes(), crc)
+    return crc
+
+
+def _tensors(item):
+    if torch.is_tensor(item):
+        yield item
+    elif isinstance(item, dict):
+        for v in item.values():
+            yield from _tensors(v)
+    elif isinstance(item, (tuple, list)):
+        for v in item:
+            yield from _tensors(v)

@@ -1,0 +1,169 @@
+"""Config -> torch objects: the model, the loss, the metrics, the optimizer and the LR schedule,
+each a built-in name or an import path (`train.registry`)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+from torch import nn
+
+from train.base.errors import ConfigError
+from train.config.names import build, resolve, short_name
+from train.engine.targets import TokenCrossEntropy
+
+LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "nll": nn.NLLLoss, "mse": nn.MSELoss, "l1": nn.L1Loss,
+          "smooth_l1": nn.SmoothL1Loss, "huber": nn.HuberLoss, "bce_with_logits": nn.BCEWithLogitsLoss,
+          "bce": nn.BCELoss, "token_cross_entropy": TokenCrossEntropy}
+CLASSIFICATION_LOSSES = ("cross_entropy", "nll")  # whose targets are class indices
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+              "rmsprop": torch.optim.RMSprop}
+WITH_MOMENTUM = ("sgd", "rmsprop")
+
+
+def build_model(cfg, in_channels: int) -> nn.Module:
+    """The config's model: a built-in (sized by the data's channels and data.num_classes), the
+    user's class or factory called with model_args, or with `pretrained` the class's
+    `from_pretrained(folder, **model_args)`; then gradient checkpointing and adapters (`peft`)
+    as the config asks."""
+    from train.fronts.models import MODELS
+
+    model = resolve(cfg.model, MODELS, "model")
+    args = dict(cfg.model_args)
+    if cfg.pretrained:
+        net = from_pretrained(model, cfg.pretrained, args, cfg.model)
+    else:
+        if cfg.model in MODELS:  # sized by the data (data.num_classes null: the model's default, 10)
+            classes = {"num_classes": cfg.data.num_classes} if cfg.data.num_classes else {}
+            args = {"in_channels": in_channels, **classes, **args}
+        net = build(model, args, "model", cfg.model)
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"model '{cfg.model}' gave a {type(net).__name__}, not a torch.nn.Module")
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(net, cfg.model)
+    if cfg.peft.method != "none":
+        from train.engine.adapters import with_adapters
+
+        net = with_adapters(net, cfg.peft, cfg.model)
+    return net
+
+
+def from_pretrained(cls, folder: str, args: dict, name: str) -> nn.Module:
+    """`cls.from_pretrained(folder, **args)` from a local folder only (nothing is downloaded)."""
+    from pathlib import Path
+
+    if not hasattr(cls, "from_pretrained"):
+        raise ConfigError(f"pretrained is set but model '{name}' has no from_pretrained; name a class that has "
+                          f"(e.g. transformers:AutoModelForCausalLM)")
+    if not (Path(folder) / "config.json").is_file():
+        raise ConfigError(f"pretrained '{folder}' is not a folder written by save_pretrained (no config.json there); "
+                          f"give such a folder (nothing is downloaded)")
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, **args)
+    except Exception as e:
+        from train.base.errors import describe
+
+        raise ConfigError(f"model '{name}' cannot load pretrained '{folder}': {describe(e)}") from None
+
+
+def enable_gradient_checkpointing(net: nn.Module, name: str) -> None:
+    """Activations recomputed in the backward pass (the non-reentrant form, which needs no input
+    that requires gradients and so works under adapters too)."""
+    if not getattr(net, "supports_gradient_checkpointing", True):
+        enable = None
+    elif hasattr(net, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+        enable = lambda: net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})  # noqa: E731
+    elif hasattr(net, "gradient_checkpointing_enable"):
+        enable = lambda: net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # noqa: E731
+    else:
+        enable = None
+    if enable is None:
+        raise ConfigError(f"gradient_checkpointing is true but model '{name}' does not support it (no "
+                          f"gradient_checkpointing_enable); set it to false")
+    enable()
+
+
+MODEL_LOSS = "model"  # the loss the model computes itself (a dict / ModelOutput holding `loss`)
+
+
+def build_loss(name: str, args: dict):
+    """A loss class is instantiated with `args`; a function is used as is (with `args` bound);
+    `model` gives None: the loop trains on the model's own loss."""
+    if name == MODEL_LOSS:
+        if args:
+            raise ConfigError("loss: model takes no loss_args (the model computes its loss); remove loss_args")
+        return None
+    loss = resolve(name, {**LOSSES, MODEL_LOSS: None}, "loss")
+    if inspect.isclass(loss):
+        return build(loss, args, "loss", name)
+    if not callable(loss):
+        raise ConfigError(f"loss '{name}' is a {type(loss).__name__}, not a callable loss(y_pred, y_true)")
+    return functools.partial(loss, **args) if args else loss
+
+
+def build_metrics(names) -> dict:
+    """`{column name: metric}`: built-ins by name, else imported functions f(y_pred, y_true), or
+    classes with update/compute/reset (instantiated without arguments)."""
+    from train.engine.metrics import METRICS, is_metric
+
+    metrics = {}
+    for name in names:
+        metric = resolve(name, METRICS, "metric")
+        if inspect.isclass(metric):
+            metric = build(metric, {}, "metric", name)
+        if not is_metric(metric):
+            raise ConfigError(f"metric '{name}' is a {type(metric).__name__}: give a function f(y_pred, y_true) "
+                              f"or an object with update/compute/reset")
+        metrics[name if name in METRICS else short_name(name)] = metric
+    return metrics
+
+
+def build_callbacks(specs) -> list:
+    """The config's callbacks: each an import path (a class built without arguments, or an object)
+    or `{name: path, args: {...}}`."""
+    callbacks = []
+    for spec in specs:
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"name", "args"}
+            if "name" not in spec or unknown:
+                raise ConfigError(f"a callback is 'package.module:Class' or {{name: ..., args: {{...}}}}; got {spec!r}")
+            name, args = spec["name"], dict(spec.get("args") or {})
+        else:
+            name, args = spec, {}
+        made = resolve(name, {}, "callback")
+        if inspect.isclass(made) or (callable(made) and args):
+            made = build(made, args, "callback", name)
+        callbacks.append(made)
+    return callbacks
+
+
+def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+    """`cfg` is the `optimizer` section of the config."""
+    cls = resolve(cfg.name, OPTIMIZERS, "optimizer")
+    args = {"lr": cfg.lr, **({"weight_decay": cfg.weight_decay} if cfg.weight_decay or cfg.name in OPTIMIZERS else {}),
+            **({"momentum": cfg.momentum} if cfg.name in WITH_MOMENTUM else {}), **cfg.args}
+    optimizer = build(cls, args, "optimizer", cfg.name, params)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optimizer '{cfg.name}' gave a {type(optimizer).__name__}, not a torch.optim.Optimizer")
+    return optimizer
+
+
+def build_scheduler(cfg, optimizer, epochs: int, steps_per_epoch):
+    """`cfg` is the `scheduler` section; `steps_per_epoch` counts optimizer steps per process (None:
+    unknown, a stream's). Returns None for `name: none`."""
+    if cfg.interval == "step" and cfg.name != "none" and steps_per_epoch is None:
+        raise ConfigError(f"scheduler.name={cfg.name} stepped per optimizer step needs the steps of a run, but the "
+                          f"training stream has no length; set steps_per_epoch, or scheduler.interval=epoch")
+    intervals = max(1, epochs if cfg.interval == "epoch" else epochs * steps_per_epoch)
+    builtins = {
+        "none": lambda opt: None,
+        "step": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma, **cfg.args),
+        "cosine": lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=intervals, **cfg.args),
+        "onecycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=intervals, **cfg.args)}
+    if cfg.name == "onecycle" and cfg.interval != "step":
+        raise ConfigError("scheduler.name=onecycle is stepped per optimizer step; set scheduler.interval=step")
+    if cfg.name in builtins:
+        return builtins[cfg.name](optimizer)
+    return build(resolve(cfg.name, builtins, "scheduler"), cfg.args, "scheduler", cfg.name, optimizer)

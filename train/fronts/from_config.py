@@ -1,0 +1,99 @@
+"""The script's run: a config turned into data, a model, an optimizer, a schedule and a `Run`.
+
+This is all the script front adds to the class front: names and import paths in a YAML file
+instead of objects in Python. Everything a run does with them is `train.Run`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from train.base.errors import ConfigError
+from train.base.paths import ROOT
+
+
+
+def resolve_paths(cfg) -> None:
+    """Relative data paths are taken from the working directory, else from the project root, so
+    that the script runs from anywhere."""
+    path = Path(cfg.data.path)
+    if not path.is_absolute() and not path.exists() and (ROOT / path).exists():
+        cfg.data.path = str(ROOT / path)
+
+
+def options_from(cfg):
+    """The config's run options (everything but the model, the data and the optimizer)."""
+    from train.config.options import RunOptions
+
+    ck, stop, tr = cfg.checkpoint, cfg.early_stopping, cfg.tracking
+    return RunOptions(
+        output_dir=cfg.output_dir, resume=cfg.resume, checkpoint=ck.enabled, checkpoint_every=ck.every_steps,
+        keep_last=ck.keep_last, checkpoint_monitor=ck.monitor, checkpoint_mode=ck.mode, seed=cfg.seed,
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        steps_per_epoch=cfg.steps_per_epoch,
+        max_grad_norm=cfg.max_grad_norm, nonfinite=cfg.nonfinite, compile=cfg.compile,
+        channels_last=cfg.channels_last, tf32=cfg.tf32, collective_timeout_s=cfg.collective_timeout_s,
+        trackers=[n for n, on in (("wandb", tr.wandb), ("tensorboard", tr.tensorboard)) if on],
+        tracking_project=tr.project, tracking_entity=tr.entity, tracking_run_name=tr.run_name,
+        tracking_tags=tr.tags, tracking_group=tr.group, early_stopping=stop.monitor, early_stopping_mode=stop.mode,
+        early_stopping_patience=stop.patience, early_stopping_min_delta=stop.min_delta,
+        early_stopping_restore_best=stop.restore_best, progress=cfg.progress, log_every_s=cfg.log_every_s,
+        log_step_freq=cfg.log_step_freq, name=cfg.model, export_merged=cfg.peft.merged_export)
+
+
+def build_model_class_only(cfg) -> None:
+    """Resolve the model's import path (without building it), to fail fast on a typo."""
+    from train.fronts.models import MODELS
+    from train.config.names import resolve
+
+    resolve(cfg.model, MODELS, "model")
+
+
+def build(cfg):
+    """The `Run` and the data loaders `cfg` describes, on every process; nothing is written."""
+    from accelerate.utils import set_seed
+
+    from train.fronts.building import (CLASSIFICATION_LOSSES, build_callbacks, build_loss, build_metrics, build_model,
+                        build_optimizer, build_scheduler)
+    from train.data.loaders import make_loaders
+    from train.engine.devices import local_processes
+    from train.fronts.models import MODELS
+    from train.service.run import Run, accelerator_for
+    from train.data.streams import is_stream
+
+    resolve_paths(cfg)
+    options = options_from(cfg)
+    loss, metrics = build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics)
+    callbacks = build_callbacks(cfg.callbacks)
+    if cfg.model not in MODELS:
+        build_model_class_only(cfg)  # a wrong import path says so before any data is read
+    accelerator = accelerator_for(options)
+    set_seed(cfg.seed)  # the model's initial weights
+    classification = cfg.loss in CLASSIFICATION_LOSSES
+    loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed,
+                           num_classes=cfg.data.num_classes if classification else None,
+                           processes=accelerator.num_processes)
+    if cfg.data.num_classes is None:  # from the labels (saved in config.yaml, so that a resume compares it)
+        cfg.data.num_classes = loaders.classes
+    options.num_classes = cfg.data.num_classes if classification else None  # the model's output width checked
+    world = accelerator.num_processes
+    stream = is_stream(loaders.train.dataset)
+    if loaders.val is not None and not is_stream(loaders.val.dataset) and len(loaders.val.dataset) < world:
+        raise ConfigError(f"the validation set has {len(loaders.val.dataset)} sample(s), fewer than the {world} "
+                          f"processes; give data.val_size >= {world}, or data.val_size=0 for no validation")
+    in_channels = loaders.train.dataset[0][0].shape[0] if cfg.model in MODELS else None  # built-ins only
+    model = build_model(cfg, in_channels)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    if cfg.steps_per_epoch:
+        steps_per_epoch = cfg.steps_per_epoch
+    elif stream:
+        steps_per_epoch = None  # a stream's length is unknown
+    else:
+        steps_per_epoch = math.ceil(math.ceil(len(loaders.train) / world) / cfg.gradient_accumulation_steps)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch)
+    run = Run(model, optimizer, loss, metrics, scheduler=scheduler,
+              scheduler_interval=cfg.scheduler.interval, options=options, accelerator=accelerator, config=cfg,
+              plan_notes=loaders.notes, origin={"in_channels": in_channels} if in_channels else {},
+              callbacks=callbacks)
+    return run, loaders

@@ -1,0 +1,105 @@
+"""Predict with a trained run: `python -m train.predict RUN_DIR [--data key=value ...] [--out FILE]`.
+
+Rebuilds the run's model and data from its `config.yaml` (in the folder the run started from, so
+it works from anywhere), loads its final weights (or `--checkpoint best|latest|step-...`), runs it
+over the validation data (or what `--data` overrides name: another split, factory or path), and
+writes one row per sample in data order: `index, target, prediction` (the arg-max class for a
+classifier, else the output) and the raw outputs `output_0, output_1, ...`; then prints the
+metrics and writes them beside the file (`FILE.metrics.json`). On N processes
+(`launch/cpu2.sh train/predict.py RUN_DIR ...`) each process predicts its share and the rows are
+gathered exactly (padding duplicates dropped). Exit 2 with one line for a bad folder or override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+from train.base.errors import RunError, report  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m train.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="the output folder of a config run")
+    parser.add_argument("--data", nargs="*", default=[], metavar="key=value",
+                        help="overrides of the run's data section, e.g. val_split=test or factory=mypkg.data:other")
+    parser.add_argument("--checkpoint", help="best, latest or step-NNNNNNNN instead of the final weights")
+    parser.add_argument("--out", default=None, help="the CSV to write (default: RUN_DIR/predictions.csv)")
+    parser.add_argument("--batch-size", type=int, default=None, help="per process (default: the run's)")
+    return parser.parse_args(argv)
+
+
+def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=None) -> dict:
+    """Predictions of a run over its validation data (see the module docstring); returns the metrics."""
+    from train.fronts.building import build_loss, build_metrics
+    from train.data.loaders import make_loaders
+    from train.engine.devices import local_processes, make_accelerator
+    from train.base.errors import ConfigError
+    from train.fronts.reload import load_model, run_config, working_folder
+    from train.service.run import Run
+
+    cfg, origin = run_config(run_dir, [f"data.{o}" for o in data_overrides]
+                             + ([f"batch_size={batch_size}"] if batch_size else []))
+    if cfg.data.val_size == 0:
+        cfg.data.val_size = None  # the run may have trained without validation: predict on all of it
+    accelerator = make_accelerator(cfg.mixed_precision)
+    with working_folder(origin.get("cwd")):
+        loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed)
+    if loaders.val is None:
+        raise ConfigError(f"the run's data has no validation split to predict on; name one with --data "
+                          f"(e.g. val_split=test)")
+    model = load_model(run_dir, checkpoint)
+    run = Run(model, None, build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics), accelerator=accelerator)
+    metrics = run.evaluate(loaders.val)
+    outputs, targets = run.predict(loaders.val, with_targets=True)
+    path = Path(out) if out else Path(run_dir) / "predictions.csv"
+    if accelerator.is_main_process:
+        write_rows(path, outputs, targets)
+        Path(f"{path}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"wrote {path} ({len(outputs)} rows) and {path}.metrics.json: "
+              + ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()), flush=True)
+    accelerator.wait_for_everyone()
+    run.close()
+    return metrics
+
+
+def write_rows(path: Path, outputs, targets) -> None:
+    """One row per sample: `index, target, prediction, output_0, ...`; for outputs per token (a list
+    of per-sample tensors of their own lengths) `index, length, target, prediction`, the target and
+    predicted tokens (the arg-max at each position) as space-separated ids, without padding."""
+    import csv
+    import io
+
+    from train.base.files import atomic_write_text
+
+    text = io.StringIO()
+    writer = csv.writer(text)
+    if isinstance(outputs, list):
+        writer.writerow(["index", "length", "target", "prediction"])
+        for i, (out, target) in enumerate(zip(outputs, targets)):
+            predicted = out.argmax(dim=-1) if out.dim() > 1 else out
+            target = target[target != -100] if target.dim() else target.reshape(1)
+            writer.writerow([i, len(out), " ".join(map(str, target.tolist())), " ".join(map(str, predicted.tolist()))])
+        atomic_write_text(path, text.getvalue())
+        return
+    flat = outputs.reshape(len(outputs), -1).float()
+    classifier = outputs.dim() == 2 and outputs.shape[1] > 1
+    predicted = outputs.argmax(dim=1) if classifier else flat[:, 0]
+    target = targets.reshape(len(targets), -1)[:, 0] if targets.dim() > 1 else targets
+    writer.writerow(["index", "target", "prediction", *(f"output_{i}" for i in range(flat.shape[1]))])
+    for i in range(len(flat)):
+        writer.writerow([i, target[i].item(), predicted[i].item(), *(repr(v) for v in flat[i].tolist())])
+    atomic_write_text(path, text.getvalue())
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        predict(args.run_dir, args.data, args.checkpoint, args.out, args.batch_size)
+    except RunError as e:
+        report(e)
+        return e.exit_code
+    return 0

@@ -1,0 +1,227 @@
+"""The checkpoint manager: the one owner of a run's saved state. It is built with the run's
+stateful parts (the loop's position, history and unfinished sums; the accelerator's model,
+optimizer, grad scaler and RNG states; the schedule; every part with a `state_key` and
+`state_dict()` / `load_state_dict()`: early stopping, the best score, the tracker's run id, your
+callbacks) and alone finds, verifies, loads (at one moment, before training) and saves them (as a
+callback: every `every_steps` optimizer steps, at each epoch end, on a stop signal). Files and
+their checks are `train.storage`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from train.engine.adapters import frozen_fingerprint, is_adapted, trainable_only
+from train.engine.events import Callback
+from train.engine.devices import all_ok, from_main
+from train.base.errors import ConfigError, WriteError
+from train.base.files import free_space
+from train.data.rng import capture_rng
+from train.saving.storage import (CALLBACKS_FILE, FORMAT, LOOP_FILE, SCHEDULER_FILE, _fsync_own_files, _reason, commit, find,
+                      latest)
+
+
+@dataclass
+class Resumed:
+    """What a loaded checkpoint was: where, and the position and history it continued."""
+
+    path: Path
+    position: dict
+    history: list
+    parts: dict = field(default_factory=dict)
+
+
+def model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def is_compiled(accelerator, model) -> bool:
+    # a compiled model's saved state has `_orig_mod.` keys: it loads only into a compiled model
+    return hasattr(accelerator.unwrap_model(model), "_orig_mod")
+
+
+class Checkpoint(Callback):
+    """The checkpoint manager (see the module docstring). As a callback it saves a checkpoint every
+    `every_steps` optimizer steps (None: never mid-epoch), at each epoch end and when the run is
+    interrupted; it keeps the `keep_last` newest plus the best by `monitor`. `parts` are the run's
+    other stateful objects, each with a `state_key`, `state_dict()` and `load_state_dict()`."""
+
+    state_key = "checkpoint"
+
+    def __init__(self, loop, root: str | Path, every_steps: Optional[int] = None, keep_last: int = 2,
+                 monitor: Optional[str] = None, mode: str = "min", parts: Iterable = ()):
+        self.loop = loop  # the manager saves the loop's state: it alone reads the loop's insides
+        self.root = Path(root)
+        self.every_steps = every_steps
+        self.keep_last = keep_last
+        self.monitor, self.mode = monitor, mode
+        stateful = [p for p in [self, *parts] if getattr(p, "state_key", None)]
+        self.parts = {p.state_key: p for p in stateful}
+        if len(self.parts) != len(stateful):
+            from train.base.errors import UserError
+
+            keys = [p.state_key for p in stateful]
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            raise UserError(f"two parts of the run save their state under the same state_key ({', '.join(twice)}); "
+                            f"give each callback a state_key of its own")
+        self.best: Optional[float] = None
+        self.last_saved: Optional[Path] = None
+        acc = loop.accelerator
+        self.adapted = is_adapted(acc.unwrap_model(loop.model, keep_torch_compile=False))
+        self._frozen: Optional[str] = None  # the frozen base's fingerprint (train.adapters), taken once
+        if self.adapted:  # a frozen base is rebuilt on resume, not copied into every checkpoint
+            acc.register_save_state_pre_hook(lambda models, weights, _: trainable_only(models, weights, acc.unwrap_model))
+
+    def frozen(self) -> Optional[str]:
+        if self.adapted and self._frozen is None:
+            self._frozen = frozen_fingerprint(self.loop.accelerator.unwrap_model(self.loop.model,
+                                                                                 keep_torch_compile=False))
+        return self._frozen
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")
+
+    # finding and loading: once, before training
+    def find(self, resume: str, say=print) -> Optional[Path]:
+        """The checkpoint `resume` names (auto: the newest intact one in this run's folder), checked
+        intact and safe by the main process; None to start afresh."""
+        return from_main(self.loop.accelerator, lambda: find(resume, self.root.parent, say))
+
+    def load(self, path: Path) -> Resumed:
+        """Put the run back as the checkpoint at `path` saved it, on every process: weights,
+        optimizer, scaler, RNG states, schedule, the loop's position, history and unfinished epoch,
+        and every part. Checks first that it was saved from a model of the same shapes and compile
+        setting and, mid-epoch, by as many processes."""
+        loop, acc = self.loop, self.loop.accelerator
+        meta = json.loads((path / LOOP_FILE).read_text())
+        saved, current = meta["model_shapes"], model_shapes(acc.unwrap_model(loop.model, keep_torch_compile=False))
+        if saved != current:
+            diff = next((k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)), "?")
+            was, now = (saved.get(diff, "absent"), current.get(diff, "absent"))
+            raise ConfigError(f"checkpoint '{path}' is of a different model ({diff}: {was} saved, {now} now); "
+                              f"use another output_dir")
+        if meta.get("compiled", False) != is_compiled(acc, loop.model):
+            raise ConfigError(f"checkpoint '{path}' was saved with compile={str(meta.get('compiled')).lower()}; "
+                              f"resume it with the same setting")
+        position, history = meta["position"], meta["history"]
+        mid_epoch = position["epoch"] > len(history)
+        if mid_epoch and position["processes"] != acc.num_processes:
+            raise ConfigError(f"checkpoint '{path}' was taken mid-epoch by {position['processes']} process(es); "
+                              f"resume it with {position['processes']}, or from an epoch-end checkpoint")
+        if self.adapted:  # the checkpoint holds the adapters; the frozen base is the one built now
+            if meta.get("frozen") != self.frozen():
+                raise ConfigError(f"checkpoint '{path}' was trained on other frozen weights than the model built now "
+                                  f"(another pretrained folder or seed); resume with the same pretrained and seed, "
+                                  f"or use another output_dir")
+            acc.load_state(str(path), strict=False)
+        else:
+            acc.load_state(str(path))
+        if loop.scheduler is not None and (path / SCHEDULER_FILE).is_file():
+            loop.scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=True))
+        parts = torch.load(path / CALLBACKS_FILE, weights_only=True) if (path / CALLBACKS_FILE).is_file() else {}
+        for key, state in parts.items():
+            if key in self.parts:
+                self.parts[key].load_state_dict(state)
+        unfinished = torch.load(path / f"rank-{acc.process_index}.pt", weights_only=True) if mid_epoch else None
+        # load_state just put back this rank's RNG states as they were at the save; starting the
+        # epoch's data iterator draws from them, so the loop puts them back once it has started
+        loop.load_state_dict({"position": position, "history": history, "unfinished": unfinished},
+                             rng=capture_rng() if mid_epoch else None)
+        return Resumed(path, position, history, parts)
+
+    def latest(self) -> Optional[Path]:
+        return latest(self.root)
+
+    # events
+    def on_train_begin(self):
+        if self.loop.is_main_process and self.root.is_dir():
+            for stale in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:  # a process killed while saving
+                shutil.rmtree(stale, ignore_errors=True)
+        self.loop.accelerator.wait_for_everyone()
+
+    def on_train_batch_end(self, batch):
+        loop = self.loop
+        # the last batch of an epoch is saved by on_epoch_end, after validation
+        if self.every_steps and loop.stepped and loop.step % self.every_steps == 0 \
+                and not loop.last_round and loop.saves_mid_epoch:
+            self.save()
+
+    def on_epoch_end(self, epoch, row):
+        value = row.get(self.monitor) if self.monitor else None
+        better = value is not None and (self.best is None or (value < self.best if self.mode == "min"
+                                                               else value > self.best))
+        if better:
+            self.best = value
+        self.save(best=better)
+
+    def on_interrupt(self, epoch, batch):
+        if self.last_saved is not None and self.last_saved.name == f"step-{self.loop.step:08d}":
+            return  # this very step was just saved
+        if self.loop.saves_mid_epoch:  # else the last epoch end stays `latest`
+            self.save()
+
+    # saving
+    def save(self, best: bool = False) -> Path:
+        """Write a checkpoint of the loop as it is now (every process calls this at the same
+        batch). Returns its path."""
+        loop, acc = self.loop, self.loop.accelerator
+        loop.check_status()  # a non-finite loss raises here: the last good checkpoint stays `latest`
+        state = loop.state_dict()
+        name = f"step-{loop.step:08d}"
+        final, tmp = self.root / name, self.root / f".tmp-{name}"
+        error = None
+        try:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+        except OSError as e:
+            error = e
+        if all_ok(acc, error is None):
+            try:
+                self._write(tmp, state)
+                if not acc.is_main_process:  # on a shared file system, through this node's client
+                    _fsync_own_files(tmp, acc.process_index)
+            except Exception as e:  # torch.save and safetensors report a full disk as RuntimeError
+                error = e
+        if not all_ok(acc, error is None):  # every process learns that one of them failed
+            reason = _reason(error, tmp)
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise WriteError(f"could not save checkpoint {name} to {self.root}/ ({reason}); "
+                             f"{free_space(self.root)}; make room and run the same command again to resume")
+        try:
+            if acc.is_main_process:
+                commit(self.root, tmp, final, best, self.keep_last)
+        except OSError as e:
+            error = e
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not all_ok(acc, error is None):  # nobody reads or moves on before the checkpoint is complete
+            raise WriteError(f"could not complete checkpoint {name} in {self.root}/ ({_reason(error, tmp)}); "
+                             f"{free_space(self.root)}; make room and run the same command again to resume")
+        self.last_saved = final
+        return final
+
+    def _write(self, tmp: Path, state: dict) -> None:
+        """Every process writes its files into `tmp`."""
+        loop, acc = self.loop, self.loop.accelerator
+        acc.save_state(str(tmp))  # every rank: its RNG file, and its shards when the state is sharded
+        if state["unfinished"] is not None:  # this rank's share of the unfinished epoch
+            torch.save(state["unfinished"], tmp / f"rank-{acc.process_index}.pt")
+        if acc.is_main_process:
+            model = acc.unwrap_model(loop.model, keep_torch_compile=False)
+            meta = {"format": FORMAT, "position": state["position"], "history": state["history"],
+                    "model_shapes": model_shapes(model), "compiled": is_compiled(acc, loop.model),
+                    **({"frozen": self.frozen()} if self.adapted else {})}
+            (tmp / LOOP_FILE).write_text(json.dumps(meta, indent=1))
+            if loop.scheduler is not None:
+                torch.save(loop.scheduler.state_dict(), tmp / SCHEDULER_FILE)
+            torch.save({key: part.state_dict() for key, part in self.parts.items()}, tmp / CALLBACKS_FILE)

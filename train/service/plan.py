@@ -1,0 +1,70 @@
+"""The plan: what a run will do, said once before training, each line within 100 columns."""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+
+from train.engine.devices import describe, precision_note
+from train.engine.loop import batches_per_epoch
+
+WIDTH = 100
+
+
+def plan_lines(run, epochs: int, train) -> list[str]:
+    o, acc = run.options, run.accelerator
+    world, accumulation = acc.num_processes, o.gradient_accumulation_steps
+    batch = getattr(train, "batch_size", None) or getattr(getattr(train, "base_dataloader", None), "batch_size", None)
+    batches = batches_per_epoch(train, o.steps_per_epoch, accumulation)  # per process; None: a stream's end
+    lines = [f"plan: {run.name} on {describe(acc)}"]
+    slow = precision_note(acc.mixed_precision, acc.device.type)
+    if slow:
+        lines.append(f"warning: {slow}")
+    if batch:
+        lines.append(f"batch {batch} per process x {world} process(es) x accumulation {accumulation} = "
+                     f"{batch * world * accumulation} samples per optimizer step")
+    if batches is None:
+        lines.append(f"an epoch ends when the stream does; {epochs} epoch(s)")
+    else:
+        lines.append(f"{batches} batches per epoch per process = {math.ceil(batches / accumulation)} optimizer "
+                     f"steps; {epochs} epoch(s)")
+    lines += [f"data: {note}" for note in run.plan_notes]
+    lines += [f"model: {note}" for note in model_notes(acc.unwrap_model(run.loop.model, keep_torch_compile=False))]
+    restart = int(os.environ.get("TRAIN_RESTART", "0"))
+    if restart:
+        lines.append(f"restart {restart} of {os.environ.get('TRAIN_MAX_RESTARTS', '?')} after a crash")
+    if run.resumed is not None:
+        pos, done = run.resumed.position, len(run.resumed.history)
+        where = (f"epoch {pos['epoch']}, batch {pos['batch']}" + (f" of {batches}" if batches else "")
+                 if pos["epoch"] > done
+                 else f"the end of epoch {done}")
+        lines.append(f"resuming from {run.resumed.path} ({where}, step {pos['step']}); training to epoch {epochs}")
+    if run.checkpoint is not None:
+        every = f"every {o.checkpoint_every} optimizer steps and " if o.checkpoint_every else ""
+        lines.append(f"checkpoints: {every}at each epoch end to {run.checkpoint.root}/ (keep {o.keep_last} + "
+                     f"best by {run.checkpoint.monitor}); SIGUSR1/SIGTERM save one and exit 75, Ctrl-C exits 130")
+    files = "history.csv, history.png, model.safetensors" + (", config.yaml" if run.config is not None else "")
+    lines.append(f"outputs: {o.output_dir}/ ({files})")
+    lines += [f"tracking: {name} -> {where}" for name, where in run.trackers.items()]
+    lines = [lines[0], *("  " + line for line in lines[1:])]
+    return [part for line in lines for part in textwrap.wrap(line, WIDTH, subsequent_indent="      ",
+                                                             break_long_words=False, break_on_hyphens=False)]
+
+
+def model_notes(model) -> list[str]:
+    """What the plan says of the model beyond its name: adapters, gradient checkpointing, the loss."""
+    from train.engine.adapters import is_adapted
+
+    notes = []
+    if is_adapted(model):
+        total = sum(p.numel() for p in model.parameters())
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        notes.append(f"adapters ({type(model.peft_config['default']).__name__.replace('Config', '').lower()}): "
+                     f"{trained:,} of {total:,} parameters train ({100 * trained / total:.2f}%); the frozen base is "
+                     f"not saved in checkpoints")
+    checkpointing = getattr(type(model), "is_activation_checkpointing", None) or \
+        getattr(type(model), "is_gradient_checkpointing", None)  # transformers' new name, else its old one
+    if checkpointing is not None and checkpointing.fget(model):
+        notes.append("gradient checkpointing: activations recomputed in the backward pass (less memory, more compute)")
+    return notes
