@@ -7,7 +7,6 @@ import random
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import (PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, launch_two, run_one,
                       start_process, wait_for)

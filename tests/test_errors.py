@@ -5,7 +5,6 @@ that stderr is exactly one `error: ...` line naming the problem, and that `outpu
 file afterwards.
 """
 
-import gzip
 import shutil
 
 import pytest

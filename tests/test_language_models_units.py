@@ -56,7 +56,7 @@ def test_epoch_sums_average_a_token_level_loss_over_its_targets():
 
 
 def test_a_failure_repeated_on_any_process_is_a_bug():
-    from train.supervision.attempts import _failure, repeated
+    from train.supervision.attempts import failures, repeated
 
     def attempt(rank, reason, batch=63):
         return [{"rank": rank, "pid": 10 + rank, "kind": "exception", "code": 1, "epoch": 1, "batch": batch,
@@ -64,10 +64,10 @@ def test_a_failure_repeated_on_any_process_is_a_bug():
                 {"rank": 1 - rank, "pid": 11 - rank, "kind": "lost contact", "code": 1, "epoch": 1, "batch": batch,
                  "reason": "lost contact with another process"}]
 
-    first = _failure(attempt(0, "RuntimeError: sizes differ"), {}, 1)
-    second = _failure(attempt(1, "RuntimeError: sizes differ"), {}, 1)  # the other rank raised first this time
+    first = failures(attempt(0, "RuntimeError: sizes differ"), {}, 1)
+    second = failures(attempt(1, "RuntimeError: sizes differ"), {}, 1)  # the other rank raised first this time
     assert repeated(second, first) == "rank 1 failed twice at epoch 1 batch 63 with RuntimeError: sizes differ"
-    assert repeated(_failure(attempt(0, "RuntimeError: sizes differ", batch=64), {}, 1), first) is None
+    assert repeated(failures(attempt(0, "RuntimeError: sizes differ", batch=64), {}, 1), first) is None
     assert repeated(second, None) is None
 
 

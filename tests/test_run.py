@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import (PYTHON, ROOT, assert_same_history, assert_same_run, flat, kill_group, latest_step, launch_two,
+from conftest import (PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, launch_two,
                       run_one, start_process, two_rank_env, wait_for)
 
 SCRIPT = ROOT / "tests" / "helpers" / "user_script.py"

@@ -1,7 +1,6 @@
 """Ways training stops early on purpose: early stopping, and a NaN/inf loss (stop or skip)."""
 
 import pandas as pd
-import pytest
 import torch
 from safetensors.torch import load_file
 

@@ -82,7 +82,7 @@ def test_sample_weighted_metrics_do_not_depend_on_the_batching():
 
 
 def test_the_supervisor_holds_back_the_launchers_traceback_and_reads_its_report():
-    from train.supervision.supervisor import LauncherFilter, _what_happened
+    from train.supervision.supervisor import LauncherFilter, what_happened
 
     shown, filt = [], LauncherFilter()
     lines = ["epoch 1 ...\n",
@@ -98,10 +98,10 @@ def test_the_supervisor_holds_back_the_launchers_traceback_and_reads_its_report(
     assert LauncherFilter()._line(1, user_traceback[0]) == []
     records = [{"rank": 0, "pid": 5126, "code": 1, "reason": "lost contact", "epoch": 2, "batch": 5},
                {"rank": 1, "pid": 5127, "code": None}]
-    assert _what_happened(records, filt.exit_codes, []) == "rank 1 exited (SIGKILL) at epoch 2 batch 5"
-    assert _what_happened(records, {}, [1]) == "rank 1 stalled (rank 0: lost contact) at epoch 2 batch 5"
+    assert what_happened(records, filt.exit_codes, []) == "rank 1 exited (SIGKILL) at epoch 2 batch 5"
+    assert what_happened(records, {}, [1]) == "rank 1 stalled (rank 0: lost contact) at epoch 2 batch 5"
     records[1].update(code=1, reason="RuntimeError: a bug in rank 1's model")  # the cause, not its echo
-    assert _what_happened(records, {}, []) == "rank 1 failed (RuntimeError: a bug in rank 1's model) at epoch 2 batch 5"
+    assert what_happened(records, {}, []) == "rank 1 failed (RuntimeError: a bug in rank 1's model) at epoch 2 batch 5"
 
 
 def test_a_pickle_that_would_run_code_is_refused_before_it_is_loaded(tmp_path):

@@ -1,22 +1,14 @@
-"""The ways a run ends other than success, each with its exit code.
+"""The ways a run ends other than success, each with its exit code and what the code means: one
+declaration, which the supervisor's lines and the README's table (checked by a test) follow.
 
 A `RunError` is reported as one line (`error: ...`) and its `exit_code`, without a traceback
-unless `--debug` is given; a bug keeps its traceback. Exit codes:
-
-  0    finished
-  1    crashed (a bug: the traceback is shown), or preflight found a problem
-  2    bad input: config, data, model, resume point, output folder (`UserError`)
-  3    the loss became NaN or infinite (`NonFiniteLoss`); the last good checkpoint is kept
-  74   a checkpoint or an output file could not be written (`WriteError`: a full disk, an I/O
-       error); the last good checkpoint is kept (74 is EX_IOERR in sysexits.h)
-  75   preempted: SIGUSR1/SIGTERM, a checkpoint was saved; run the same command again to resume
-       (`Preempted`; 75 is EX_TEMPFAIL in sysexits.h, "temporary failure, try again")
-  130  interrupted by Ctrl-C (SIGINT), a checkpoint was saved (`Interrupted`; 128 + SIGINT, what
-       shells report for a program ended by Ctrl-C)
-"""
+unless `--debug` is given; a bug keeps its traceback (exit 1). 74 is EX_IOERR and 75 EX_TEMPFAIL
+("temporary failure, try again") in sysexits.h; 130 is 128 + SIGINT, what shells report for a
+program ended by Ctrl-C."""
 
 class RunError(Exception):
     exit_code = 1
+    meaning = "crashed (a bug: the traceback is shown)"
     # True when every process raises the same error at the same point (it comes from the config,
     # or the processes agreed on it through a collective): then only the main process reports it.
     same_on_every_process = False
@@ -27,6 +19,7 @@ class UserError(RunError):
     """A problem in the user's input; the message says what was wrong and how to fix it."""
 
     exit_code = 2
+    meaning = "bad input"
 
 
 class ConfigError(UserError):
@@ -43,6 +36,7 @@ class NonFiniteLoss(RunError):
     """The training loss became NaN or infinite (all processes agreed on it)."""
 
     exit_code = 3
+    meaning = "the loss became NaN or infinite"
     same_on_every_process = True
 
 
@@ -50,6 +44,7 @@ class WriteError(RunError):
     """A checkpoint or output file could not be written (all processes agreed on it)."""
 
     exit_code = 74
+    meaning = "an output could not be written"
     same_on_every_process = True
 
 
@@ -57,6 +52,7 @@ class Preempted(RunError):
     """SIGUSR1 or SIGTERM asked the run to stop; all processes stopped at the same batch."""
 
     exit_code = 75
+    meaning = "preempted; a checkpoint was saved"
     same_on_every_process = True
     label = "preempted"
 
@@ -69,7 +65,22 @@ class Interrupted(Preempted):
     """Ctrl-C (SIGINT) asked the run to stop."""
 
     exit_code = 130
+    meaning = "interrupted; a checkpoint was saved"
     label = "interrupted"
+
+
+class PreflightError(UserError):
+    """Preflight found a problem (its stage and the reason in one line)."""
+
+    exit_code = 1
+    meaning = "preflight found a problem"
+
+
+# What each exit code means, from the classes above (0 is success): the supervisor says it
+EXIT_MEANINGS = {0: "finished", **{cls.exit_code: cls.meaning for cls in (
+    RunError, UserError, NonFiniteLoss, WriteError, Preempted, Interrupted)}}
+DELIBERATE_MEANINGS = {**{code: m for code, m in EXIT_MEANINGS.items() if code not in (0, 1)},
+                       PreflightError.exit_code: PreflightError.meaning}  # a deliberate end's words, by code
 
 
 def report(error: RunError) -> None:
@@ -82,13 +93,6 @@ def report(error: RunError) -> None:
     if rank == 0 or not error.same_on_every_process:
         who = f"[rank {rank}] " if rank else ""
         print(f"{who}{error.label}: {error}", file=sys.stderr, flush=True)
-
-
-def exit_for(error: RunError) -> SystemExit:
-    """For a front that owns its process (a script, or `fit(output_dir=...)`): the error's one line,
-    then the `SystemExit` to raise with its exit code (no traceback)."""
-    report(error)
-    return SystemExit(error.exit_code)
 
 
 def first_line(error: BaseException) -> str:

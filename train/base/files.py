@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Optional, Callable
 
 
 def free_space(folder: str | Path) -> str:
@@ -58,3 +58,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.write(text)
 
     atomic_write(path, write)
+
+
+def pointer_target(pointer: Path) -> Optional[Path]:
+    """The folder a pointer file names (one line: a name beside the pointer), if it is there:
+    `checkpoints/latest` and `checkpoints/best`."""
+    pointer = Path(pointer)
+    if not pointer.is_file():
+        return None
+    target = pointer.parent / pointer.read_text().strip()
+    return target if target.is_dir() else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from train.config.monitor import Monitor
 from train.engine.events import Callback
 
 WIDTH = 100  # no printed line wider than this: a terminal of 100 columns shows each row whole
@@ -113,9 +114,10 @@ class EarlyStopping(Callback):
 
     state_key = "early_stopping"
 
-    def __init__(self, monitor: str, mode: str = "min", patience: int = 3, min_delta: float = 0.0,
+    def __init__(self, monitor: str, mode: str = "auto", patience: int = 3, min_delta: float = 0.0,
                  restore_best: bool = False, print_fn=print):
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.monitor, self.patience = monitor, patience
+        self.rule = Monitor(monitor, mode, min_delta)  # which way, and by how much, is an improvement
         self.restore_best = restore_best
         self.print = print_fn
         self.best = None
@@ -132,20 +134,13 @@ class EarlyStopping(Callback):
         for key, value in state.items():
             setattr(self, key, value)
 
-    def _improved(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
-
     def on_train_begin(self, run):
         if self.stopped_epoch:  # resumed from a run that had already stopped here
             run.stop_training()
 
     def on_epoch_end(self, epoch, row, run):
         value = row[self.monitor]
-        if self._improved(value):
+        if self.rule.improved(value, self.best):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
                 self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}

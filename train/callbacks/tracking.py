@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from train.base.text import flatten
 from train.engine.events import Callback
 
 RUN_ID_FILE = "wandb_run_id"
@@ -61,14 +62,9 @@ def start_trackers(accelerator, options, output_dir: Path, run_id: str | None = 
     return where, run_id
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:  # TensorBoard's hparams take scalars and strings only
-            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+def _flat(tree: dict) -> dict:
+    """The config as dotted keys of scalars and strings (all TensorBoard's hparams take)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(tree).items()}
 
 
 class Tracking(Callback):

@@ -9,13 +9,16 @@ factories are checked where they are resolved (`train.registry`), with a did-you
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from pathlib import Path
 from typing import Any, Optional
 
+from train.config.monitor import mode_of
+from train.base.text import did_you_mean, flatten
+from train.config.options import normalised_resume
 from train.config.schema import Config
 from train.base.errors import ConfigError
+from train.base.paths import ROOT
 
 
 def all_keys(cls=Config, prefix: str = "", values=None) -> dict[str, dict]:
@@ -45,8 +48,7 @@ def describe_keys(cfg: Optional[Config] = None, width: int = 100) -> str:
 
 
 def _closest(key: str, known) -> str:
-    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
-    return f"; did you mean '{match[0]}'?" if match else "; run with --help to list the keys"
+    return "; " + did_you_mean(key, known, cutoff=0.5, otherwise="run with --help to list the keys")
 
 
 def _coerce(key: str, value: Any, kind) -> Any:
@@ -71,18 +73,6 @@ def _coerce(key: str, value: Any, kind) -> Any:
     if not ok:
         raise ConfigError(f"config key '{key}' expects {kind.__name__}, got {type(value).__name__} {value!r}")
     return value
-
-
-def _flatten(tree: dict, known: dict, prefix: str = "") -> dict:
-    """{"optimizer": {"lr": 1}} -> {"optimizer.lr": 1}; the values of dict-typed keys stay whole."""
-    flat = {}
-    for k, v in tree.items():
-        name = prefix + str(k)
-        if isinstance(v, dict) and v and known.get(name, {}).get("type") is not dict:
-            flat.update(_flatten(v, known, name + "."))
-        else:
-            flat[name] = v
-    return flat
 
 
 def _read_yaml(path: Path) -> dict:
@@ -144,14 +134,21 @@ def build_config(values: dict) -> Config:
 
 
 def load_config(path=None, overrides=()) -> Config:
-    """Read the YAML file at `path` (or the defaults), apply `key=value` overrides, validate."""
+    """Read the YAML file at `path` (or the defaults), apply `key=value` overrides, validate. A
+    relative data path is taken from the working folder, else from the project folder (so that
+    the script runs from anywhere)."""
     known = all_keys()
-    values = _flatten(_read_yaml(Path(path)), known) if path else {}
+    values = flatten(_read_yaml(Path(path)), keep_whole=lambda key: known.get(key, {}).get("type") is dict) \
+        if path else {}
     if path and "output_dir" not in values:  # a config of your own: runs/<its name>, not runs/mnist
         stem = Path(path).stem if Path(path).stem != "config" else Path(path).resolve().parent.name
         values["output_dir"] = f"runs/{stem}"
     values.update(parse_override(o) for o in overrides)
-    return build_config(values)
+    cfg = build_config(values)
+    data = Path(cfg.data.path)
+    if not data.is_absolute() and not data.exists() and (ROOT / data).exists():
+        cfg.data.path = str(ROOT / data)
+    return cfg
 
 
 def validate(cfg: Config) -> None:
@@ -182,10 +179,21 @@ def validate(cfg: Config) -> None:
     if cfg.data.source == "python" and not cfg.data.factory:
         raise ConfigError("data.source=python needs data.factory='package.module:function' (returning the "
                           "training and validation data sets)")
-    if cfg.resume is None or str(cfg.resume).lower() in ("none", "null", "false", "no"):
-        cfg.resume = "none"
+    cfg.resume = normalised_resume(cfg.resume)
+    default_monitor = "val_loss" if cfg.data.val_size != 0 else "loss"  # what checkpoints/best watches by default
+    cfg.checkpoint.mode = mode_of(cfg.checkpoint.monitor or default_monitor, cfg.checkpoint.mode)
+    cfg.early_stopping.mode = mode_of(cfg.early_stopping.monitor, cfg.early_stopping.mode)
     monitors = [("checkpoint.monitor", cfg.checkpoint.monitor), ("early_stopping.monitor", cfg.early_stopping.monitor)]
     for name, column in monitors:
         if column is not None and cfg.data.val_size == 0 and column.startswith("val_"):
             raise ConfigError(f"config key '{name}' is '{column}' but there is no validation data (data.val_size=0); "
                               f"monitor a training column such as '{column[4:]}' or give validation data")
+
+
+def save_config(cfg: Config, path) -> None:
+    """Write the resolved config as YAML (atomically), so a run can be repeated from its output."""
+    import yaml
+
+    from train.base.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

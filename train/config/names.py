@@ -10,7 +10,6 @@ flat YAML needs, without a second config system.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -18,14 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from train.base.text import closest, did_you_mean
 from train.base.errors import ConfigError, describe
 from train.base.paths import ROOT
 
 
 
-def _did_you_mean(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+def _hint(name: str, options) -> str:
+    hint = did_you_mean(name, options)
+    return f"; {hint}" if hint else ""
 
 
 def is_import_path(spec: str) -> bool:
@@ -37,8 +37,7 @@ def resolve(spec: str, builtins: Mapping[str, Any], what: str) -> Any:
     if spec in builtins:
         return builtins[spec]
     if not isinstance(spec, str) or not is_import_path(spec):
-        close = difflib.get_close_matches(str(spec), list(builtins), n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = f" ({did_you_mean(spec, builtins)})" if closest(spec, builtins) else ""
         raise ConfigError(f"unknown {what} '{spec}'{hint}; choose one of {', '.join(builtins)}, or give an import "
                           f"path such as 'package.module:Name'")
     module_path, sep, attr = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
@@ -48,7 +47,7 @@ def resolve(spec: str, builtins: Mapping[str, Any], what: str) -> Any:
     if not hasattr(module, attr):
         public = [n for n in dir(module) if not n.startswith("_")]
         raise ConfigError(f"cannot import '{spec}': module '{module_path}' has no attribute '{attr}'"
-                          f"{_did_you_mean(attr, public)}")
+                          f"{_hint(attr, public)}")
     return getattr(module, attr)
 
 
@@ -75,7 +74,7 @@ def _import(module_path: str, spec: str):
         missing = e.name or module_path
         parent, _, leaf = missing.rpartition(".")
         siblings = [f"{parent}.{name}" if parent else name for name in _submodules(parent)]
-        hint = _did_you_mean(missing, siblings)
+        hint = _hint(missing, siblings)
         raise ConfigError(f"cannot import '{spec}': no module named '{missing}'{hint}") from None
     except ConfigError:
         raise

@@ -8,71 +8,78 @@ that names the option; the fronts only translate. This module knows nothing of t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Optional
 
+from train.config.monitor import MODES
+from train.base.text import did_you_mean
 from train.base.errors import UserError, check_choice
 
 PRECISIONS = ("no", "bf16", "fp16", "auto")
 NONFINITE = ("stop", "skip")
 SCHEDULER_INTERVALS = ("epoch", "step")
-MODES = ("min", "max")
 TRACKERS = ("wandb", "tensorboard")
+
+
+def option(default=None, key: str = "", from_config=None, choices: tuple = ()):
+    """A run option: its default and where the script's config holds it: a dotted config `key` (the
+    same value under another name), or `from_config(cfg)` when it is made from several keys; neither
+    for an option only the Python fronts set. The one place where the two schemas meet."""
+    meta = {"key": key, "from_config": from_config, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclass
 class RunOptions:
     # outputs, checkpoints and resume (nothing is written without an output_dir)
-    output_dir: Optional[str] = None
-    resume: str = "auto"  # auto: the newest intact checkpoint in output_dir; none; or a checkpoint path
-    checkpoint: bool = True  # checkpoints in <output_dir>/checkpoints (needed to resume)
-    checkpoint_every: Optional[int] = None  # also every N optimizer steps; None: at epoch ends only
-    keep_last: int = 2
-    checkpoint_monitor: Optional[str] = None  # the column that picks `best`; None: val_loss, else loss
-    checkpoint_mode: str = "min"
+    output_dir: Optional[str] = option(None, "output_dir")
+    resume: str = option("auto", "resume")  # auto: the newest intact checkpoint in output_dir; none; a checkpoint
+    checkpoint: bool = option(True, "checkpoint.enabled")  # checkpoints in <output_dir>/checkpoints (to resume)
+    checkpoint_every: Optional[int] = option(None, "checkpoint.every_steps")  # also every N optimizer steps
+    keep_last: int = option(2, "checkpoint.keep_last")
+    checkpoint_monitor: Optional[str] = option(None, "checkpoint.monitor")  # picks `best`; None: val_loss, else loss
+    checkpoint_mode: str = option("auto", "checkpoint.mode", choices=MODES)  # auto: by the column's name
     # the computation
-    seed: Optional[int] = None  # seeds Python, NumPy, torch and the data order at the start of fit
-    mixed_precision: Optional[str] = None  # no | bf16 | fp16 | auto (bf16 where fast); None: the launcher's
-    gradient_accumulation_steps: int = 1
-    steps_per_epoch: Optional[int] = None  # at most this many optimizer steps an epoch (a stream without a length)
-    max_grad_norm: Optional[float] = None
-    nonfinite: str = "stop"  # a NaN/inf loss: stop (exit 3) or skip the optimizer step
-    compile: bool = False  # torch.compile the model (inductor)
-    channels_last: bool = False
-    tf32: Optional[bool] = None
-    num_classes: Optional[int] = None  # with a classification loss: checked against the model's output width
-    collective_timeout_s: Optional[float] = 600.0  # a process waiting longer for the others ends the run
+    seed: Optional[int] = option(None, "seed")  # seeds Python, NumPy, torch and the data order at the start of fit
+    mixed_precision: Optional[str] = option(None, "mixed_precision", choices=PRECISIONS)  # None: the launcher's
+    gradient_accumulation_steps: int = option(1, "gradient_accumulation_steps")
+    steps_per_epoch: Optional[int] = option(None, "steps_per_epoch")  # at most this many optimizer steps an epoch
+    max_grad_norm: Optional[float] = option(None, "max_grad_norm")
+    nonfinite: str = option("stop", "nonfinite", choices=NONFINITE)  # a NaN/inf loss: stop (exit 3) or skip the step
+    compile: bool = option(False, "compile")  # torch.compile the model (inductor)
+    channels_last: bool = option(False, "channels_last")
+    tf32: Optional[bool] = option(None, "tf32")
+    num_classes: Optional[int] = option(None)  # a classification loss: checked against the model's output width
+    collective_timeout_s: Optional[float] = option(600.0, "collective_timeout_s")  # a process waiting longer ends it
     # what a person sees
-    trackers: tuple = ()  # "wandb", "tensorboard"
-    tracking_project: str = "train"
-    tracking_entity: Optional[str] = None
-    tracking_run_name: Optional[str] = None
-    tracking_tags: tuple = ()
-    tracking_group: Optional[str] = None
-    early_stopping: Optional[str] = None  # a history column to watch, e.g. "val_loss"
-    early_stopping_mode: str = "min"
-    early_stopping_patience: int = 3
-    early_stopping_min_delta: float = 0.0
-    early_stopping_restore_best: bool = False
-    progress: Optional[bool] = None  # a bar; None: only when stdout is a terminal
-    log_every_s: float = 30.0  # without a terminal: a progress line every N seconds
-    log_step_freq: Optional[int] = None  # running metrics every N batches (a device sync each)
-    step_lines: bool = False  # the tutorial's "[step = N] loss: ..." lines at each log point
-    name: Optional[str] = None  # the model's name in the plan
-    export_merged: bool = False  # a peft model: also hf-merged/, the adapters merged into the weights
+    trackers: tuple = option((), from_config=lambda cfg: tuple(
+        name for name in TRACKERS if getattr(cfg.tracking, name)))  # "wandb", "tensorboard"
+    tracking_project: str = option("train", "tracking.project")
+    tracking_entity: Optional[str] = option(None, "tracking.entity")
+    tracking_run_name: Optional[str] = option(None, "tracking.run_name")
+    tracking_tags: tuple = option((), "tracking.tags")
+    tracking_group: Optional[str] = option(None, "tracking.group")
+    early_stopping: Optional[str] = option(None, "early_stopping.monitor")  # a history column, e.g. "val_loss"
+    early_stopping_mode: str = option("auto", "early_stopping.mode", choices=MODES)
+    early_stopping_patience: int = option(3, "early_stopping.patience")
+    early_stopping_min_delta: float = option(0.0, "early_stopping.min_delta")
+    early_stopping_restore_best: bool = option(False, "early_stopping.restore_best")
+    progress: Optional[bool] = option(None, "progress")  # a bar; None: only when stdout is a terminal
+    log_every_s: float = option(30.0, "log_every_s")  # without a terminal: a progress line every N seconds
+    log_step_freq: Optional[int] = option(None, "log_step_freq")  # running metrics every N batches (a device sync)
+    step_lines: bool = option(False)  # the tutorial's "[step = N] loss: ..." lines at each log point
+    name: Optional[str] = option(None, "model")  # the model's name in the plan
+    export_merged: bool = option(False, "peft.merged_export")  # a peft model: also hf-merged/, adapters merged in
 
     def __post_init__(self):
         self.trackers = tuple(self.trackers or ())
         self.tracking_tags = tuple(self.tracking_tags or ())
-        if self.resume is None or str(self.resume).lower() in ("none", "null", "false", "no"):
-            self.resume = "none"
-        self.resume = str(self.resume)
-        if self.mixed_precision is not None:
-            check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
-        check_choice("nonfinite", self.nonfinite, NONFINITE)
-        check_choice("checkpoint_mode", self.checkpoint_mode, MODES)
-        check_choice("early_stopping_mode", self.early_stopping_mode, MODES)
+        self.resume = normalised_resume(self.resume)
+        for f in dataclasses.fields(self):
+            if f.metadata["choices"] and getattr(self, f.name) is not None:
+                check_choice(f.name, getattr(self, f.name), f.metadata["choices"])
         for tracker in self.trackers:
             check_choice("each of trackers", tracker, TRACKERS)
         for name in ("gradient_accumulation_steps", "keep_last", "log_every_s"):
@@ -85,6 +92,28 @@ class RunOptions:
             raise UserError("early_stopping_patience and early_stopping_min_delta must be >= 0")
 
 
+def normalised_resume(value) -> str:
+    """`resume` as the run reads it: "auto", "none" (also for null, false, no) or a checkpoint path."""
+    if value is None or str(value).lower() in ("none", "null", "false", "no"):
+        return "none"
+    return str(value)
+
+
+def options_from(cfg) -> RunOptions:
+    """The run options a config holds (everything but the model, the data and the optimizer), each
+    from the key its field names."""
+    values = {}
+    for f in dataclasses.fields(RunOptions):
+        if f.metadata["from_config"] is not None:
+            values[f.name] = f.metadata["from_config"](cfg)
+        elif f.metadata["key"]:
+            value = cfg
+            for part in f.metadata["key"].split("."):
+                value = getattr(value, part)
+            values[f.name] = value
+    return RunOptions(**values)
+
+
 def _positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise UserError(f"{name} must be a number > 0; got {value!r}")
@@ -95,7 +124,6 @@ def run_options(where: str, **kwargs) -> RunOptions:
     known = [f.name for f in dataclasses.fields(RunOptions)]
     for key in kwargs:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"the options are: {', '.join(known)}"
+            hint = did_you_mean(key, known, otherwise=f"the options are: {', '.join(known)}")
             raise UserError(f"{where} got an unknown option '{key}'; {hint}")
     return RunOptions(**kwargs)

@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from train.config.options import MODES, NONFINITE, PRECISIONS, SCHEDULER_INTERVALS
+from train.config.monitor import MODES as MONITOR_MODES
+from train.config.options import NONFINITE, PRECISIONS, SCHEDULER_INTERVALS
 
 
 def key(default: Any = None, help: str = "", choices: tuple = ()):
@@ -100,13 +101,15 @@ class CheckpointConfig:
     keep_last: int = key(2, "how many of the newest to keep (plus the best)")
     monitor: Optional[str] = key(None, "the history column that picks checkpoints/best; null: val_loss, "
                                        "or loss without validation")
-    mode: str = key("min", "whether a lower (min) or higher (max) monitor is better", MODES)
+    mode: str = key("auto", "whether a lower (min) or higher (max) monitor is better; auto: min for a loss or "
+                            "an error (by the column's name), else max", MONITOR_MODES)
 
 
 @dataclass
 class EarlyStoppingConfig:
     monitor: Optional[str] = key(None, "a history column to watch, e.g. val_loss; null: no early stopping")
-    mode: str = key("min", "whether a lower (min) or higher (max) value is better", MODES)
+    mode: str = key("auto", "whether a lower (min) or higher (max) value is better; auto: min for a loss or "
+                            "an error (by the column's name), else max", MONITOR_MODES)
     patience: int = key(3, "epochs without an improvement of more than min_delta before stopping")
     min_delta: float = key(0.0, "the smallest change that counts as an improvement")
     restore_best: bool = key(False, "end with the weights of the best epoch instead of the last")
@@ -120,7 +123,7 @@ class SweepConfig:
     monitor: Optional[str] = key(None, "the history column to optimise; null: the early-stopping monitor, else "
                                        "the checkpoint monitor, else val_loss (loss without validation)")
     mode: str = key("auto", "max or min; auto: the mode of the monitor it took (min for val_loss)",
-                    ("auto", "min", "max"))
+                    MONITOR_MODES)
     sampler: str = key("tpe", "Optuna's TPE sampler, or random", ("tpe", "random"))
     seed: Optional[int] = key(None, "seeds the sampler, so the same search proposes the same trials; null: seed")
     pruner: str = key("median", "stop a trial at an epoch end whose monitor is worse than the median of the "
@@ -200,79 +203,3 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# Keys a resumed run may change: how long it trains, how it is watched and tracked, how the data is
-# fed and where it lies. Any other difference means another run (model, data, optimizer, loss, ...).
-RESUMABLE_CHANGES = ("epochs", "output_dir", "resume", "preflight", "progress", "log_step_freq", "log_every_s",
-                     "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps", "callbacks",
-                     "sweep.", "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
-                     "peft.merged_export")
-
-
-SECTIONS = ("data", "optimizer", "scheduler", "tracking", "checkpoint", "early_stopping", "sweep", "peft")
-
-
-def _flat(config: dict) -> dict:
-    """A config as `{dotted key: value}`; dict-valued keys (model_args, data.args) stay whole."""
-    out = {}
-    for k, v in config.items():
-        if k in SECTIONS and isinstance(v, dict):
-            out.update({f"{k}.{sub}": value for sub, value in v.items()})
-        else:
-            out[k] = v
-    return out
-
-
-def config_differences(saved: dict, new: dict) -> list[str]:
-    """`key: saved -> new` for each setting that differs and that a resume may not change."""
-    before, after = _flat(saved), _flat(new)
-    changed = []
-    for key in sorted(set(before) | set(after)):
-        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES):
-            continue
-        if before.get(key) != after.get(key):
-            changed.append(f"{key}: {before.get(key)!r} there, {after.get(key)!r} now")
-    return changed
-
-
-def refuse_other_run(out, cfg: Config) -> None:
-    """A `ConfigError` naming the differences when the run saved in the folder `out` (its
-    config.yaml) has other settings than `cfg`, before anything is loaded or written."""
-    from pathlib import Path
-
-    import yaml
-
-    from train.base.errors import ConfigError
-
-    saved = Path(out) / "config.yaml"
-    if not saved.is_file():
-        return
-    try:
-        before = yaml.safe_load(saved.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return  # unreadable: the checkpoint's own checks (the model's shapes) still apply
-    try:  # with today's defaults filled in, so that a key added since is no difference
-        from train.config.loading import build_config
-
-        before = build_config(_flat(before)).to_dict()
-    except Exception:  # a config of another version: compare what it says
-        pass
-    changed = config_differences(before, cfg.to_dict())
-    if before.get("scheduler", {}).get("name") == "onecycle" and before.get("epochs") != cfg.epochs:
-        changed.append(f"epochs: {before.get('epochs')!r} there, {cfg.epochs!r} now (a one-cycle schedule is "
-                       f"planned for its epochs)")
-    if changed:
-        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        raise ConfigError(f"output_dir {out} holds a run with other settings ({'; '.join(changed[:3])}{more}); use "
-                          f"another output_dir (only epochs, logging, tracking, callbacks and data loading may "
-                          f"change on a resume)")
-
-
-def save_config(cfg: Config, path) -> None:
-    """Write the resolved config as YAML (atomically), so a run can be repeated from its output."""
-    import yaml
-
-    from train.base.files import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

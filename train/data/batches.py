@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import torch
 
+from train.data.nested import apply, leaves, merge, tensors
 from train.base.errors import UserError
 
 LABEL_KEYS = ("labels", "label")  # the `transformers` name first; `datasets` rows often say `label`
@@ -85,22 +86,10 @@ def describe_value(value) -> str:
 
 
 # -------------------------------------------------------------------------------- collates
-def _leaves(sample, prefix=()):
-    """(path, value) of every leaf of a sample: tensors, numbers, lists of numbers."""
-    if isinstance(sample, dict):
-        for k, v in sample.items():
-            yield from _leaves(v, (*prefix, k))
-    elif isinstance(sample, tuple):
-        for i, v in enumerate(sample):
-            yield from _leaves(v, (*prefix, i))
-    else:
-        yield prefix, sample
-
-
 def batch_rows(inputs) -> int:
     """The number of samples in a batch's inputs: its first tensor's first dimension."""
-    for _, leaf in _leaves(inputs if not isinstance(inputs, list) else tuple(inputs)):
-        if torch.is_tensor(leaf) and leaf.dim() > 0:
+    for leaf in tensors(inputs):
+        if leaf.dim() > 0:
             return leaf.shape[0]
     raise UserError(f"a batch's inputs hold no tensor: {describe_value(inputs)}")
 
@@ -108,7 +97,7 @@ def batch_rows(inputs) -> int:
 def shapes(sample) -> tuple:
     """The shapes of a sample's tensors (lists as 1-d), in order: equal for samples that stack."""
     out = []
-    for _, leaf in _leaves(sample):
+    for _, leaf in leaves(sample):
         if torch.is_tensor(leaf):
             out.append(tuple(leaf.shape))
         elif isinstance(leaf, list):
@@ -120,7 +109,7 @@ def sample_length(sample) -> int:
     """The length of a variable-length sample: its longest first dimension (tokens of a sequence)."""
     if isinstance(sample, dict) and "input_ids" in sample:
         return len(sample["input_ids"])
-    lengths = [len(leaf) if isinstance(leaf, list) else leaf.shape[0] for _, leaf in _leaves(sample)
+    lengths = [len(leaf) if isinstance(leaf, list) else leaf.shape[0] for _, leaf in leaves(sample)
                if (torch.is_tensor(leaf) and leaf.dim() > 0) or isinstance(leaf, list)]
     return max(lengths, default=1)
 
@@ -142,14 +131,11 @@ class PadCollate:
         first = samples[0]
         if isinstance(first, dict) and "input_ids" in first and "attention_mask" not in first:
             samples = [{**s, "attention_mask": torch.ones(len(s["input_ids"]), dtype=torch.long)} for s in samples]
-        return self._merge(samples, ())
+        return merge(self._stack, samples)
 
-    def _merge(self, values: list, path: tuple):
+    def _stack(self, values: list, path: tuple):
+        """One leaf of every sample as one batched tensor (or a list of strings)."""
         first = values[0]
-        if isinstance(first, dict):
-            return {k: self._merge([v[k] for v in values], (*path, k)) for k in first}
-        if isinstance(first, tuple):
-            return tuple(self._merge([v[i] for v in values], (*path, i)) for i in range(len(first)))
         if isinstance(first, str):
             return list(values)
         tensors = [v if torch.is_tensor(v) else torch.as_tensor(v) for v in values]
@@ -172,8 +158,4 @@ def pad_collate(samples: list, pad_value: float = 0) -> Any:
 
 def take_rows(inputs, n: int):
     """The first `n` samples of a batch's inputs (a tensor, a tuple or a dict of tensors)."""
-    if isinstance(inputs, dict):
-        return {k: take_rows(v, n) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(take_rows(v, n) for v in inputs)
-    return inputs[:n] if torch.is_tensor(inputs) and inputs.dim() > 0 else inputs
+    return apply(lambda t: t[:n] if t.dim() > 0 else t, inputs)

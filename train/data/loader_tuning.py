@@ -6,14 +6,14 @@ them best first with the config keys to set."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from train.supervision.reports import ended_by
 from train.data.loaders import InMemoryDataset, batch_as_is, channel_stats, cpus_available
 from train.data.sources import ArrayData, load_splits
-from train.base.paths import ROOT
+from train.base.paths import DEFAULT_CONFIG
 
 
 class _OneSampleAtATime(Dataset):
@@ -86,25 +86,19 @@ def tune(cfg, device: torch.device | str = "cpu", batches: int = 100, print_fn=p
 
 def main(argv=None) -> int:
     import argparse
-    import sys
 
     from train.config.loading import load_config
     from train.base.errors import UserError
-    from train.fronts.from_config import resolve_paths
-
-    root = ROOT
     parser = argparse.ArgumentParser(prog="python -m train.tune",
                                      description="Time the training loader's settings on the real data; print the best.")
-    parser.add_argument("--config", default=str(root / "configs" / "mnist.yaml"))
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--batches", type=int, default=100, help="batches timed per setting (default 100)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
-        resolve_paths(config)
         tune(config, args.device, args.batches)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        return ended_by(e)
     return 0

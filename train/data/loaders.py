@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from train.data.sample_draws import SeededSamples
 from train.base.errors import ConfigError, DataError
-from train.data.sources import ArrayData, StreamedImages, TensorData, map_features, load_splits
+from train.data.nested import apply
+from train.data.sources import ArrayData, StreamedImages, TensorData, load_splits
 from train.data.streams import is_stream, replayable, stream_name
 
 
@@ -85,7 +86,7 @@ class InMemoryTensors(Dataset):
     device when they fit); a batch is one indexing op per tensor."""
 
     def __init__(self, data: TensorData, device: torch.device | str = "cpu"):
-        self.features = map_features(lambda t: t.to(device), data.features)
+        self.features = apply(lambda t: t.to(device), data.features)
         self.targets = data.targets.to(device)
 
     def __len__(self) -> int:
@@ -93,10 +94,10 @@ class InMemoryTensors(Dataset):
 
     def __getitems__(self, indices: list[int]):
         idx = torch.as_tensor(indices, device=self.targets.device)
-        return map_features(lambda t: t[idx], self.features), self.targets[idx]
+        return apply(lambda t: t[idx], self.features), self.targets[idx]
 
     def __getitem__(self, i: int):
-        return map_features(lambda t: t[i], self.features), self.targets[i]
+        return apply(lambda t: t[i], self.features), self.targets[i]
 
 
 def cpus_available() -> int:

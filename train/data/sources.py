@@ -22,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from train.data.nested import apply, tensors
 from train.base.errors import ConfigError, DataError, describe, first_line
 from train.data.idx_files import MNIST_FILES, idx_count, read_idx
 
@@ -54,20 +55,10 @@ class TensorData:
         return len(self.targets)
 
     def head(self, n: Optional[int]) -> "TensorData":
-        return self if n is None else TensorData(map_features(lambda t: t[:n], self.features), self.targets[:n])
+        return self if n is None else TensorData(apply(lambda t: t[:n], self.features), self.targets[:n])
 
     def nbytes(self) -> int:
-        sizes = []
-        map_features(lambda t: sizes.append(t.numel() * t.element_size()), self.features)
-        return sum(sizes) + self.targets.numel() * self.targets.element_size()
-
-
-def map_features(fn, features):
-    if isinstance(features, dict):
-        return {k: fn(v) for k, v in features.items()}
-    if isinstance(features, (tuple, list)):
-        return type(features)(fn(v) for v in features)
-    return fn(features)
+        return sum(t.numel() * t.element_size() for t in [*tensors(self.features), self.targets])
 
 
 def _as_nchw(images: np.ndarray) -> torch.Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from train.data.nested import is_container, leaves
 from train.data.batches import shapes
 from train.base.errors import UserError, describe
 
@@ -63,11 +64,13 @@ def check_classes(loss, preds, labels, name: str, num_classes: int | None) -> No
 
 
 def shape_of(item) -> str:
-    """The shape of one sample of a batch (the batch dimension left out)."""
-    if torch.is_tensor(item):
-        return str(tuple(item.shape[1:]) if item.dim() else ())
-    if isinstance(item, dict):
-        return "{" + ", ".join(f"{k}: {shape_of(v)}" for k, v in item.items()) + "}"
-    if isinstance(item, (tuple, list)):
-        return "(" + ", ".join(shape_of(v) for v in item) + ")"
-    return type(item).__name__
+    """The shape of one sample of a batch (the batch dimension left out): `(1, 8, 8)`, or
+    `{input_ids: (12,), attention_mask: (12,)}` for the leaves of a dict or a tuple."""
+    def one(leaf) -> str:
+        if torch.is_tensor(leaf):
+            return str(tuple(leaf.shape[1:]) if leaf.dim() else ())
+        return type(leaf).__name__
+
+    if not is_container(item):
+        return one(item)
+    return "{" + ", ".join(f"{'.'.join(map(str, path))}: {one(leaf)}" for path, leaf in leaves(item)) + "}"

@@ -226,13 +226,9 @@ def gather_rows(accelerator: Accelerator, tensors, pads) -> list:
 
 def to_device(item, device):
     """A tensor, or a tuple/list/dict of them, on `device` (other values as they are)."""
-    if torch.is_tensor(item):
-        return item.to(device, non_blocking=True)
-    if isinstance(item, dict):
-        return {k: to_device(v, device) for k, v in item.items()}
-    if isinstance(item, (tuple, list)):
-        return type(item)(to_device(v, device) for v in item)
-    return item
+    from train.data.nested import apply
+
+    return apply(lambda t: t.to(device, non_blocking=True), item)
 
 
 def write_on_main(accelerator: Accelerator, write, path) -> None:

@@ -78,11 +78,10 @@ class History:
 
 def check_column(column: str, columns: list[str], option: str) -> str:
     if column not in columns:
-        import difflib
-
-        close = difflib.get_close_matches(column, columns, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(columns)}"
         from train.base.errors import ConfigError
+        from train.base.text import did_you_mean
+
+        hint = did_you_mean(column, columns, otherwise=f"choose from {', '.join(columns)}")
 
         raise ConfigError(f"{option} is '{column}', which is not a history column; {hint}")
     return column

@@ -22,6 +22,7 @@ from typing import Iterator, Optional
 import torch
 
 from train.data.batches import batch_rows
+from train.data.nested import tensors
 
 
 @dataclass
@@ -95,17 +96,6 @@ def skip_stream(batches, consumed: int, fingerprint: Optional[int], what: str, s
 def batch_fingerprint(batch) -> int:
     """A CRC-32 of a batch's tensors (a device-to-host copy: taken at checkpoints only)."""
     crc = 0
-    for t in _tensors(batch):
+    for t in tensors(batch):
         crc = zlib.crc32(t.detach().to("cpu").contiguous().numpy().tobytes(), crc)
     return crc
-
-
-def _tensors(item):
-    if torch.is_tensor(item):
-        yield item
-    elif isinstance(item, dict):
-        for v in item.values():
-            yield from _tensors(v)
-    elif isinstance(item, (tuple, list)):
-        for v in item:
-            yield from _tensors(v)

@@ -58,13 +58,9 @@ class EpochTimer:
 
 def first_sample(features):
     """The first sample of a batch, kept as a batch of one: a tensor, a tuple or a dict of tensors."""
-    if torch.is_tensor(features):
-        return features[:1]
-    if isinstance(features, dict):
-        return {k: first_sample(v) for k, v in features.items()}
-    if isinstance(features, (tuple, list)):
-        return type(features)(first_sample(v) for v in features)
-    return features
+    from train.data.nested import apply
+
+    return apply(lambda t: t[:1], features)
 
 
 def count_flops(model: torch.nn.Module, call_model: Callable, sample, autocast) -> float:

@@ -7,39 +7,9 @@ instead of objects in Python. Everything a run does with them is `train.Run`'s.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from train.base.errors import ConfigError
-from train.base.paths import ROOT
 
-
-
-def resolve_paths(cfg) -> None:
-    """Relative data paths are taken from the working directory, else from the project root, so
-    that the script runs from anywhere."""
-    path = Path(cfg.data.path)
-    if not path.is_absolute() and not path.exists() and (ROOT / path).exists():
-        cfg.data.path = str(ROOT / path)
-
-
-def options_from(cfg):
-    """The config's run options (everything but the model, the data and the optimizer)."""
-    from train.config.options import RunOptions
-
-    ck, stop, tr = cfg.checkpoint, cfg.early_stopping, cfg.tracking
-    return RunOptions(
-        output_dir=cfg.output_dir, resume=cfg.resume, checkpoint=ck.enabled, checkpoint_every=ck.every_steps,
-        keep_last=ck.keep_last, checkpoint_monitor=ck.monitor, checkpoint_mode=ck.mode, seed=cfg.seed,
-        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        steps_per_epoch=cfg.steps_per_epoch,
-        max_grad_norm=cfg.max_grad_norm, nonfinite=cfg.nonfinite, compile=cfg.compile,
-        channels_last=cfg.channels_last, tf32=cfg.tf32, collective_timeout_s=cfg.collective_timeout_s,
-        trackers=[n for n, on in (("wandb", tr.wandb), ("tensorboard", tr.tensorboard)) if on],
-        tracking_project=tr.project, tracking_entity=tr.entity, tracking_run_name=tr.run_name,
-        tracking_tags=tr.tags, tracking_group=tr.group, early_stopping=stop.monitor, early_stopping_mode=stop.mode,
-        early_stopping_patience=stop.patience, early_stopping_min_delta=stop.min_delta,
-        early_stopping_restore_best=stop.restore_best, progress=cfg.progress, log_every_s=cfg.log_every_s,
-        log_step_freq=cfg.log_step_freq, name=cfg.model, export_merged=cfg.peft.merged_export)
 
 
 def build_model_class_only(cfg) -> None:
@@ -60,9 +30,9 @@ def build(cfg):
     from train.engine.devices import local_processes
     from train.fronts.models import MODELS
     from train.service.run import Run, accelerator_for
+    from train.config.options import options_from
     from train.data.streams import is_stream
 
-    resolve_paths(cfg)
     options = options_from(cfg)
     loss, metrics = build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics)
     callbacks = build_callbacks(cfg.callbacks)

@@ -53,7 +53,7 @@ def train_model(model, epochs: int, dl_train, dl_valid=None, log_step_freq: int 
     """Train until epoch `epochs`; prints step lines and an epoch table; returns the history
     DataFrame. Keyword options are those of `Model.fit` (`output_dir=...` and the rest), and so
     are its errors: with `output_dir`, one `error:` line and the exit code; without, the exception."""
-    from train.base.errors import RunError, exit_for
+    from train.base.errors import RunError
 
     try:
         run = _run_for(model, log_step_freq=log_step_freq, step_lines=True, seed=seed, **options)
@@ -61,7 +61,6 @@ def train_model(model, epochs: int, dl_train, dl_valid=None, log_step_freq: int 
     except RunError as e:
         if options.get("output_dir") is None:
             raise
-        from train.supervision.reports import record_exit
+        from train.supervision.reports import ended_by
 
-        record_exit(e.exit_code, str(e), final=True)  # a supervisor must not restart a deliberate end
-        raise exit_for(e) from None
+        raise SystemExit(ended_by(e)) from None

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from train.base.errors import RunError, UserError, exit_for
+from train.base.errors import RunError, UserError
 from train.config.options import run_options
 from train.fronts.summary import summary as summary_table
 
@@ -64,11 +64,10 @@ class Model(nn.Module):
                 raise UserError(f"compile(metrics_dict=...): metric '{name}' expects a callable, got {type(fn).__name__}")
         for key in step_options:
             if key not in STEP_OPTIONS:
-                import difflib
+                from train.base.text import did_you_mean
 
-                close = difflib.get_close_matches(key, STEP_OPTIONS, n=1)
                 raise UserError(f"compile() got an unknown option '{key}'; "
-                                + (f"did you mean '{close[0]}'?" if close else f"it takes {', '.join(STEP_OPTIONS)}"))
+                                + did_you_mean(key, STEP_OPTIONS, otherwise=f"it takes {', '.join(STEP_OPTIONS)}"))
         run_options("compile()", **step_options)  # checks the values now, not at fit
         self.loss_func = loss_func
         self._compiled = dict(optimizer=optimizer or torch.optim.Adam(self.parameters(), lr=1e-3),
@@ -116,10 +115,9 @@ class Model(nn.Module):
         except RunError as e:
             if output_dir is None:
                 raise
-            from train.supervision.reports import record_exit
+            from train.supervision.reports import ended_by
 
-            record_exit(e.exit_code, str(e), final=True)  # a supervisor must not restart a deliberate end
-            raise exit_for(e) from None
+            raise SystemExit(ended_by(e)) from None
         self._state = run.state()
         return history
 

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 
-from train.base.errors import RunError, report  # noqa: E402
+from train.supervision.reports import ended_by
+from train.base.errors import RunError  # noqa: E402
 
 
 def parse_args(argv):
@@ -49,8 +50,8 @@ def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=No
     with working_folder(origin.get("cwd")):
         loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed)
     if loaders.val is None:
-        raise ConfigError(f"the run's data has no validation split to predict on; name one with --data "
-                          f"(e.g. val_split=test)")
+        raise ConfigError("the run's data has no validation split to predict on; name one with --data "
+                          "(e.g. val_split=test)")
     model = load_model(run_dir, checkpoint)
     run = Run(model, None, build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics), accelerator=accelerator)
     metrics = run.evaluate(loaders.val)
@@ -100,6 +101,5 @@ def main(argv=None) -> int:
     try:
         predict(args.run_dir, args.data, args.checkpoint, args.out, args.batch_size)
     except RunError as e:
-        report(e)
-        return e.exit_code
+        return ended_by(e)
     return 0

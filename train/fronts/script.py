@@ -13,11 +13,10 @@ import argparse
 import os
 import sys
 import textwrap
-from pathlib import Path
 
 
 from train.config.loading import load_config  # noqa: E402
-from train.base.errors import RunError, report  # noqa: E402
+from train.base.errors import RunError  # noqa: E402
 from train.base.paths import DEFAULT_CONFIG, ROOT  # noqa: F401 (ROOT: for the tests)
 
 
@@ -75,7 +74,7 @@ def run(cfg):
 
 
 def main(argv=None) -> int:
-    from train.supervision.reports import record_exit
+    from train.supervision.reports import ended_by, record_exit
 
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -89,11 +88,10 @@ def main(argv=None) -> int:
     try:
         run(load_config(args.config, args.overrides))
     except RunError as e:
-        record_exit(e.exit_code, str(e), final=True)  # raised on purpose: a restart would not help
         if args.debug:
+            record_exit(e.exit_code, str(e), final=True)  # raised on purpose: a restart would not help
             raise
-        report(e)
-        return e.exit_code
+        return ended_by(e)
     return 0
 
 

@@ -17,13 +17,14 @@ from typing import Iterable, Optional
 
 import torch
 
+from train.config.monitor import Monitor
 from train.engine.adapters import frozen_fingerprint, is_adapted, trainable_only
 from train.engine.events import Callback
 from train.engine.devices import all_ok, from_main
 from train.base.errors import ConfigError, WriteError
 from train.base.files import free_space
 from train.data.rng import capture_rng
-from train.saving.storage import (CALLBACKS_FILE, FORMAT, LOOP_FILE, SCHEDULER_FILE, _fsync_own_files, _reason, commit, find,
+from train.saving.storage import (CALLBACKS_FILE, FORMAT, LOOP_FILE, SCHEDULER_FILE, fsync_own_files, why_save_failed, commit, find,
                       latest)
 
 
@@ -55,12 +56,13 @@ class Checkpoint(Callback):
     state_key = "checkpoint"
 
     def __init__(self, loop, root: str | Path, every_steps: Optional[int] = None, keep_last: int = 2,
-                 monitor: Optional[str] = None, mode: str = "min", parts: Iterable = ()):
+                 monitor: Optional[str] = None, mode: str = "auto", parts: Iterable = ()):
         self.loop = loop  # the manager saves the loop's state: it alone reads the loop's insides
         self.root = Path(root)
         self.every_steps = every_steps
         self.keep_last = keep_last
-        self.monitor, self.mode = monitor, mode
+        self.monitor = monitor
+        self.rule = Monitor(monitor, mode)  # which way `monitor` is better
         stateful = [p for p in [self, *parts] if getattr(p, "state_key", None)]
         self.parts = {p.state_key: p for p in stateful}
         if len(self.parts) != len(stateful):
@@ -157,8 +159,7 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, epoch, row):
         value = row.get(self.monitor) if self.monitor else None
-        better = value is not None and (self.best is None or (value < self.best if self.mode == "min"
-                                                               else value > self.best))
+        better = self.rule.improved(value, self.best)
         if better:
             self.best = value
         self.save(best=better)
@@ -189,11 +190,11 @@ class Checkpoint(Callback):
             try:
                 self._write(tmp, state)
                 if not acc.is_main_process:  # on a shared file system, through this node's client
-                    _fsync_own_files(tmp, acc.process_index)
+                    fsync_own_files(tmp, acc.process_index)
             except Exception as e:  # torch.save and safetensors report a full disk as RuntimeError
                 error = e
         if not all_ok(acc, error is None):  # every process learns that one of them failed
-            reason = _reason(error, tmp)
+            reason = why_save_failed(error, tmp)
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise WriteError(f"could not save checkpoint {name} to {self.root}/ ({reason}); "
@@ -205,7 +206,7 @@ class Checkpoint(Callback):
             error = e
             shutil.rmtree(tmp, ignore_errors=True)
         if not all_ok(acc, error is None):  # nobody reads or moves on before the checkpoint is complete
-            raise WriteError(f"could not complete checkpoint {name} in {self.root}/ ({_reason(error, tmp)}); "
+            raise WriteError(f"could not complete checkpoint {name} in {self.root}/ ({why_save_failed(error, tmp)}); "
                              f"{free_space(self.root)}; make room and run the same command again to resume")
         self.last_saved = final
         return final

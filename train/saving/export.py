@@ -19,6 +19,8 @@ from typing import Optional
 import torch
 
 from train.base.errors import UserError
+from train.base.files import pointer_target
+from train.base.paths import CHECKPOINTS
 
 WEIGHTS, ORIGIN, HF_DIR, MERGED_DIR = "model.safetensors", "run.json", "hf", "hf-merged"
 PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DistributedDataParallel's
@@ -105,10 +107,9 @@ def weights_file(path, checkpoint: Optional[str] = None) -> Path:
     or `step-00000100`)."""
     path = Path(path)
     if checkpoint is not None:
-        folder = path / "checkpoints" / checkpoint
-        if folder.is_file():  # `latest` and `best` are pointers: one line naming a checkpoint folder
-            folder = path / "checkpoints" / folder.read_text().strip()
-        path = folder
+        folder = path / CHECKPOINTS / checkpoint
+        # `latest` and `best` are pointers: one line naming a checkpoint folder
+        path = (pointer_target(folder) or folder) if folder.is_file() else folder
     if path.is_dir():
         path = path / WEIGHTS
     if not path.is_file():

@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Optional
 
 from train.base.errors import ConfigError, UserError, first_line
-from train.base.files import atomic_write_text, file_mode
+from train.base.files import atomic_write_text, file_mode, pointer_target
+from train.base.paths import BEST, LATEST
 
-LATEST, BEST = "latest", "best"
 LOOP_FILE, CALLBACKS_FILE, SCHEDULER_FILE, MANIFEST = "loop.json", "callbacks.pt", "scheduler.pt", "manifest.json"
 FORMAT = 3
 
@@ -80,7 +80,7 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
 
 
-def _reason(error: Optional[BaseException], written: Path) -> str:
+def why_save_failed(error: Optional[BaseException], written: Path) -> str:
     """Why a save failed, in a few words. torch.save reports a full disk as a RuntimeError about
     stream positions: when the free space is less than what the save had written, say so."""
     if error is None:
@@ -105,7 +105,7 @@ def _fsync_tree(folder: Path) -> None:
     _fsync_dir(folder)
 
 
-def _fsync_own_files(folder: Path, index: int) -> None:
+def fsync_own_files(folder: Path, index: int) -> None:
     """fsync the files process `index` writes into a checkpoint (its RNG states, its epoch sums,
     its shards: `random_states_1.pkl`, `rank-1.pt`, `__1_0.distcp`); the main process fsyncs the
     whole folder before it renames it."""
@@ -154,8 +154,7 @@ def commit(root: Path, tmp: Path, final: Path, best: bool, keep_last: int) -> No
 
 
 def rotate(root: Path, keep_last: int) -> None:
-    keep = {root.joinpath(p.read_text().strip()) for p in (root / LATEST, root / BEST)
-            if p.is_file()}
+    keep = {pointer_target(root / name) for name in (LATEST, BEST)}
     saved = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in saved[:-keep_last]:
         if old not in keep:
@@ -164,11 +163,7 @@ def rotate(root: Path, keep_last: int) -> None:
 
 def latest(root: Path) -> Optional[Path]:
     """The checkpoint `latest` names in the checkpoints folder `root`, or None."""
-    pointer = Path(root) / LATEST
-    if not pointer.is_file():
-        return None
-    target = Path(root) / pointer.read_text().strip()
-    return target if target.is_dir() else None
+    return pointer_target(Path(root) / LATEST)
 
 
 def damage(path: Path) -> Optional[str]:

@@ -17,12 +17,8 @@ from pathlib import Path
 
 import torch
 
-from train.base.errors import UserError, describe
+from train.base.errors import PreflightError, UserError, describe
 from train.engine.metrics import EpochSums
-
-
-class PreflightError(UserError):
-    exit_code = 1
 
 
 def _stage(name: str, fn):

@@ -91,7 +91,7 @@ class Run:
             path = manager.find(o.resume, say=lambda line: print(line, flush=True))
             if path is not None:
                 if self.config is not None:  # a folder whose run has other settings is refused
-                    from train.config.schema import refuse_other_run
+                    from train.config.comparison import refuse_other_run
 
                     refuse_other_run(out, self.config)
                 self.resumed = manager.load(path)  # the one moment a run is put back: every part
@@ -261,7 +261,7 @@ class Run:
     def _announce(self, epochs: int, train) -> None:
         """`config.yaml` (where a config was given), then the plan."""
         if self.config is not None:
-            from train.config.schema import save_config
+            from train.config.loading import save_config
             from train.engine.devices import write_on_main
 
             from train.saving.export import write_origin

@@ -7,12 +7,14 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from train.base.files import pointer_target
+from train.base.paths import CHECKPOINTS, LATEST
 from train.supervision.reports import is_lost_contact
 
 
 class Ending:
     """How an attempt ended: `code` to exit with (None: a crash worth a restart), `why` in words,
-    and for a crash `failure`, the exceptions raised by the training code (`_failure`), compared
+    and for a crash `failure`, the exceptions raised by the training code (`failures`), compared
     with the previous attempt's to tell a bug from a fault."""
 
     def __init__(self, code, why: str, records: list[dict]):
@@ -20,7 +22,7 @@ class Ending:
         self.failure = None
 
 
-def _failure(records: list[dict], exit_codes: dict, returncode):
+def failures(records: list[dict], exit_codes: dict, returncode):
     """{signature: words} of every exception the training code raised, one per process that
     raised (where, what), or None for a fault (a signal, a lost or stalled peer). A process
     that failed before it could record anything and was not killed by a signal counts too: a script
@@ -50,7 +52,7 @@ def repeated(failure, previous) -> str | None:
     return next((words for signature, words in failure.items() if signature in previous), None)
 
 
-def _what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int], returncode=None) -> str:
+def what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int], returncode=None) -> str:
     """One phrase: which process failed how, and where the job was."""
     if not records:  # it died before it could say anything
         killed = next((code for code in exit_codes.values() if code is not None and code < 0), None)
@@ -78,9 +80,10 @@ def _what_happened(records: list[dict], exit_codes: dict[int, int], stalled: lis
     return culprit + (f" at epoch {where['epoch']} batch {where['batch']}" if where else " while starting up")
 
 
-def _from_latest(output_dirs: list[str]) -> str:
+def resumes_from(output_dirs: list[str]) -> str:
+    """` from step-00000035`: the checkpoint a restart of the job resumes from, or ""."""
     for folder in output_dirs:
-        pointer = Path(folder) / "checkpoints" / "latest"
-        if pointer.is_file():
-            return f" from {pointer.read_text().strip()}"
+        target = pointer_target(Path(folder) / CHECKPOINTS / LATEST)
+        if target is not None:
+            return f" from {target.name}"
     return ""

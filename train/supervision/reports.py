@@ -41,7 +41,7 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -55,7 +55,7 @@ def _record(**fields) -> None:
         return
     try:
         old = _read(path)
-        if old.get("pid") not in (None, os.getpid()) and _alive(old["pid"]):
+        if old.get("pid") not in (None, os.getpid()) and alive(old["pid"]):
             return  # the record of the training process this one was started by (a helper, a worker)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({**old, "rank": int(os.environ.get("RANK", "0")), "pid": os.getpid(), **fields}))
@@ -107,7 +107,7 @@ def watch_process() -> None:
     if multiprocessing.parent_process() is not None:
         return  # a loader worker
     old = _read(path)
-    if old.get("pid") not in (None, os.getpid()) and _alive(old["pid"]):
+    if old.get("pid") not in (None, os.getpid()) and alive(old["pid"]):
         return  # a helper process of the training process (e.g. the plot helper)
     _watching = True
     _record(host=socket.gethostname(), code=None, phase="start-up")
@@ -149,6 +149,17 @@ def record_ended(code: int | None = None) -> None:
 def record_start(output_dir) -> None:
     """This process started training into `output_dir` (a no-op without a supervisor)."""
     _record(host=socket.gethostname(), output_dir=str(output_dir), code=None, phase="training")
+
+
+def ended_by(error) -> int:
+    """The one way a program that owns its process (the script, the commands, `fit(output_dir=...)`)
+    ends on a `train.base.errors.RunError`: recorded as a deliberate end (a supervisor must not
+    restart it), its one line said (`error: ...`), its exit code returned."""
+    from train.base.errors import report
+
+    record_exit(error.exit_code, str(error), final=True)
+    report(error)
+    return error.exit_code
 
 
 def record_exit(code: int, reason: str, final: bool = False, kind: str = "", **where) -> None:

@@ -51,15 +51,14 @@ import time
 from pathlib import Path
 
 
+from train.base.errors import DELIBERATE_MEANINGS
 from train.supervision.launcher_filter import LauncherFilter  # noqa: E402
-from train.supervision.attempts import Ending, _failure, _from_latest, _what_happened, repeated  # noqa: E402,F401
-from train.supervision.reports import DIR_ENV, MAX_ENV, RESTART_ENV, _alive, die_with_parent  # noqa: E402
+from train.supervision.attempts import Ending, failures, resumes_from, what_happened, repeated  # noqa: E402,F401
+from train.supervision.reports import DIR_ENV, MAX_ENV, RESTART_ENV, alive, die_with_parent  # noqa: E402
 
 # a process may take this long to exit after training finished (a tracker's upload); the tests shorten it
 FINISHED_GRACE_S = float(os.environ.get("TRAIN_FINISHED_GRACE_S", 300))
-MEANINGS = {1: "preflight found a problem", 2: "bad input", 3: "the loss became NaN or infinite",
-            74: "an output could not be written", 75: "preempted; a checkpoint was saved",
-            130: "interrupted; a checkpoint was saved"}
+MEANINGS = DELIBERATE_MEANINGS  # what a deliberate end's exit code means (declared on the error classes)
 
 
 # ------------------------------------------------------------------------ the supervisor's side
@@ -131,7 +130,7 @@ class Supervisor:
                 self.say(f"{ending.why}; no restarts left (max_restarts={self.max_restarts}), giving up")
                 return 1
             restart += 1
-            self.say(f"{ending.why}; restarting{_from_latest(output_dirs)} (restart {restart} of "
+            self.say(f"{ending.why}; restarting{resumes_from(output_dirs)} (restart {restart} of "
                      f"{self.max_restarts})")
             time.sleep(2)  # let the other nodes' processes end and free their ports
             if self.stopped_by:  # asked to stop while waiting: do not start again
@@ -163,26 +162,26 @@ class Supervisor:
                         _signal(r["pid"], self.stopped_by)
             # a process that has ended, other than by finishing (one that caught an error goes on)
             failed = any(r.get("code") not in (0, None) or (r.get("code") is None and not r.get("ended"))
-                         for r in records if not _alive(r["pid"]))
+                         for r in records if not alive(r["pid"]))
             if failed and failed_at is None:
                 failed_at = time.monotonic()
                 # a process that timed out waiting for the others: those still alive and silent stalled
                 if any("timed out" in str(r.get("reason", "")).lower() for r in records):
-                    stalled = [r["rank"] for r in records if r.get("code") is None and _alive(r["pid"])]
+                    stalled = [r["rank"] for r in records if r.get("code") is None and alive(r["pid"])]
             if failed_at is not None and time.monotonic() - failed_at > self.grace:
                 _kill(set(_tree(proc.pid)) | {r["pid"] for r in records})
             # every process finished training and one has exited: one that lingers for minutes is hung in
             # its teardown (stopped, a stuck file system) and would hold the job forever
             if finished_at is None and records and all(r.get("code") == 0 for r in records) \
-                    and any(not _alive(r["pid"]) for r in records):
+                    and any(not alive(r["pid"]) for r in records):
                 finished_at = time.monotonic()
             if finished_at is not None and time.monotonic() - finished_at > FINISHED_GRACE_S:
-                self.hung = self.hung or [r["rank"] for r in records if _alive(r["pid"])]
+                self.hung = self.hung or [r["rank"] for r in records if alive(r["pid"])]
                 _kill(set(_tree(proc.pid)) | {r["pid"] for r in records})
         for relay in relays:
             relay.join(timeout=10)
         records = _read(folder)
-        _kill(r["pid"] for r in records if _alive(r["pid"]) and r["pid"] != os.getpid())  # stopped leftovers
+        _kill(r["pid"] for r in records if alive(r["pid"]) and r["pid"] != os.getpid())  # stopped leftovers
         exit_codes = dict(filt.exit_codes) if self.filter_launcher else {}
         for pid, local_rank in filt.local_ranks.items():  # killed before it could say who it was
             if not any(r["pid"] == pid for r in records) and exit_codes.get(pid, 0) < 0:
@@ -222,8 +221,8 @@ class Supervisor:
             known = "" if r.get("exit_code") or r["pid"] in exit_codes else " (as the launcher reports it)"
             return Ending(code, f"rank {r['rank']} exited with {code}{known} by itself, not a crash; not restarting",
                           records)
-        ending = Ending(None, _what_happened(records, exit_codes, stalled, returncode), records)
-        ending.failure = _failure(records, exit_codes, returncode)
+        ending = Ending(None, what_happened(records, exit_codes, stalled, returncode), records)
+        ending.failure = failures(records, exit_codes, returncode)
         return ending
 
     def _pass_signals(self, proc, records) -> None:

@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 
-from train.base.errors import ConfigError, RunError, report  # noqa: E402
+from train.supervision.reports import ended_by
+from train.base.errors import ConfigError, RunError  # noqa: E402
 from train.base.paths import DEFAULT_CONFIG
 
 SMOOTHING = 0.98  # as Lightning and fastai: an exponential moving average over about 50 steps
@@ -134,8 +135,7 @@ def main(argv=None) -> int:
     except RunError as e:
         if args.debug:
             raise
-        report(e)
-        return e.exit_code
+        return ended_by(e)
     smoothed = smooth(losses)
     suggestion = suggest(rates, smoothed)
     import os

@@ -35,6 +35,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from train.supervision.reports import ended_by
+from train.config.monitor import Monitor, mode_of
 from train.base.errors import ConfigError, RunError, UserError, report
 from train.base.paths import ROOT
 
@@ -56,22 +58,17 @@ def say(text: str) -> None:
           flush=True)
 
 
-LOWER_IS_BETTER = ("loss", "error", "err", "mae", "mse", "rmse", "mape", "perplexity", "ppl")
-
-
 def objective_of(cfg) -> tuple[str, str]:
     """The history column the search optimises and whether higher or lower is better."""
     s = cfg.sweep
     if s.monitor:
-        mode = s.mode
-        if mode == "auto":
-            mode = "min" if any(word in s.monitor.lower() for word in LOWER_IS_BETTER) else "max"
-        return s.monitor, mode
+        return s.monitor, mode_of(s.monitor, s.mode)
     for monitor, mode in ((cfg.early_stopping.monitor, cfg.early_stopping.mode),
                           (cfg.checkpoint.monitor, cfg.checkpoint.mode)):
         if monitor:
             return monitor, mode if s.mode == "auto" else s.mode
-    return ("val_loss" if cfg.data.val_size != 0 else "loss"), ("min" if s.mode == "auto" else s.mode)
+    monitor = "val_loss" if cfg.data.val_size != 0 else "loss"
+    return monitor, mode_of(monitor, s.mode)
 
 
 class Search:
@@ -389,7 +386,7 @@ class Search:
             columns = ", ".join(rows[-1]) if rows else "none"
             raise ConfigError(f"trial {number} has no '{self.monitor}' in its history (columns: {columns}); set "
                               f"sweep.monitor to one of them")
-        best = max(values) if self.mode == "max" else min(values)
+        best = Monitor(self.monitor, self.mode).best(values)
         s.tell(number, best)
         say(f"trial {number} done: {self.monitor} {_short(best)} ({len(rows)} epochs)")
 
@@ -604,5 +601,4 @@ def main(argv=None) -> int:
     try:
         return Search(args).run()
     except RunError as e:
-        report(e)
-        return e.exit_code
+        return ended_by(e)
