@@ -42,8 +42,8 @@ class Probe(Callback):
 
 if __name__ == "__main__":
     out, args = sys.argv[1], sys.argv[2:]
-    # Run.train is what every front ends in (the script calls it; Run.fit calls it too)
-    run_train = Run.train
-    Run.train = lambda self, epochs, train, val=None, callbacks=(): run_train(self, epochs, train, val,
-                                                                              [*callbacks, Probe(out)])
+    # Run.fit is what every front ends in (the script calls it)
+    run_fit = Run.fit
+    Run.fit = lambda self, epochs, train, val=None, callbacks=(): run_fit(self, epochs, train, val,
+                                                                          [*callbacks, Probe(out)])
     sys.exit(script.main(args))

@@ -111,16 +111,18 @@ def test_two_processes_with_accumulation_take_the_steps_of_one_with_the_whole_ba
 
 
 # ------------------------------------------------------------------------------------------ streams
+# 513 training samples: shares of 257 and 256, 17 and 16 batches of 16, so that rank 1 takes the last
+# round of every epoch as a shadow (and the 97 validation samples, 4 and 3 batches, likewise)
 STREAM = [*LM, "epochs=2", "metrics=[perplexity]", "data.factory=tests.helpers.streams:load",
           "data.collate=tests.helpers.streams:RecordingPad",
-          "data.args={train_size: 501, val_size: 101}"]
+          "data.args={train_size: 513, val_size: 97}"]
 
 
 def seen_ids(folder: Path) -> collections.Counter:
     return collections.Counter(int(line) for f in folder.glob("ids-*.txt") for line in f.read_text().split())
 
 
-def first_two(factory: str, train_size: int = 501, val_size: int = 101) -> list[int]:
+def first_two(factory: str, train_size: int = 513, val_size: int = 97) -> list[int]:
     """The ids the check before training reads (the first two samples of each process's share of the
     stream): the samples g = p, p + 2 of the epoch-0 order for a stream of our own, the first two of
     `datasets`' own split for a Hugging Face one."""
@@ -150,10 +152,10 @@ def test_a_stream_is_split_across_processes_without_duplicates_or_gaps(tmp_path,
     assert "length unknown: an epoch ends when the stream does" in flat(done.stdout)
     seen = seen_ids(ids)
     checked = collections.Counter(first_two(factory))  # the check before training, on each process
-    assert {i: seen[i] - checked[i] for i in range(501)} == {i: 2 for i in range(501)}  # once per epoch
-    assert {i: seen[VAL_IDS + i] for i in range(101)} == {i: 2 for i in range(101)}
-    assert set(seen) == set(range(501)) | {VAL_IDS + i for i in range(101)}
-    assert last_row(out)["val_loss"] == pytest.approx(token_loss(model_from(out), validation_samples()), abs=1e-6)
+    assert {i: seen[i] - checked[i] for i in range(513)} == {i: 2 for i in range(513)}  # once per epoch
+    assert {i: seen[VAL_IDS + i] for i in range(97)} == {i: 2 for i in range(97)}
+    assert set(seen) == set(range(513)) | {VAL_IDS + i for i in range(97)}
+    assert last_row(out)["val_loss"] == pytest.approx(token_loss(model_from(out), validation_samples(97)), abs=1e-6)
 
 
 def test_a_stream_killed_mid_epoch_resumes_exactly(tmp_path):
@@ -161,8 +163,9 @@ def test_a_stream_killed_mid_epoch_resumes_exactly(tmp_path):
     the checkpoint), then the HF stream's job killed whole and run again: bit for bit."""
     ids = tmp_path / "ids"
     ids.mkdir()
-    # 47 optimizer steps an epoch; the kill lands in epoch 2 of 3, far from the end
-    common = [*STREAM, f"data.collate_args={{folder: {ids}}}", "checkpoint.every_steps=3", "data.args.train_size=1501",
+    # 48 optimizer steps an epoch (shares of 47 and 48 batches: a shadow round at each epoch's end);
+    # the kill lands in epoch 2 of 3, far from the end
+    common = [*STREAM, f"data.collate_args={{folder: {ids}}}", "checkpoint.every_steps=3", "data.args.train_size=1505",
               "epochs=3"]
     for factory in ("load", "load_hf"):
         stream = [*common, f"data.factory=tests.helpers.streams:{factory}"]
@@ -171,7 +174,7 @@ def test_a_stream_killed_mid_epoch_resumes_exactly(tmp_path):
         assert done.returncode == 0, done.stdout
         out = tmp_path / factory
         proc = start_process([str(CPU2), *stream, f"output_dir={out}"], env())
-        target = 60  # epoch 2 has steps 48-94
+        target = 60  # epoch 2 has steps 49-96
         wait_for(lambda: latest_step(out) >= target and len(rank_processes(proc.pid, "main.py")) == 2, proc,
                  f"step {target}")
         if factory == "load":  # one rank: the supervisor restarts
@@ -193,7 +196,7 @@ def test_a_stream_that_cannot_be_read_again_alike_says_so(tmp_path):
     done = cpu2(*common, "data.args.replayable=false", f"output_dir={declared}")
     assert done.returncode == 0, done.stdout
     assert "cannot be read again alike (replayable = False): checkpoints at epoch ends only" in flat(done.stdout)
-    assert sorted(p.name for p in (declared / "checkpoints").glob("step-*")) == ["step-00000016"]
+    assert sorted(p.name for p in (declared / "checkpoints").glob("step-*")) == ["step-00000017"]
 
     fresh = tmp_path / "fresh"  # a new order at every read: a mid-epoch resume finds other samples
     longer = [*common, "data.args.fresh_order=true", "data.args.train_size=3001"]  # 94 steps: stopped far from the end

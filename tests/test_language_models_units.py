@@ -31,7 +31,14 @@ def test_which_losses_are_token_level_and_what_they_count():
     labels = torch.tensor([[5, 6, 7, -100], [8, 9, -100, -100]])
     assert target_counter(causal, None)(labels).item() == 3  # shifted: position 0 is never a target
     assert target_counter(tokens, None)(labels).item() == 5
-    assert target_counter(tiny_bert(), None)(torch.tensor([0, 1])) is None  # one label per sample
+    assert target_counter(tiny_bert(), None) is None  # a sequence classifier: one label per sample
+
+    class Segmenter(torch.nn.Module):  # a model of your own with labels per pixel: sample-level when it says so
+        token_level = False
+
+    assert target_counter(Segmenter(), None) is None
+    mine = target_counter(torch.nn.Linear(2, 2), None)  # a model of your own: token-level for (batch, length) labels
+    assert mine(labels).item() == 5 and mine(torch.zeros(2, 3, 4, dtype=torch.long)) is None
     assert target_counter(causal, torch.nn.functional.cross_entropy) is None  # a plain loss: sample-level
     loss = TokenCrossEntropy(shift=True)
     assert target_counter(causal, loss)(labels).item() == 3
@@ -156,3 +163,40 @@ def test_labels_at_padding_positions_get_one_warning(capsys):
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: 8 label(s) of the first batch sit at padding positions (attention_mask 0) with real "
                         "ids, so the loss trains on padding; give them -100 there (data.collate: pad does)"]
+
+
+def test_a_batch_without_targets_adds_nothing():
+    """A sample whose labels are all -100 (a prompt, cut by truncation) alone in a batch: its mean is
+    0 / 0; it adds nothing to the loss nor to the gradients, and the run does not stop on a NaN."""
+    import train
+    from tests.helpers.lm import Counting, tiny_gpt2, token_loss
+
+    data = Counting(6, seed=3)
+    samples = [data[i] for i in range(6)]
+    samples[2] = {**samples[2], "labels": torch.full_like(samples[2]["labels"], -100)}
+    train.seed_everything(0)
+    model = train.Model(tiny_gpt2())
+    model.compile(loss_func=None, optimizer=torch.optim.SGD(model.parameters(), lr=0.0))  # the weights stay
+    from train.data.batches import PadCollate
+
+    history = model.fit(1, torch.utils.data.DataLoader(samples, batch_size=1, collate_fn=PadCollate()), progress=False)
+    kept = [s for i, s in enumerate(samples) if i != 2]
+    assert history["loss"].iloc[-1] == pytest.approx(token_loss(model.net, kept), abs=1e-6)
+
+
+def test_predictions_of_one_shape_stay_one_tensor():
+    import train
+
+    class Images(torch.nn.Module):  # an output of four dimensions, the same for every batch
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x):
+            return x[:, :1] * self.scale
+
+    model = train.Model(Images())
+    model.compile(loss_func=torch.nn.functional.mse_loss)
+    x = torch.randn(10, 3, 4, 4)
+    out = model.predict(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x[:, :1]), batch_size=4))
+    assert torch.is_tensor(out) and torch.equal(out, x[:, :1] * 2)

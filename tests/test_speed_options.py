@@ -28,7 +28,7 @@ def test_channels_last_trains_the_same_model_in_nhwc():
         dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
         loop = Loop(net, torch.optim.SGD(net.parameters(), lr=0.1), torch.nn.functional.cross_entropy,
                     channels_last=channels_last)
-        return net, loop.fit(2, dl, dl)
+        return net, loop.fit(2, dl, dl).frame()
 
     net, history = run(True)
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -83,7 +83,7 @@ def test_nonfinite_skip_drops_exactly_the_bad_steps():
         def on_train_batch_end(self):
             before.append({k: v.clone() for k, v in net.state_dict().items()})
 
-    history = loop.fit(1, dl, callbacks=[Watch()])
+    history = loop.fit(1, dl, callbacks=[Watch()]).frame()
     assert history["skipped_steps"].tolist() == [1]
     assert all(torch.equal(before[1][k], before[2][k]) for k in before[1])  # batch 3 changed nothing
     assert not all(torch.equal(before[2][k], before[3][k]) for k in before[2])  # batch 4 trained again

@@ -66,7 +66,7 @@ def test_zero_trials_is_refused_not_taken_for_the_default(tmp_path):
 
 def test_the_objective_comes_from_the_config_when_not_given():
     from train.config.loading import load_config
-    from train.tuning.search import objective_of
+    from train.tuning.settings import objective_of
 
     assert objective_of(load_config(DIGITS)) == ("val_loss", "min")  # the checkpoint's default monitor
     assert objective_of(load_config(DIGITS, ["early_stopping.monitor=val_accuracy", "early_stopping.mode=max"])) \

@@ -40,7 +40,7 @@ MOVED = {
     "train.functional": "train.fronts.functions", "train.run": "train.service.run", "train.loop": "train.engine.loop",
     "train.options": "train.config.options", "train.configfile": "train.config.loading",
     "train.export": "train.saving.export", "train.errors": "train.base.errors",
-    "train.standard_callbacks": "train.callbacks.standard", "train.grouping": "train.data.grouping",
+    "train.grouping": "train.data.grouping",
 }
 __all__ = [*_NAMES, "seed_everything", "print", "on_main_process"]
 

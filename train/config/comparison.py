@@ -24,12 +24,19 @@ def dotted(config: dict) -> dict:
     return flatten(config, keep_whole=lambda key: known.get(key, {}).get("type") is dict)
 
 
+# Keys whose null means "the run works it out" (data.num_classes: the model's output width): a value
+# saved by an earlier run is no difference (the checkpoint's own check of the model's shapes applies).
+WORKED_OUT_WHEN_NULL = ("data.num_classes",)
+
+
 def config_differences(saved: dict, new: dict) -> list[str]:
     """`key: saved -> new` for each setting that differs and that a resume may not change."""
     before, after = dotted(saved), dotted(new)
     changed = []
     for key in sorted(set(before) | set(after)):
         if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES):
+            continue
+        if key in WORKED_OUT_WHEN_NULL and after.get(key) is None:
             continue
         if before.get(key) != after.get(key):
             changed.append(f"{key}: {before.get(key)!r} there, {after.get(key)!r} now")

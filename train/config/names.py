@@ -92,7 +92,7 @@ def _submodules(package: str) -> list[str]:
         return []
 
 
-def build(obj: Any, args: Mapping[str, Any], what: str, spec: str, *positional) -> Any:
+def instantiate(obj: Any, args: Mapping[str, Any], what: str, spec: str, *positional) -> Any:
     """`obj(*positional, **args)`: a class instantiated, a factory called. Arguments it does not
     take are one line naming the object and its signature; an error inside it is its own."""
     try:

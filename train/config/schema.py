@@ -45,9 +45,9 @@ class DataConfig:
     train_size: Optional[int] = key(None, "the first N training samples (smoke runs); null: all")
     val_size: Optional[int] = key(None, "the first N validation samples; 0: no validation; null: all")
     num_classes: Optional[int] = key(None, "classes of a classification task: built-in models size their output "
-                                           "by it, and the labels are checked against it (with loss cross_entropy "
-                                           "or nll); null: the training labels' largest value + 1 where they are "
-                                           "held in memory (MNIST: 10), else the model's output width")
+                                           "by it, and the labels and the model's output width are checked against "
+                                           "it (with loss cross_entropy or nll); null: 10 for a built-in model or "
+                                           "an image source, else (a data factory) the model's output width")
     num_workers: Optional[int] = key(None, "loader worker processes; null: 0 for in-memory data, else "
                                            "the CPUs per process minus one, at most 8")
     pin_memory: Optional[bool] = key(None, "null: only when batches go from host memory to a CUDA device")

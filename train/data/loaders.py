@@ -126,7 +126,6 @@ class Loaders:
     notes: list[str] = field(default_factory=list)  # why each setting was chosen, for the plan
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
-    classes: Optional[int] = None  # the labels' largest value + 1, where they are held in memory
 
 
 def _mb(n: int) -> str:
@@ -141,7 +140,7 @@ def make_collate(dcfg, from_factory=None):
     import inspect
 
     from train.data.batches import PadCollate
-    from train.config.names import build, resolve
+    from train.config.names import instantiate, resolve
 
     if dcfg.collate is None:
         return from_factory
@@ -149,7 +148,7 @@ def make_collate(dcfg, from_factory=None):
         return PadCollate(dcfg.pad_value)
     made = resolve(dcfg.collate, {"pad": None}, "collate")
     if inspect.isclass(made):
-        made = build(made, dcfg.collate_args, "collate", dcfg.collate)
+        made = instantiate(made, dcfg.collate_args, "collate", dcfg.collate)
     elif dcfg.collate_args:
         made = functools.partial(made, **dcfg.collate_args)
     if not callable(made):
@@ -192,9 +191,6 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
         for name, labels in held.items():
             if labels is not None:
                 check_labels(labels, num_classes, name)
-    classes = None  # counted from labels held in memory (integer class labels only)
-    if held["training"] is not None and not held["training"].is_floating_point() and held["training"].numel():
-        classes = 1 + max(int(labels.max()) for labels in held.values() if labels is not None and labels.numel())
     if is_stream(train):
         if dcfg.group_by_length:
             raise ConfigError("data.group_by_length needs every sample's length, and a stream has no length; set it "
@@ -270,7 +266,7 @@ def make_loaders(cfg, device: torch.device | str = "cpu", local_processes: int =
     val_common = dict(common, collate_fn=batch_as_is) if isinstance(val, (ArrayData, TensorData)) \
         else dict(common, collate_fn=collate)
     dl_val = DataLoader(val_ds, shuffle=False, **val_common) if val_ds is not None else None
-    return Loaders(dl_train, dl_val, notes, mean, std, classes)
+    return Loaders(dl_train, dl_val, notes, mean, std)
 
 
 def _held_labels(data) -> Optional[torch.Tensor]:

@@ -189,11 +189,11 @@ def load_python(cfg):
     `(train, val)`, `{"train": ..., "val": ..., "collate": fn}` or a lone training set. A
     `TensorDataset` is held in memory (the fast path); any other map-style `Dataset` is loaded
     sample by sample. Returns (train, val, the factory's collate or None)."""
-    from train.config.names import build, resolve
+    from train.config.names import instantiate, resolve
 
     factory = resolve(cfg.factory, {}, "data factory")
     try:
-        made = build(factory, cfg.args, "data factory", cfg.factory)
+        made = instantiate(factory, cfg.args, "data factory", cfg.factory)
     except ConfigError:
         raise
     except Exception as e:  # a missing file, a bad argument value: the factory says what (--debug: its traceback)

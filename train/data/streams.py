@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 import sys
+from itertools import islice
 from typing import Optional
 
 import numpy as np
@@ -92,17 +93,7 @@ class StreamShard(IterableDataset):
             yield from samples
             return
         parts, mine = self.processes * workers, self.process + self.processes * index
-        yield from (s for g, s in enumerate(_first(samples, self.limit)) if g % parts == mine)
-
-
-def _first(samples, limit: Optional[int]):
-    if limit is None:
-        yield from samples
-        return
-    for i, sample in enumerate(samples):
-        if i >= limit:
-            return
-        yield sample
+        yield from (s for g, s in enumerate(islice(samples, self.limit)) if g % parts == mine)
 
 
 def _host_rng() -> tuple:
@@ -119,7 +110,9 @@ def _own_draws(samples, seed: int):
     """The samples of `samples`, each made with host generators of the stream's own (seeded by
     `seed`), the process's put back around each (about 20 us a sample)."""
     outer = _host_rng()
-    seed_all(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)  # the CPU's alone: torch.manual_seed would reseed CUDA too
     own = _host_rng()
     _set_host_rng(outer)
     while True:
@@ -161,7 +154,7 @@ class Head(IterableDataset):
             self.dataset.set_epoch(epoch)
 
     def __iter__(self):
-        return _first(iter(self.dataset), self.n)
+        return islice(iter(self.dataset), self.n)
 
 
 def head(dataset, n: int):

@@ -1,15 +1,21 @@
 """Checks made before a run writes anything, so that a mistake costs one line, not a traceback
-half-way through the plan: a first real batch as the loader would make it, a classifier's output
-width against its classes, and the shapes in messages. The loop runs the batch through the model
-(`Loop.check_data`)."""
+half-way through the plan: a first real batch as the loader would make it, through the loop's
+model, loss and metrics (`check_data`), a classifier's output width against its classes, labels at
+padding positions, and the shapes in messages."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from train.data.nested import is_container, leaves
-from train.data.batches import shapes
 from train.base.errors import UserError, describe
+from train.data.batches import call_model, model_output, shapes, split_batch
+from train.data.nested import is_container, leaves
+from train.data.rng import rng_untouched
+from train.data.streams import first_samples, is_stream
+from train.engine.metrics import is_stateful, per_batch
+from train.engine.targets import IGNORE_INDEX
 
 SAMPLES_LOOKED_AT = 32  # spread over the data set: enough to meet samples of different lengths
 
@@ -74,3 +80,84 @@ def shape_of(item) -> str:
     if not is_container(item):
         return one(item)
     return "{" + ", ".join(f"{'.'.join(map(str, path))}: {one(leaf)}" for path, leaf in leaves(item)) + "}"
+
+
+def check_data(loop, train, name: str, num_classes: int | None = None) -> list[str]:
+    """A real batch of the training data through the collate, the model, the loss and each metric,
+    on every process, in eval mode and without drawing from any RNG: two samples of different
+    shapes where the data has them (one of the first and one spread over the set), else the first
+    two. Raises `UserError` naming what does not fit. Skipped for data that cannot be indexed (an
+    iterable data set). `num_classes`, for a classification loss, is checked against the model's
+    output width. Returns warnings (things that run, but are likely a mistake)."""
+    dataset = getattr(train, "dataset", None)
+    if dataset is None or not (is_stream(dataset) or hasattr(dataset, "__getitem__")):
+        return []
+    acc = loop.accelerator
+    model = acc.unwrap_model(loop.model, keep_torch_compile=False)
+    was_training = model.training
+    with rng_untouched():
+        collate = getattr(train, "collate_fn", None)
+        batch = first_batch(dataset, collate) if not is_stream(dataset) else \
+            _collated(first_samples(dataset), collate)
+        features, labels = split_batch(batch, loop.model_loss)
+        features, labels = loop.to_device(features, labels)
+        warnings_found = padding_with_labels(features, labels)
+        try:
+            with torch.no_grad(), acc.autocast():
+                model.eval()
+                output = call_model(model, loop.layout(features))
+        except Exception as e:
+            raise UserError(f"model {name} cannot take the training data: an input of shape "
+                            f"{shape_of(features)} gives {describe(e)}") from None
+        finally:
+            model.train(was_training)
+        preds, own_loss = model_output(output, f"model {name}")
+        if loop.model_loss:
+            if own_loss is None:
+                raise UserError(f"loss: model, but model {name} returned no 'loss'; give it the labels (dict samples "
+                                f"holding 'labels') or choose a loss function")
+        else:
+            check_classes(loop.loss_func, preds, labels, name, num_classes)
+            try:
+                with warnings.catch_warnings():  # e.g. MSE of (N, 10) against (N,): torch only warns, then broadcasts
+                    warnings.simplefilter("error", UserWarning)
+                    loop.loss_func(preds, labels)
+            except Exception as e:
+                raise UserError(f"the loss cannot take model {name}'s output {shape_of(preds)} with the labels "
+                                f"{shape_of(labels)}: {describe(e)}") from None
+        for metric_name, metric in loop.metrics.items():
+            if not is_stateful(metric) and not per_batch(metric):
+                continue  # computed from the loss
+            try:
+                if is_stateful(metric):
+                    metric.update(preds, labels)
+                    metric.reset()
+                else:
+                    metric(preds, labels)
+            except Exception as e:
+                raise UserError(f"metric '{metric_name}' cannot take model {name}'s output {shape_of(preds)} with "
+                                f"the labels {shape_of(labels)}: {describe(e)}") from None
+    return warnings_found
+
+
+def _collated(samples, collate):
+    from torch.utils.data import default_collate
+
+    try:
+        return (collate or default_collate)(samples)
+    except Exception as e:
+        raise UserError(f"the collate function cannot batch the stream's first samples: {describe(e)}; set "
+                        f"data.collate: pad for samples of different lengths, or give a collate function") from None
+
+
+def padding_with_labels(features, labels) -> list[str]:
+    """A warning when labels at padding positions (attention mask 0) are real ids: the loss would
+    train on padding (labels padded by hand with the pad token instead of -100)."""
+    mask = features.get("attention_mask") if isinstance(features, dict) else None
+    if not (torch.is_tensor(mask) and torch.is_tensor(labels) and mask.shape == labels.shape):
+        return []
+    bad = int(((mask == 0) & (labels != IGNORE_INDEX)).sum())
+    if not bad:
+        return []
+    return [f"{bad} label(s) of the first batch sit at padding positions (attention_mask 0) with real ids, so the "
+            f"loss trains on padding; give them -100 there (data.collate: pad does)"]

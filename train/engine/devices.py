@@ -101,7 +101,7 @@ def local_processes(accelerator: Accelerator) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
 
 
-def describe(accelerator: Accelerator) -> str:
+def processes_in_words(accelerator: Accelerator) -> str:
     """The processes and precision in words, e.g. '2 processes on CPUs (gloo), fp32'."""
     world, device = accelerator.num_processes, accelerator.device
     nodes = max(1, world // max(1, local_processes(accelerator)))

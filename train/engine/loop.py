@@ -23,10 +23,10 @@ from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from train.data.batches import call_model, model_output, split_batch  # noqa: F401 (call_model: re-exported)
 from train.engine.events import CallbackList
 from train.engine.evaluation import Evaluation
-from train.engine.devices import host_group, make_accelerator, shutdown, to_device
-from train.base.errors import Interrupted, Preempted, UserError, check_choice
+from train.engine.devices import all_ok, host_group, make_accelerator, shutdown, to_device
+from train.base.errors import DataError, Interrupted, Preempted, UserError, check_choice
 from train.engine.history import History, make_row
-from train.engine.metrics import EpochSums
+from train.engine.metrics import EpochSums, sum_dtype
 from train.config.options import NONFINITE, SCHEDULER_INTERVALS
 from train.data.rng import restore_rng
 from train.engine.rounds import batch_fingerprint, map_rounds, skip_stream, stream_rounds
@@ -146,12 +146,12 @@ class Loop(Evaluation):
             self._loaders[id(dl)] = (dl, prepared)  # keep dl alive: ids are reused
         return self._loaders[id(dl)][1]
 
-    def rounds(self, dl, batches, cap: Optional[int] = None, done: int = 0):
-        """The epoch's rounds (`train.rounds`) of the prepared loader `dl`, from its `batches`."""
+    def rounds(self, dl, batches, total: Optional[int] = None, done: int = 0):
+        """The epoch's rounds (`train.engine.rounds`) of the prepared loader `dl`, from its `batches`:
+        `total` of them (None: the whole loader, or a stream until it ends), `done` already trained."""
         if is_stream(dl.dataset):
-            return stream_rounds(batches, host_group(self.accelerator), self.accelerator.num_processes, cap, done)
-        total = len(dl) if cap is None else min(cap, len(dl))
-        return map_rounds(batches, total, done)
+            return stream_rounds(batches, host_group(self.accelerator), self.accelerator.num_processes, total, done)
+        return map_rounds(batches, total or len(dl), done)
 
     def to_device(self, *items):
         """Tensors (or tuples/dicts of them) moved to this loop's device."""
@@ -242,7 +242,7 @@ class Loop(Evaluation):
         if world > 1:
             total = acc.reduce(total, "sum")
         # Accelerate divides each loss by the accumulation steps and DDP averages over processes
-        factor = (world * accumulation) / total.clamp(min=1).to(torch.float64)
+        factor = (world * accumulation) / total.clamp(min=1).to(sum_dtype(total.device))
         return [(c * factor).float() for c in counts]
 
     def targets_of(self, batch):
@@ -269,8 +269,7 @@ class Loop(Evaluation):
         events.on_epoch_begin(epoch=epoch)
         timer = EpochTimer()
         accumulation = self.accelerator.gradient_accumulation_steps
-        cap = self.steps_per_epoch * accumulation if self.steps_per_epoch else None
-        rounds = self.rounds(dl, timer.batches(source, on_start, self.split), cap, self.batch)
+        rounds = self.rounds(dl, timer.batches(source, on_start, self.split), self.batches_per_epoch, self.batch)
         for window in windows(rounds, accumulation, self.batch):
             for r in window:
                 r.targets = self.targets_of(r.batch) if r.batch is not None else 0
@@ -283,8 +282,12 @@ class Loop(Evaluation):
                     self._consumed += 1
                 features, labels = self._last_batch
                 self.samples_seen += r.rows if self.stream_epoch else len(labels) * self.accelerator.num_processes
+                if not real:  # a shadow round: no weight, and in eval mode (no running statistics updated)
+                    self.model.eval()
                 loss, preds = self.train_step(features, labels, sync=r is window[-1],
                                               scale=scale if real else torch.zeros((), device=self.device))
+                if not real:
+                    self.model.train()
                 if real:
                     self._add(loss, preds, labels, r.targets if self.count_targets is not None else None)
                 if self.stepped and self.status.due(self.step, r.last):
@@ -301,6 +304,8 @@ class Loop(Evaluation):
                     break
             if self.stop_training:
                 break
+        if hasattr(dl, "end"):  # stopped before the loader's end (steps_per_epoch, early stop): Accelerate
+            dl.end()            # would keep it as its active loader (end() is safe to call twice)
         self.check_status()
         if self.flops_per_sample is None and timer.first_sample is not None:
             model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
@@ -310,6 +315,8 @@ class Loop(Evaluation):
     def _add(self, loss, preds, labels, weight) -> None:
         """A trained batch into the epoch's sums (and the non-finite watch); `weight`: its targets,
         for a token-level loss."""
+        if weight is not None:  # a batch without targets: its mean is 0 / 0, and nothing to watch
+            loss = torch.where(weight > 0, loss, loss.new_zeros(()))
         if self.nonfinite == "stop":
             self._sums.add(loss, preds, labels, weight)
             self.status.add_loss(self.epoch, self.batch, loss)
@@ -328,8 +335,10 @@ class Loop(Evaluation):
         if self.stream_epoch:  # read again and dropped: a stream has no index to skip to
             stream = unfinished.get("stream") or {}
             self._consumed = stream.get("consumed", self.batch)
-            resumed = skip_stream(dl, self._consumed, stream.get("fingerprint"), f"stream {stream_name(dl.dataset)}",
-                                  self.split)
+            resumed, self._last_batch, problem = skip_stream(dl, self._consumed, stream.get("fingerprint"), self.split)
+            if not all_ok(self.accelerator, problem is None):  # every process stops, with the same line
+                problem = problem or "gave other samples when read again on another process: it cannot resume exactly"
+                raise DataError(f"stream {stream_name(dl.dataset)} {problem}")
         else:
             resumed = self.accelerator.skip_first_batches(dl, self.batch)
             set_epoch(resumed, self.epoch - 1)
@@ -343,15 +352,10 @@ class Loop(Evaluation):
         return self._sums.running() if self._sums is not None else {}
 
     def fit(self, epochs: int, dl_train, dl_val=None, callbacks: Iterable = (),
-            log_step_freq: Optional[int] = None):
+            log_step_freq: Optional[int] = None) -> History:
         """Train until epoch `epochs` (the run's total: epochs already in the history, from an
-        earlier fit or a checkpoint, count), validating after each; returns the history as a
-        pandas DataFrame (the same on every process)."""
-        return self.train(epochs, dl_train, dl_val, callbacks, log_step_freq).frame()
-
-    def train(self, epochs: int, dl_train, dl_val=None, callbacks: Iterable = (),
-              log_step_freq: Optional[int] = None) -> History:
-        """`fit`, returning the `History` itself (no pandas needed)."""
+        earlier fit or a checkpoint, count), validating after each; returns the `History` (the
+        same on every process; `.frame()` for a DataFrame)."""
         if self.optimizer is None:
             raise UserError("no optimizer: pass one to compile() / Loop(...) before fit()")
         dl_train, dl_val = self.prepare_loader(dl_train), self.prepare_loader(dl_val)

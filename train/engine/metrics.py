@@ -82,6 +82,12 @@ def per_batch(metric) -> bool:
     return not is_stateful(metric) and not is_from_loss(metric)
 
 
+def sum_dtype(device) -> torch.dtype:
+    """What sums are kept in: float64, so that sums over an epoch do not depend on the order of the
+    batches; float32 on MPS, which has no float64."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 class EpochSums:
     """Running sums of the loss and each metric over one epoch, on the device.
 
@@ -97,7 +103,7 @@ class EpochSums:
         self.names = ["loss", *self.metrics]
         # float64 so that sums over 60,000 samples do not depend on the order of the batches;
         # MPS has no float64
-        self.dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        self.dtype = sum_dtype(device)
         self.sums = torch.zeros(len(self.names), dtype=self.dtype, device=device)
         self.count = 0  # real samples
         self.loss_rows = 0  # samples of the batches whose loss is weighted by its samples
@@ -121,6 +127,8 @@ class EpochSums:
             self.loss_weights += weight
         if stateful:
             self.update_stateful(preds, labels)
+        if weight is not None:  # a batch without targets adds nothing (its mean is 0 / 0)
+            loss = torch.where(weight > 0, loss.detach(), loss.new_zeros(()))
         values, idx = [loss.detach()], [0]
         for i, fn in self._batch_metrics:
             v = fn(preds, labels)

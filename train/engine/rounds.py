@@ -33,64 +33,67 @@ class Round:
     targets: object = None  # what this process's loss is a mean over, where it matters (Loop.targets_of)
 
 
-def map_rounds(batches, total: Optional[int], done: int = 0) -> Iterator[Round]:
-    """Rounds of a loader that gives every process the same number of batches: `total` in the
-    epoch (None: until it ends, looking one batch ahead), `done` of them already trained."""
-    it = iter(batches)
+def map_rounds(batches, total: int, done: int = 0) -> Iterator[Round]:
+    """Rounds of a loader that gives every process the same number of batches, `total` in the epoch
+    (`done` of them already trained)."""
     index = done
-    if total is not None:
-        for batch in it:
-            index += 1
-            yield Round(batch, index >= total)
-            if index >= total:
-                return
-        return
-    batch = next(it, None)
-    while batch is not None:
-        following = next(it, None)
-        yield Round(batch, following is None)
-        batch = following
+    for batch in batches:
+        index += 1
+        yield Round(batch, index >= total)
+        if index >= total:
+            return
 
 
 def stream_rounds(batches, group, world: int, cap: Optional[int] = None, done: int = 0) -> Iterator[Round]:
     """Rounds of a stream's loader (see the module docstring): until no process has a batch left, or
-    `cap` rounds of the epoch (`done` already trained)."""
+    `cap` rounds of the epoch (`done` already trained). A process whose share is empty while others
+    have batches has nothing to run a shadow round with: every process stops with one line."""
+    from train.base.errors import DataError
+
     it = iter(batches)
-    index = done
+    index, seen = done, done > 0
 
     def fetch():
         batch = next(it, None)
-        have = torch.tensor([batch is not None, batch_rows(batch[0]) if batch is not None else 0], dtype=torch.int64)
+        empty = batch is None and not seen  # this process has had no batch at all this epoch
+        have = torch.tensor([batch is not None, batch_rows(batch[0]) if batch is not None else 0, empty],
+                            dtype=torch.int64)
         if world > 1:
             torch.distributed.all_reduce(have, group=group)
-        return batch, int(have[0]), int(have[1])
+        processes, rows, empty = have.tolist()
+        if empty and processes:
+            raise DataError(f"the stream gave {empty} process(es) no sample while others had some: give it more "
+                            f"samples than processes x batch size, or run fewer processes")
+        return batch, processes, rows
 
     batch, processes, rows = fetch()
     while processes and (cap is None or index < cap):
         index += 1
+        seen = seen or batch is not None
         following, next_processes, next_rows = fetch() if cap is None or index < cap else (None, 0, 0)
         yield Round(batch, next_processes == 0, rows)
         batch, processes, rows = following, next_processes, next_rows
 
 
-def skip_stream(batches, consumed: int, fingerprint: Optional[int], what: str, split=tuple):
-    """The stream's loader with its first `consumed` batches read and dropped (a resumed epoch),
-    checking that the last of them (as `split` makes it) is the batch the interrupted run trained on
-    last: a stream that gives other samples when read again cannot resume exactly, and says so."""
-    from train.base.errors import DataError
-
+def skip_stream(batches, consumed: int, fingerprint: Optional[int], split=tuple):
+    """The stream's loader with its first `consumed` batches read and dropped (a resumed epoch):
+    (the rest of its batches, the last batch dropped (as `split` makes it), what went wrong or None).
+    Wrong is a stream that gives other samples when read again (the last batch dropped is not the
+    batch the interrupted run trained on last): it cannot resume exactly."""
     it = iter(batches)
     last = None
     for _ in range(consumed):
         last = next(it, None)
         if last is None:
             break
-    if consumed and (last is None or (fingerprint is not None and batch_fingerprint(split(last)) != fingerprint)):
-        raise DataError(f"{what} gave other samples when read again to resume mid-epoch (batch {consumed} "
-                        f"{'is missing' if last is None else 'differs'}): it cannot resume exactly; make its order "
-                        f"a function of the epoch (set_epoch) and its seed, set replayable = False on it (then "
-                        f"checkpoints are taken at epoch ends), or resume from an epoch-end checkpoint")
-    return it
+    last = split(last) if last is not None else None
+    problem = None
+    if consumed and (last is None or (fingerprint is not None and batch_fingerprint(last) != fingerprint)):
+        problem = (f"gave other samples when read again to resume mid-epoch (batch {consumed} "
+                   f"{'is missing' if last is None else 'differs'}): it cannot resume exactly; make its order a "
+                   f"function of the epoch (set_epoch) and its seed, set replayable = False on it (then checkpoints "
+                   f"are taken at epoch ends), or resume from an epoch-end checkpoint")
+    return it, last, problem
 
 
 def batch_fingerprint(batch) -> int:

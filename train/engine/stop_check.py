@@ -46,18 +46,21 @@ class StatusCheck:
         self._checked_at = where
         window, self._window = self._window, []
         device = self.accelerator.device
-        flags = torch.zeros(1 + len(window), dtype=torch.float64, device=device)
-        flags[0] = float(self.requested)
-        if window:  # 1 where a loss is not finite: after the sum, non-zero where any process had one
-            losses = torch.stack([loss.detach().to(torch.float64) for _, _, loss in window])
-            flags[1:] = (~torch.isfinite(losses)).to(torch.float64)
+        # A fixed size whatever each process saw (a stream's shadow rounds add no loss): the signal,
+        # and minus the first bad (epoch, batch) as one number, the largest over processes winning.
+        none = -(2**62)
+        first_bad = torch.tensor(none, dtype=torch.int64, device=device)
+        if window:
+            losses = torch.stack([loss.detach().float() for _, _, loss in window])
+            places = torch.tensor([-(epoch * 10**9 + batch) for epoch, batch, _ in window], device=device)
+            first_bad = torch.where(~torch.isfinite(losses), places, torch.full_like(places, none)).max()
+        flags = torch.stack([torch.tensor(int(self.requested), dtype=torch.int64, device=device), first_bad])
         if self.accelerator.num_processes > 1:
             flags = self.accelerator.reduce(flags, "max")
-        values = flags.tolist()
-        bad = [i for i, v in enumerate(values[1:]) if v]
-        if bad:
-            epoch, batch, _ = window[bad[0]]
+        requested, bad = flags.tolist()
+        if bad != none:
+            epoch, batch = divmod(-bad, 10**9)
             raise NonFiniteLoss(f"the training loss became NaN or infinite at epoch {epoch} batch {batch}; "
                                 f"lower optimizer.lr, set max_grad_norm, or set nonfinite=skip to drop such steps")
-        if values[0] and self.stop_signal is None:
-            self.stop_signal = signal.Signals(int(values[0])).name
+        if requested and self.stop_signal is None:
+            self.stop_signal = signal.Signals(int(requested)).name

@@ -14,11 +14,13 @@ targets of every batch and
   Transformers Trainer computes with `num_items_in_batch`), so that 2 processes x accumulation 2
   take the steps of 1 process with the whole batch.
 
-Which it is: `loss: model` with integer labels of two or more dimensions (one per token) is
+Which it is: `loss: model` of a `transformers` causal, masked or token-classification model (by
+its `loss_type`), or of a model of your own with integer labels of shape (batch, length), is
 token-level, counting the labels the model's own loss counts (a causal language model shifts its
-labels by one, as `transformers`' Trainer knows from the model's `loss_type`); a loss function
-with a `count(labels)` method (`TokenCrossEntropy`, the built-in `token_cross_entropy`) is
-token-level by its count; anything else is sample-level.
+labels by one, as `transformers`' Trainer knows from the model's `loss_type`); a model says
+otherwise with `token_level = False` (or `True`). A loss function with a `count(labels)` method
+(`TokenCrossEntropy`, the built-in `token_cross_entropy`) is token-level by its count; anything
+else is sample-level.
 """
 
 from __future__ import annotations
@@ -85,17 +87,36 @@ class TokenCrossEntropy:
         return (labels != self.ignore_index).sum()
 
 
+def token_level_model(model) -> bool:
+    """Whether a model's own loss (`loss: model`) is a mean over target tokens: a `transformers`
+    model whose loss is the causal, masked or token-classification one (not a segmentation or CTC
+    loss, which average or ignore otherwise); a model of your own that says `token_level = True`,
+    or has integer labels of two dimensions (batch, length) unless it says `token_level = False`."""
+    own = getattr(model, "token_level", None)
+    if own is not None:
+        return bool(own)
+    if not hasattr(model, "loss_type"):
+        return True  # decided by the labels' shape
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss, ForMaskedLMLoss, ForTokenClassification
+
+    if model.loss_type is None:
+        can_generate = getattr(model, "can_generate", None)
+        return bool(can_generate and can_generate())  # transformers' causal fallback
+    return LOSS_MAPPING.get(model.loss_type) in (ForCausalLMLoss, ForMaskedLMLoss, ForTokenClassification)
+
+
 def target_counter(model, loss_func) -> Optional[Callable[[torch.Tensor], Optional[torch.Tensor]]]:
     """`labels -> number of targets` for a token-level loss (None for a batch whose labels are one
     per sample), or None when the loss is sample-level. `model` is the unwrapped model."""
     if loss_func is not None:
         count = getattr(loss_func, "count", None)
         return count if callable(count) else None
-    shift = loss_shifts_labels(model)
-    return lambda labels: count_targets(labels, shift) if is_token_labels(labels) else None
+    if not token_level_model(model):
+        return None
+    shift, known = loss_shifts_labels(model), hasattr(model, "loss_type") or hasattr(model, "token_level")
 
-
-def weighted_sum(mean: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """A batch's sum of token losses from its mean over `count` targets: 0 (not NaN, and no
-    gradient) for a batch without targets, whose mean is 0 / 0."""
-    return torch.where(count > 0, mean * count, mean.new_zeros(()))
+    def count(labels):
+        if not is_token_labels(labels) or (not known and labels.dim() != 2):
+            return None
+        return count_targets(labels, shift)
+    return count

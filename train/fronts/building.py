@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from train.base.errors import ConfigError
-from train.config.names import build, resolve, short_name
+from train.config.names import instantiate, resolve, short_name
 from train.engine.targets import TokenCrossEntropy
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "nll": nn.NLLLoss, "mse": nn.MSELoss, "l1": nn.L1Loss,
@@ -37,7 +37,7 @@ def build_model(cfg, in_channels: int) -> nn.Module:
         if cfg.model in MODELS:  # sized by the data (data.num_classes null: the model's default, 10)
             classes = {"num_classes": cfg.data.num_classes} if cfg.data.num_classes else {}
             args = {"in_channels": in_channels, **classes, **args}
-        net = build(model, args, "model", cfg.model)
+        net = instantiate(model, args, "model", cfg.model)
     if not isinstance(net, nn.Module):
         raise ConfigError(f"model '{cfg.model}' gave a {type(net).__name__}, not a torch.nn.Module")
     if cfg.gradient_checkpointing:
@@ -96,7 +96,7 @@ def build_loss(name: str, args: dict):
         return None
     loss = resolve(name, {**LOSSES, MODEL_LOSS: None}, "loss")
     if inspect.isclass(loss):
-        return build(loss, args, "loss", name)
+        return instantiate(loss, args, "loss", name)
     if not callable(loss):
         raise ConfigError(f"loss '{name}' is a {type(loss).__name__}, not a callable loss(y_pred, y_true)")
     return functools.partial(loss, **args) if args else loss
@@ -111,7 +111,7 @@ def build_metrics(names) -> dict:
     for name in names:
         metric = resolve(name, METRICS, "metric")
         if inspect.isclass(metric):
-            metric = build(metric, {}, "metric", name)
+            metric = instantiate(metric, {}, "metric", name)
         if not is_metric(metric):
             raise ConfigError(f"metric '{name}' is a {type(metric).__name__}: give a function f(y_pred, y_true) "
                               f"or an object with update/compute/reset")
@@ -133,7 +133,7 @@ def build_callbacks(specs) -> list:
             name, args = spec, {}
         made = resolve(name, {}, "callback")
         if inspect.isclass(made) or (callable(made) and args):
-            made = build(made, args, "callback", name)
+            made = instantiate(made, args, "callback", name)
         callbacks.append(made)
     return callbacks
 
@@ -143,7 +143,7 @@ def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     cls = resolve(cfg.name, OPTIMIZERS, "optimizer")
     args = {"lr": cfg.lr, **({"weight_decay": cfg.weight_decay} if cfg.weight_decay or cfg.name in OPTIMIZERS else {}),
             **({"momentum": cfg.momentum} if cfg.name in WITH_MOMENTUM else {}), **cfg.args}
-    optimizer = build(cls, args, "optimizer", cfg.name, params)
+    optimizer = instantiate(cls, args, "optimizer", cfg.name, params)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(f"optimizer '{cfg.name}' gave a {type(optimizer).__name__}, not a torch.optim.Optimizer")
     return optimizer
@@ -166,4 +166,4 @@ def build_scheduler(cfg, optimizer, epochs: int, steps_per_epoch):
         raise ConfigError("scheduler.name=onecycle is stepped per optimizer step; set scheduler.interval=step")
     if cfg.name in builtins:
         return builtins[cfg.name](optimizer)
-    return build(resolve(cfg.name, builtins, "scheduler"), cfg.args, "scheduler", cfg.name, optimizer)
+    return instantiate(resolve(cfg.name, builtins, "scheduler"), cfg.args, "scheduler", cfg.name, optimizer)

@@ -20,7 +20,7 @@ def build_model_class_only(cfg) -> None:
     resolve(cfg.model, MODELS, "model")
 
 
-def build(cfg):
+def build_run(cfg):
     """The `Run` and the data loaders `cfg` describes, on every process; nothing is written."""
     from accelerate.utils import set_seed
 
@@ -41,11 +41,11 @@ def build(cfg):
     accelerator = accelerator_for(options)
     set_seed(cfg.seed)  # the model's initial weights
     classification = cfg.loss in CLASSIFICATION_LOSSES
+    if cfg.data.num_classes is None and (cfg.model in MODELS or cfg.data.source != "python"):
+        cfg.data.num_classes = 10  # MNIST's, as it always was (config.yaml records it)
     loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed,
                            num_classes=cfg.data.num_classes if classification else None,
                            processes=accelerator.num_processes)
-    if cfg.data.num_classes is None:  # from the labels (saved in config.yaml, so that a resume compares it)
-        cfg.data.num_classes = loaders.classes
     options.num_classes = cfg.data.num_classes if classification else None  # the model's output width checked
     world = accelerator.num_processes
     stream = is_stream(loaders.train.dataset)

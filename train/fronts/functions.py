@@ -37,14 +37,14 @@ def _metric(run, preds, labels) -> float:
 def train_step(model, features, labels) -> tuple[float, float]:
     """One optimizer step on one batch; returns (loss, metric) as numbers."""
     run = _run_for(model)
-    loss, preds, labels = run.train_batch(features, labels)
+    loss, preds, labels = run.train_step(features, labels)
     return float(loss), _metric(run, preds, labels)
 
 
 def valid_step(model, features, labels) -> tuple[float, float]:
     """Loss and metric of one batch without training; returns (loss, metric) as numbers."""
     run = _run_for(model)
-    loss, preds, labels = run.valid_batch(features, labels)
+    loss, preds, labels = run.eval_step(features, labels)
     return float(loss), _metric(run, preds, labels)
 
 
@@ -57,7 +57,7 @@ def train_model(model, epochs: int, dl_train, dl_valid=None, log_step_freq: int 
 
     try:
         run = _run_for(model, log_step_freq=log_step_freq, step_lines=True, seed=seed, **options)
-        return run.fit(epochs, dl_train, dl_valid)
+        return run.fit(epochs, dl_train, dl_valid).frame()
     except RunError as e:
         if options.get("output_dir") is None:
             raise

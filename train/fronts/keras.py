@@ -111,7 +111,7 @@ class Model(nn.Module):
         try:
             run = self._new_run(output_dir=output_dir, log_step_freq=log_step_freq, step_lines=True, **options)
             self._run = run
-            history = run.fit(epochs, dl_train, dl_val, callbacks)
+            history = run.fit(epochs, dl_train, dl_val, callbacks).frame()
         except RunError as e:
             if output_dir is None:
                 raise

@@ -1,6 +1,6 @@
 """The script front: `accelerate launch train/main.py [--config FILE] [key=value ...]`.
 
-argv -> config -> `train.job.build` (data, model, optimizer, `Run`) -> `Run.fit` -> `output_dir`
+argv -> config -> `train.run.build` (data, model, optimizer, `Run`) -> `Run.fit` -> `output_dir`
 holding `config.yaml`, `history.csv`, `history.png`, `checkpoints/` and `model.safetensors`.
 Every way a run can end badly on purpose (bad input, NaN loss, a full disk, preemption, Ctrl-C)
 ends with one line on stderr and the exit code listed in `train.errors` (a traceback only with
@@ -57,20 +57,20 @@ def parse_args(argv):
     return parser.parse_intermixed_args(argv)  # overrides before and after --config
 
 
-def run(cfg):
+def train_from(cfg):
     """Train as `cfg` says (or run the preflight), continuing from a checkpoint when `cfg.resume`
     finds one; returns the `History` (the same on every process)."""
-    from train.fronts.from_config import build
+    from train.fronts.from_config import build_run
 
-    job, loaders = build(cfg)
+    run, loaders = build_run(cfg)
     try:
         if cfg.preflight:
             from train.service.preflight import preflight
 
-            return preflight(job, loaders)
-        return job.train(cfg.epochs, loaders.train, loaders.val)
+            return preflight(run, loaders)
+        return run.fit(cfg.epochs, loaders.train, loaders.val)
     finally:
-        job.close()
+        run.close()
 
 
 def main(argv=None) -> int:
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
 
     start_helper()  # history.png's drawing process imports matplotlib while this one imports torch
     try:
-        run(load_config(args.config, args.overrides))
+        train_from(load_config(args.config, args.overrides))
     except RunError as e:
         if args.debug:
             record_exit(e.exit_code, str(e), final=True)  # raised on purpose: a restart would not help

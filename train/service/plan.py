@@ -6,7 +6,7 @@ import math
 import os
 import textwrap
 
-from train.engine.devices import describe, precision_note
+from train.engine.devices import precision_note, processes_in_words
 from train.engine.loop import batches_per_epoch
 
 WIDTH = 100
@@ -17,7 +17,7 @@ def plan_lines(run, epochs: int, train) -> list[str]:
     world, accumulation = acc.num_processes, o.gradient_accumulation_steps
     batch = getattr(train, "batch_size", None) or getattr(getattr(train, "base_dataloader", None), "batch_size", None)
     batches = batches_per_epoch(train, o.steps_per_epoch, accumulation)  # per process; None: a stream's end
-    lines = [f"plan: {run.name} on {describe(acc)}"]
+    lines = [f"plan: {run.name} on {processes_in_words(acc)}"]
     slow = precision_note(acc.mixed_precision, acc.device.type)
     if slow:
         lines.append(f"warning: {slow}")

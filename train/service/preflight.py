@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from train.base.errors import PreflightError, UserError, describe
+from train.data.streams import is_stream
+from train.engine.loop import batches_per_epoch
 from train.engine.metrics import EpochSums
 
 
@@ -51,7 +53,7 @@ def preflight(run, loaders) -> dict:
         times = []
         for features, labels in map(run.split, _batches(train_dl, 2)):
             start = time.perf_counter()
-            loss, preds, labels = run.train_batch(features, labels)
+            loss, preds, labels = run.train_step(features, labels)
             sums.add(loss, preds, labels)
             value = float(loss)  # a sync, so the time includes the work
             times.append(time.perf_counter() - start)
@@ -63,7 +65,7 @@ def preflight(run, loaders) -> dict:
         times = []
         for features, labels in map(run.split, _batches(val_dl, 2)):
             start = time.perf_counter()
-            loss, _, _ = run.valid_batch(features, labels)
+            loss, _, _ = run.eval_step(features, labels)
             float(loss)
             times.append(time.perf_counter() - start)
         return times
@@ -86,7 +88,7 @@ def preflight(run, loaders) -> dict:
         acc.save_state(folder)
         acc.wait_for_everyone()  # the main process writes; nobody reads before it is done
         saved = [p.detach().clone() for p in run.parameters()]
-        run.train_batch(*run.split(next(iter(train_dl))))  # move the weights, so that loading has something to undo
+        run.train_step(*run.split(next(iter(train_dl))))  # move the weights, so that loading has something to undo
         acc.load_state(folder)
         same = all(torch.equal(a, b) for a, b in zip(saved, run.parameters()))
         acc.wait_for_everyone()
@@ -103,7 +105,9 @@ def preflight(run, loaders) -> dict:
 
     per_train = train_times[-1]  # the first batch pays for warm-up
     per_val = val_times[-1] if val_times else 0.0
-    epoch_s = per_train * len(train_dl) + per_val * (len(val_dl) if val_dl is not None else 0)
+    batches = batches_per_epoch(train_dl, run.options.steps_per_epoch, run.options.gradient_accumulation_steps)
+    validation = 0 if val_dl is None or is_stream(val_dl.dataset) else len(val_dl)
+    epoch_s = per_train * batches + per_val * validation if batches is not None else None
     if run.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(run.device) / 2**20
         where = "GPU memory"
@@ -114,5 +118,6 @@ def preflight(run, loaders) -> dict:
     if acc.is_main_process:
         print(f"preflight ok: 2 training and {len(val_times)} validation batches on {acc.num_processes} "
               f"process(es); metric keys {', '.join(keys)} on every process; checkpoint round trip ok; "
-              f"estimated epoch {epoch_s:.1f} s; peak {where} {peak_mb:.0f} MB per process", flush=True)
+              + (f"estimated epoch {epoch_s:.1f} s" if epoch_s is not None else "epoch time unknown (a stream)")
+              + f"; peak {where} {peak_mb:.0f} MB per process", flush=True)
     return report

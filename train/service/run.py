@@ -16,7 +16,12 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 
-from train.callbacks.standard import EarlyStopping, EpochTable, HistoryCSV, SlowDataWarning, StepLog, StopSignals
+from train.callbacks.early_stopping import EarlyStopping
+from train.callbacks.history_csv import HistoryCSV
+from train.callbacks.slow_data import SlowDataWarning
+from train.callbacks.step_log import StepLog
+from train.callbacks.stop_signals import StopSignals
+from train.callbacks.table import EpochTable
 from train.saving.checkpoint import Checkpoint, Resumed
 from train.engine.devices import accelerator_for, from_main  # noqa: F401 (accelerator_for: re-exported)
 from train.base.errors import NonFiniteLoss, Preempted, RunError, UserError, WriteError, describe, first_line
@@ -63,11 +68,8 @@ class Run:
     # ---------------------------------------------------------------------------------- fit
     def fit(self, epochs: int, train, val=None, callbacks: Iterable = ()):
         """Train until epoch `epochs` (the run's total: after a resume from epoch 2, `fit(4)`
-        trains epochs 3 and 4); returns the history DataFrame, the same on every process."""
-        return self.train(epochs, train, val, callbacks).frame()
-
-    def train(self, epochs: int, train, val=None, callbacks: Iterable = ()):
-        """`fit`, returning the `train.history.History` itself (the script needs no pandas)."""
+        trains epochs 3 and 4); returns the `History`, the same on every process (the fronts
+        give its `.frame()`, a DataFrame; the script needs no pandas)."""
         o, loop = self.options, self.loop
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise UserError(f"epochs must be an int >= 0; got {epochs!r}")
@@ -83,7 +85,7 @@ class Run:
             train, val = loop.prepare_loader(train), loop.prepare_loader(val)
             self.check_model_takes(train)
             if o.output_dir is None:
-                return loop.train(epochs, train, val, [*self._watchers(val is not None), *self.callbacks,
+                return loop.fit(epochs, train, val, [*self._watchers(val is not None), *self.callbacks,
                                                        *callbacks], o.log_step_freq)
             out = Path(o.output_dir)
             self._lock_folder(out)
@@ -102,7 +104,7 @@ class Run:
                 return loop.history
             self._start_trackers(out)
             self._announce(epochs, train)
-            history = loop.train(epochs, train, val, everyone, o.log_step_freq)
+            history = loop.fit(epochs, train, val, everyone, o.log_step_freq)
             self._write_weights(Path(o.output_dir))
             record_exit(0, "finished", **self._where())
             return history
@@ -152,14 +154,14 @@ class Run:
     def split(self, batch):
         return self.loop.split(batch)
 
-    def train_batch(self, features, labels):
+    def train_step(self, features, labels):
         """One training step on one batch: (loss, predictions, labels), on the device."""
         self.loop.model.train()
         features, labels = self.loop.to_device(features, labels)
         loss, preds = self.loop.train_step(features, labels)
         return loss, preds, labels
 
-    def valid_batch(self, features, labels):
+    def eval_step(self, features, labels):
         """Loss, predictions and labels of one batch without training (gathered from all processes)."""
         self.loop.model.eval()
         return self.loop.eval_step(*self.loop.to_device(features, labels))
@@ -183,8 +185,11 @@ class Run:
 
     # ------------------------------------------------------------------- before training
     def check_model_takes(self, train) -> None:
-        """See `train.checks.model_takes_data`: before anything is written, with one line on failure."""
-        for warning in self.loop.check_data(train, self.name, self.options.num_classes):
+        """A real batch through the model, the loss and the metrics (`train.engine.checks.check_data`):
+        before anything is written, with one line on failure; its warnings said on stderr."""
+        from train.engine.checks import check_data
+
+        for warning in check_data(self.loop, train, self.name, self.options.num_classes):
             if self.is_main_process:
                 self._say_stderr(f"warning: {warning}")
 

@@ -61,28 +61,32 @@ def suggest(lrs: list[float], smoothed: list[float]):
 
 def find(cfg, steps: int, min_lr: float, max_lr: float):
     """Ramp the rate over a fresh copy of the run; returns (rates, losses) of the steps taken."""
-    from train.fronts.from_config import build
+    from train.data.streams import is_stream
+    from train.fronts.from_config import build_run
     from train.engine.loop import set_epoch
 
     cfg.scheduler.name = "none"  # the ramp sets the rate; the config's schedule would fight it
-    job, loaders = build(cfg)
+    run, loaders = build_run(cfg)
     try:
-        dl = job.prepare(loaders.train)
+        if is_stream(loaders.train.dataset):  # its shares end apart across processes: no fixed ramp
+            raise ConfigError("the learning-rate finder needs a map-style training set; a stream has no fixed "
+                              "order of batches across processes (find the rate on a map-style sample of it)")
+        dl = run.prepare(loaders.train)
         rates = learning_rates(min_lr, max_lr, steps)
         taken, losses, pending, epoch, best = [], [], [], 0, math.inf
-        job.set_learning_rate(rates[0])
+        run.set_learning_rate(rates[0])
         while len(losses) < steps:
             set_epoch(dl, epoch)
             batches = 0
             for batch in dl:
                 batches += 1
-                loss, _, _ = job.train_batch(*job.split(batch))
+                loss, _, _ = run.train_step(*run.split(batch))
                 pending.append(loss.float())
-                if not job.stepped:
+                if not run.stepped:
                     continue  # accumulating gradients: one rate per optimizer step
                 import torch
 
-                mean = job.accelerator.reduce(torch.stack(pending).mean(), "mean").item()  # the same on every process
+                mean = run.accelerator.reduce(torch.stack(pending).mean(), "mean").item()  # the same on every process
                 pending = []
                 taken.append(rates[len(losses)])
                 losses.append(mean if math.isfinite(mean) else math.inf)
@@ -92,13 +96,13 @@ def find(cfg, steps: int, min_lr: float, max_lr: float):
                 if len(losses) >= steps or not math.isfinite(smoothed) or \
                         smoothed > best + (DIVERGED - 1) * abs(best):
                     return taken, losses
-                job.set_learning_rate(rates[len(losses)])
+                run.set_learning_rate(rates[len(losses)])
             if not batches:
                 raise ConfigError("the training data gave no batch; give more data or a smaller batch_size")
             epoch += 1
         return taken, losses
     finally:
-        job.close()
+        run.close()
 
 
 def print_once(text: str) -> None:
