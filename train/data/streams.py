@@ -128,6 +128,19 @@ def _own_draws(samples, seed: int):
         yield sample
 
 
+def prepare_stream(dl: DataLoader, accelerator):
+    """A loader over a stream prepared for this process: its share (`shard_loader`), placed on the
+    device by Accelerate but not sharded again (Accelerate's sharding of a stream would have every
+    process read the whole of it and pad the end with repeated samples)."""
+    from accelerate.data_loader import prepare_data_loader
+
+    acc = accelerator
+    shard = shard_loader(dl, acc.process_index, acc.num_processes, acc.dataloader_config.data_seed or 0)
+    return prepare_data_loader(shard, acc.device, num_processes=1, process_index=0, put_on_device=acc.device_placement,
+                               rng_types=[], dispatch_batches=False, even_batches=False,
+                               non_blocking=acc.dataloader_config.non_blocking)
+
+
 def shard_loader(dl: DataLoader, process: int, processes: int, seed: int) -> DataLoader:
     """A loader like `dl` (batch size, collate, workers, pinning) over this process's share of its
     stream."""

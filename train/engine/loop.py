@@ -23,28 +23,20 @@ from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from train.data.batches import call_model, model_output, split_batch  # noqa: F401 (call_model: re-exported)
 from train.engine.events import CallbackList
 from train.engine.evaluation import Evaluation
-from train.engine.devices import all_ok, host_group, make_accelerator, shutdown, to_device
-from train.base.errors import DataError, Interrupted, Preempted, UserError, check_choice
+from train.engine.position import Position
+from train.engine.devices import host_group, make_accelerator, shutdown, to_device
+from train.base.errors import Interrupted, Preempted, UserError, check_choice
 from train.engine.history import History, make_row
-from train.engine.metrics import EpochSums, sum_dtype
+from train.engine.metrics import EpochSums
 from train.config.options import NONFINITE, SCHEDULER_INTERVALS
-from train.data.rng import restore_rng
-from train.engine.rounds import batch_fingerprint, map_rounds, skip_stream, stream_rounds
+from train.engine.rounds import batches_per_epoch, map_rounds, set_epoch, stream_rounds, windows
 from train.engine.stop_check import StatusCheck
-from train.data.streams import is_stream, replayable, shard_loader, stream_name
-from train.engine.targets import target_counter
+from train.data.streams import is_stream, prepare_stream, replayable
+from train.engine.targets import loss_scales, target_counter
 from train.engine.timing import EpochTimer, count_flops
 
 
-def set_epoch(dl, epoch: int) -> None:
-    """The epoch for the loader's sampler and for its data set: Accelerate tells the data set only
-    when the sampler has no `set_epoch`, and per-sample draws (`train.draws`) are seeded by it."""
-    dl.set_epoch(epoch)
-    if hasattr(getattr(dl, "dataset", None), "set_epoch"):
-        dl.dataset.set_epoch(epoch)
-
-
-class Loop(Evaluation):
+class Loop(Evaluation, Position):
     """Trains and evaluates one model with one optimizer under one `Accelerator`.
 
     `metrics` maps a name to `f(y_pred, y_true)` (a tensor or a number; mean over the batch) or to
@@ -132,17 +124,8 @@ class Loop(Evaluation):
         if dl is None or isinstance(dl, (DataLoaderShard, DataLoaderDispatcher)):
             return dl
         if id(dl) not in self._loaders:
-            if is_stream(getattr(dl, "dataset", None)):
-                from accelerate.data_loader import prepare_data_loader
-
-                acc = self.accelerator
-                seed = acc.dataloader_config.data_seed or 0
-                shard = shard_loader(dl, acc.process_index, acc.num_processes, seed)
-                prepared = prepare_data_loader(shard, acc.device, num_processes=1, process_index=0,
-                                               put_on_device=acc.device_placement, rng_types=[], dispatch_batches=False,
-                                               even_batches=False, non_blocking=acc.dataloader_config.non_blocking)
-            else:
-                prepared = self.accelerator.prepare(dl)
+            stream = is_stream(getattr(dl, "dataset", None))
+            prepared = prepare_stream(dl, self.accelerator) if stream else self.accelerator.prepare(dl)
             self._loaders[id(dl)] = (dl, prepared)  # keep dl alive: ids are reused
         return self._loaders[id(dl)][1]
 
@@ -226,25 +209,6 @@ class Loop(Evaluation):
                 self.scheduler.step()
         return loss.detach(), preds.detach()
 
-    def loss_scales(self, window: list) -> list:
-        """For a window of rounds that ends in one optimizer step: each batch's loss multiplier, so
-        that the step trains on the sum of its losses over the targets of the whole global batch
-        (`train.targets`; also over the samples of a stream, whose last rounds are uneven). Nones
-        for a sample-level loss of even batches, trained as Accelerate does (each batch's mean,
-        averaged); one collective."""
-        acc = self.accelerator
-        world, accumulation = acc.num_processes, acc.gradient_accumulation_steps
-        counts = [r.targets for r in window]
-        if all(c is None for c in counts) or world * accumulation == 1:
-            return [None] * len(window)
-        counts = [torch.as_tensor(c if c is not None else 0, device=acc.device) for c in counts]
-        total = torch.stack(counts).sum()
-        if world > 1:
-            total = acc.reduce(total, "sum")
-        # Accelerate divides each loss by the accumulation steps and DDP averages over processes
-        factor = (world * accumulation) / total.clamp(min=1).to(sum_dtype(total.device))
-        return [(c * factor).float() for c in counts]
-
     def targets_of(self, batch):
         """What a batch's loss is a mean over, when it is not its samples on even batches: a
         token-level loss's target tokens, or a stream's samples; else None."""
@@ -273,7 +237,7 @@ class Loop(Evaluation):
         for window in windows(rounds, accumulation, self.batch):
             for r in window:
                 r.targets = self.targets_of(r.batch) if r.batch is not None else 0
-            for r, scale in zip(window, self.loss_scales(window)):
+            for r, scale in zip(window, loss_scales(window, self.accelerator)):
                 self.batch += 1
                 self.last_round = r.last
                 real = r.batch is not None
@@ -323,30 +287,6 @@ class Loop(Evaluation):
         elif torch.isfinite(loss):  # a sync per batch: the price of skipping
             self._sums.add(loss, preds, labels, weight)
 
-    def _continue_unfinished(self, dl):
-        """For an epoch a checkpoint interrupted: the loader without its done batches, the sums so
-        far, and a function that puts back the RNG states once the loader's iterator has started
-        (starting it may draw from the global RNG; the uninterrupted run drew that at the epoch's
-        start, so that dropout masks continue as they would have)."""
-        unfinished, self._unfinished = self._unfinished, None
-        if unfinished is None or unfinished["epoch"] != self.epoch:
-            return dl, None
-        self.batch = unfinished["batch"]
-        if self.stream_epoch:  # read again and dropped: a stream has no index to skip to
-            stream = unfinished.get("stream") or {}
-            self._consumed = stream.get("consumed", self.batch)
-            resumed, self._last_batch, problem = skip_stream(dl, self._consumed, stream.get("fingerprint"), self.split)
-            if not all_ok(self.accelerator, problem is None):  # every process stops, with the same line
-                problem = problem or "gave other samples when read again on another process: it cannot resume exactly"
-                raise DataError(f"stream {stream_name(dl.dataset)} {problem}")
-        else:
-            resumed = self.accelerator.skip_first_batches(dl, self.batch)
-            set_epoch(resumed, self.epoch - 1)
-        self._sums.load_state(unfinished["sums"])
-        self.skipped_steps, self._epoch_lr = unfinished["skipped_steps"], unfinished["lr"]
-        rng = unfinished.get("rng")
-        return resumed, (lambda: restore_rng(rng)) if rng is not None else None
-
     def running_logs(self) -> dict:
         """This process's running averages in the current epoch (a device sync; for progress lines)."""
         return self._sums.running() if self._sums is not None else {}
@@ -381,57 +321,7 @@ class Loop(Evaluation):
         events.on_train_end(logs=self.history.rows[-1] if len(self.history) else {})
         return self.history
 
-    # -------------------------------------------------------------------- state
-    def state_dict(self) -> dict:
-        """Where the loop is. `position` and `history` are the same on every process; `unfinished`
-        (this process's share of an epoch not yet in the history: its sums so far) is not."""
-        state = {"position": {"epoch": self.epoch, "batch": self.batch, "step": self.step,
-                              "samples_seen": self.samples_seen, "processes": self.accelerator.num_processes},
-                 "history": [dict(r) for r in self.history.rows], "unfinished": None}
-        if self.epoch > len(self.history) and self._sums is not None:
-            state["unfinished"] = {"sums": self._sums.state(), "skipped_steps": self.skipped_steps,
-                                   "lr": self._epoch_lr}
-            if getattr(self, "stream_epoch", False):  # where to read the stream again from
-                last = batch_fingerprint(self._last_batch) if self._last_batch is not None else None
-                state["unfinished"]["stream"] = {"consumed": self._consumed, "fingerprint": last}
-        return state
-
-    def load_state_dict(self, state: dict, rng: Optional[dict] = None) -> None:
-        """Continue from `state_dict()`'s output. For an unfinished epoch, the next `fit` continues
-        it at its next batch, putting back the RNG states `rng` once that epoch's data starts."""
-        position = state["position"]
-        self.history = History(state["history"])
-        self.step, self.samples_seen = position["step"], position["samples_seen"]
-        self.epoch, self.batch = position["epoch"], position["batch"]
-        self._unfinished = None
-        if state.get("unfinished") is not None and self.epoch > len(self.history):
-            self._unfinished = {**state["unfinished"], "epoch": self.epoch, "batch": self.batch, "rng": rng}
-
     def close(self) -> None:
         """Release the prepared objects and the process group (see `shutdown`)."""
         self._loaders.clear()
         shutdown(self.accelerator)
-
-
-def batches_per_epoch(dl, steps_per_epoch: Optional[int], accumulation: int) -> Optional[int]:
-    """Batches per epoch per process: the loader's, at most `steps_per_epoch` optimizer steps' worth;
-    None for a stream of unknown length without `steps_per_epoch`."""
-    cap = steps_per_epoch * accumulation if steps_per_epoch else None
-    if is_stream(dl.dataset):
-        return cap
-    return len(dl) if cap is None else min(cap, len(dl))
-
-
-def windows(rounds, accumulation: int, done: int = 0):
-    """Rounds grouped into the windows that each end in one optimizer step: every `accumulation`
-    batches of the epoch (`done` already trained), and at its last round."""
-    window, index = [], done
-    for r in rounds:
-        window.append(r)
-        index += 1
-        if index % accumulation == 0 or r.last:
-            yield window
-            window = []
-    if window:
-        yield window
-

@@ -102,3 +102,34 @@ def batch_fingerprint(batch) -> int:
     for t in tensors(batch):
         crc = zlib.crc32(t.detach().to("cpu").contiguous().numpy().tobytes(), crc)
     return crc
+
+
+def batches_per_epoch(dl, steps_per_epoch: Optional[int], accumulation: int) -> Optional[int]:
+    """Batches per epoch per process: the loader's, at most `steps_per_epoch` optimizer steps' worth;
+    None for a stream of unknown length without `steps_per_epoch`."""
+    cap = steps_per_epoch * accumulation if steps_per_epoch else None
+    if isinstance(dl.dataset, torch.utils.data.IterableDataset):
+        return cap
+    return len(dl) if cap is None else min(cap, len(dl))
+
+
+def windows(rounds, accumulation: int, done: int = 0):
+    """Rounds grouped into the windows that each end in one optimizer step: every `accumulation`
+    batches of the epoch (`done` already trained), and at its last round."""
+    window, index = [], done
+    for r in rounds:
+        window.append(r)
+        index += 1
+        if index % accumulation == 0 or r.last:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def set_epoch(dl, epoch: int) -> None:
+    """The epoch for the loader's sampler and for its data set: Accelerate tells the data set only
+    when the sampler has no `set_epoch`, and per-sample draws (`train.draws`) are seeded by it."""
+    dl.set_epoch(epoch)
+    if hasattr(getattr(dl, "dataset", None), "set_epoch"):
+        dl.dataset.set_epoch(epoch)

@@ -120,3 +120,24 @@ def target_counter(model, loss_func) -> Optional[Callable[[torch.Tensor], Option
             return None
         return count_targets(labels, shift)
     return count
+
+
+def loss_scales(window: list, accelerator) -> list:
+    """For a window of rounds that ends in one optimizer step (`train.engine.rounds`, each with its
+    `targets`): each batch's loss multiplier, so that the step trains on the sum of its losses over
+    the targets of the whole global batch (also over the samples of a stream, whose last rounds are
+    uneven). Nones for a sample-level loss of even batches, trained as Accelerate does (each
+    batch's mean, averaged); one collective."""
+    from train.engine.metrics import sum_dtype
+
+    world, accumulation = accelerator.num_processes, accelerator.gradient_accumulation_steps
+    counts = [r.targets for r in window]
+    if all(c is None for c in counts) or world * accumulation == 1:
+        return [None] * len(window)
+    counts = [torch.as_tensor(c if c is not None else 0, device=accelerator.device) for c in counts]
+    total = torch.stack(counts).sum()
+    if world > 1:
+        total = accelerator.reduce(total, "sum")
+    # Accelerate divides each loss by the accumulation steps and DDP averages over processes
+    factor = (world * accumulation) / total.clamp(min=1).to(sum_dtype(total.device))
+    return [(c * factor).float() for c in counts]

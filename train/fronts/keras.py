@@ -39,9 +39,7 @@ class Model(nn.Module):
 
     def summary(self, input_shape, input_dtype=torch.float32) -> str:
         """Print and return the layer table for one sample of `input_shape`, e.g. `(1, 32, 32)`."""
-        table = summary_table(self.net, input_shape, input_dtype)
-        print(table)
-        return table
+        return summary_table(self.net, input_shape, input_dtype)
 
     def compile(self, loss_func: Optional[Callable], optimizer: Optional[torch.optim.Optimizer] = None,
                 metrics_dict: Optional[Mapping[str, object]] = None, lr_scheduler=None,

@@ -26,8 +26,9 @@ def _bytes_per_sample(out) -> int:
     return sum(t.numel() // max(1, t.shape[0]) * t.element_size() for t in tensors)
 
 
-def summary(model: nn.Module, input_shape, input_dtype=torch.float32) -> str:
-    """The table for one sample of shape `input_shape` (without the batch dimension)."""
+def summary(model: nn.Module, input_shape, input_dtype=torch.float32, print_fn=print) -> str:
+    """Print (with `print_fn`; None: not) and return the table for one sample of shape
+    `input_shape` (without the batch dimension), as torchkeras' `summary` does."""
     rows, hooks = [], []
 
     def record(module, _inputs, output):
@@ -68,4 +69,7 @@ def summary(model: nn.Module, input_shape, input_dtype=torch.float32) -> str:
             f"Input size (MB): {input_mb:.6f}", f"Forward/backward pass size (MB): {activations_mb:.6f}",
             f"Params size (MB): {params_mb:.6f}",
             f"Estimated Total Size (MB): {input_mb + activations_mb + params_mb:.6f}", line]
-    return "\n".join(out)
+    table = "\n".join(out)
+    if print_fn is not None:
+        print_fn(table)
+    return table

@@ -7,7 +7,7 @@ import os
 import textwrap
 
 from train.engine.devices import precision_note, processes_in_words
-from train.engine.loop import batches_per_epoch
+from train.engine.rounds import batches_per_epoch
 
 WIDTH = 100
 

@@ -19,7 +19,7 @@ import torch
 
 from train.base.errors import PreflightError, UserError, describe
 from train.data.streams import is_stream
-from train.engine.loop import batches_per_epoch
+from train.engine.rounds import batches_per_epoch
 from train.engine.metrics import EpochSums
 
 

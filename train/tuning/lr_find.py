@@ -63,7 +63,7 @@ def find(cfg, steps: int, min_lr: float, max_lr: float):
     """Ramp the rate over a fresh copy of the run; returns (rates, losses) of the steps taken."""
     from train.data.streams import is_stream
     from train.fronts.from_config import build_run
-    from train.engine.loop import set_epoch
+    from train.engine.rounds import set_epoch
 
     cfg.scheduler.name = "none"  # the ramp sets the rate; the config's schedule would fight it
     run, loaders = build_run(cfg)

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.helpers.small_runs import blobs, small_model
+
 from conftest import (PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, launch_two,
                       run_one, start_process, two_rank_env, wait_for)
 
@@ -80,22 +82,8 @@ def test_sigusr1_in_a_user_script_saves_and_exits_75(tmp_path, uninterrupted):
     assert_same_run(tmp_path, uninterrupted[1][0])
 
 
-def blobs(n=512, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = torch.randn(n, 8, generator=g) + y[:, None]
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
 
 
-def small_model(seed=0):
-    import train
-
-    train.seed_everything(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 3))
-    model = train.Model(net)
-    model.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(net.parameters(), lr=0.01),
-                  metrics_dict={"accuracy": train.metrics.accuracy})
-    return model
 
 
 def test_epochs_is_the_total_after_a_resume(tmp_path, capsys):

@@ -1,25 +1,21 @@
-"""What a new user meets first: lines that fit a 100-column terminal, a progress bar that resumes
-where the run was, files the team can read, a plot with a panel per quantity, one line for a bad
-value."""
+"""What a run prints and draws: lines within 100 columns, a progress bar that resumes where the run was, a plot with a panel per quantity."""
 
 import io
-import os
 import re
-import stat
-import subprocess
 import sys
-
 import pytest
-
 from conftest import MNIST, ROOT
 
+
 MAIN = ROOT / "train" / "main.py"
+
+
 SMALL = ["data.train_size=1024", "data.val_size=256", f"data.path={MNIST}"]
 
 
 @pytest.mark.slow
 def test_every_line_of_a_run_fits_100_columns(tmp_path):
-    from test_interrupts import under_a_terminal
+    from tests.helpers.terminal import under_a_terminal
 
     out = "runs/a-rather-long-name-for-an-output-folder"  # in the folder the user works in
     args = [sys.executable, str(MAIN), *SMALL, "epochs=3", "checkpoint.every_steps=3", f"output_dir={out}",
@@ -42,29 +38,8 @@ def test_every_line_of_a_run_fits_100_columns(tmp_path):
                 assert len(part.rstrip()) <= 100, f"{len(part.rstrip())} columns: {part!r}"
 
 
-def test_the_plan_says_the_processes_in_words(tmp_path):
-    done = subprocess.run([sys.executable, str(MAIN), *SMALL, "epochs=1", f"output_dir={tmp_path}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    first = done.stdout.splitlines()[0]
-    assert first == "plan: tutorial_cnn on 1 process on the CPU, fp32", first
-    assert "(NO)" not in done.stdout
-
-
-def test_files_are_readable_by_the_team_under_umask_022(tmp_path):
-    done = subprocess.run([sys.executable, str(MAIN), *SMALL, "epochs=1", "checkpoint.every_steps=3",
-                           f"output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          preexec_fn=lambda: os.umask(0o022))
-    assert done.returncode == 0, done.stderr
-    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
-    assert "model.safetensors" in modes and "checkpoints/latest" in modes
-    wrong = {name: oct(mode) for name, mode in modes.items()
-             if mode != (0o755 if (tmp_path / name).is_dir() else 0o644)}
-    assert not wrong, wrong
-
-
 def test_the_progress_bar_starts_at_the_resumed_batch(tmp_path):
-    from test_checkpoint import build, loader
+    from tests.helpers.small_runs import tiny_loader as loader, tiny_loop as build
 
     from train.saving.checkpoint import Checkpoint
     from train.callbacks.progress import ProgressBar

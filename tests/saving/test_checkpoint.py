@@ -3,41 +3,31 @@
 import json
 
 import torch
-from torch import nn
 
 from train.saving import storage
 from train.saving.checkpoint import Checkpoint
-from train.engine.devices import make_accelerator
-from train.engine.loop import Loop
+from train.engine.loop import Loop  # noqa: F401
+
+from tests.helpers.small_runs import tiny_loader, tiny_loop
 
 
-def build() -> Loop:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(20, 32), nn.Dropout(0.5), nn.ReLU(), nn.Linear(32, 3))
-    return Loop(net, torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9), nn.functional.cross_entropy,
-                accelerator=make_accelerator(seed=1))
 
 
-def loader():
-    g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(64, 20, generator=g), torch.randint(0, 3, (64,), generator=g)
-    # no generator of its own: starting its iterator draws from the global RNG, the known trap
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
 
 
 def resumed_weights(path, put_rng_back=True):
-    loop = build()
+    loop = tiny_loop()
     resumed = Checkpoint(loop, path.parent).load(path)
     if not put_rng_back:  # what load_state alone does: the RNG as saved, before the iterator starts
         unfinished = torch.load(path / "rank-0.pt", weights_only=True)
         loop.load_state_dict({"position": resumed.position, "history": resumed.history, "unfinished": unfinished})
-    loop.fit(2, loader())  # epochs is the total: the resumed epoch and no more
+    loop.fit(2, tiny_loader())  # epochs is the total: the resumed epoch and no more
     return loop.model.state_dict(), loop.history.rows
 
 
 def test_mid_epoch_resume_needs_the_rng_put_back_after_the_iterator_starts(tmp_path):
-    ref = build()
-    ref.fit(2, loader(), callbacks=[Checkpoint(ref, tmp_path, every_steps=3, keep_last=10)])
+    ref = tiny_loop()
+    ref.fit(2, tiny_loader(), callbacks=[Checkpoint(ref, tmp_path, every_steps=3, keep_last=10)])
     mid_epoch_2 = tmp_path / "step-00000012"  # 8 batches per epoch: batch 4 of epoch 2
     position = json.loads((mid_epoch_2 / "loop.json").read_text())["position"]
     assert position == dict(epoch=2, batch=4, step=12, processes=1, samples_seen=12 * 8)
@@ -53,10 +43,10 @@ def test_mid_epoch_resume_needs_the_rng_put_back_after_the_iterator_starts(tmp_p
 
 
 def test_rotation_keeps_the_newest_and_the_best(tmp_path):
-    loop = build()
+    loop = tiny_loop()
     # a constant lr never beats epoch 1's: with mode=max the best is the first epoch's checkpoint
     ck = Checkpoint(loop, tmp_path, every_steps=2, keep_last=2, monitor="lr", mode="max")
-    loop.fit(3, loader(), callbacks=[ck])
+    loop.fit(3, tiny_loader(), callbacks=[ck])
     names = sorted(p.name for p in tmp_path.glob("step-*"))
     assert names == ["step-00000008", "step-00000022", "step-00000024"]
     assert (tmp_path / "best").read_text().strip() == "step-00000008"
@@ -65,8 +55,8 @@ def test_rotation_keeps_the_newest_and_the_best(tmp_path):
 
 
 def test_the_manifest_lists_every_file_with_its_size(tmp_path):
-    loop = build()
-    loop.fit(1, loader(), callbacks=[Checkpoint(loop, tmp_path)])
+    loop = tiny_loop()
+    loop.fit(1, tiny_loader(), callbacks=[Checkpoint(loop, tmp_path)])
     folder = tmp_path / "step-00000008"
     manifest = json.loads((folder / "manifest.json").read_text())["files"]
     on_disk = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != "manifest.json"}

@@ -3,22 +3,18 @@
 batch, exit 130, and the rerun ends with the weights of an uninterrupted run. A second Ctrl-C
 during that save ends at once and leaves the previous checkpoint `latest`."""
 
-import fcntl
 import os
-import pty
 import re
-import select
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import MNIST, PYTHON, ROOT, assert_same_run, latest_step, start_process, wait_for
+from tests.helpers.terminal import under_a_terminal
 
 pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
 
@@ -26,31 +22,6 @@ ARGS = ["epochs=2", "data.train_size=4096", "data.val_size=500", f"data.path={MN
 VENV = Path(sys.executable).parent.parent
 
 
-def under_a_terminal(cmd, when, columns=100, timeout=300, cwd=ROOT):
-    """Run `cmd` on a pseudo-terminal in a new session; once the screen satisfies `when`, send
-    SIGINT to its process group, as a terminal's Ctrl-C does. Returns (exit code, screen)."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    env = dict(os.environ, PATH=f"{VENV}/bin:{os.environ['PATH']}")
-    proc = subprocess.Popen(cmd, cwd=cwd, stdin=follower, stdout=follower, stderr=follower, env=env,
-                            start_new_session=True)
-    os.close(follower)
-    chunks, sent, deadline = [], False, time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.05)
-        if ready:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: every process let go of the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        if not sent and when(b"".join(chunks).decode(errors="replace")):
-            os.killpg(proc.pid, signal.SIGINT)
-            sent = True
-    os.close(leader)
-    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
 
 
 def test_ctrl_c_in_make_train_saves_says_one_line_and_the_rerun_is_exact(tmp_path):

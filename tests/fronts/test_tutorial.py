@@ -75,3 +75,17 @@ def test_class_style_cells(tutorial_loaders, capsys):
     assert scores["val_accuracy"] == pytest.approx(dfhistory["val_accuracy"].iloc[-1], abs=1e-12)
     assert first.shape == (10, 10)
     assert first.argmax(1).tolist()[:5] == [7, 2, 1, 0, 4]  # the first test digits, well predicted
+
+
+def test_the_chapters_first_cells_import_summary_and_model_from_the_package(capsys):
+    """`from torchkeras import summary, Model` then `summary(net, input_shape=(1,32,32))`, with the
+    project in torchkeras' place: `train.summary` is the function (the module lives in train.fronts)."""
+    from train import Model, summary
+
+    from train.fronts.models import TutorialCNN
+
+    net = TutorialCNN()
+    summary(net, input_shape=(1, 32, 32))
+    table = capsys.readouterr().out
+    assert "Total params: 53,994" in table, table
+    assert isinstance(Model(net), torch.nn.Module)

@@ -1,0 +1,44 @@
+"""Checkpoint storage: pickles that would run code refused, the same step saved again."""
+
+import json
+import os
+import pytest
+import torch
+from train.base.errors import UserError
+
+
+def test_a_pickle_that_would_run_code_is_refused_before_it_is_loaded(tmp_path):
+    from train.saving.storage import refuse_unsafe
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    torch.save({"rng": torch.get_rng_state()}, tmp_path / "fine.pt")
+    refuse_unsafe(tmp_path)  # tensors and plain data pass
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match=r"evil.pt would run code when loaded \(it imports posix.system\)"):
+        refuse_unsafe(tmp_path)
+    (tmp_path / "evil.pt").write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="evil.pt is not a file torch.save wrote"):
+        refuse_unsafe(tmp_path)
+
+
+def test_saving_the_same_step_again_keeps_latest_valid(tmp_path):
+    from tests.helpers.small_runs import tiny_loader as loader, tiny_loop as build
+
+    from train.saving.checkpoint import Checkpoint
+
+    loop = build()
+    ck = Checkpoint(loop, tmp_path)
+    loop.fit(1, loader(), callbacks=[ck])  # step-00000008 at the epoch's end
+    first = (tmp_path / "step-00000008" / "manifest.json").read_text()
+    ck.save()  # the same step again, as a resumed epoch that ended where it had been saved
+    assert (tmp_path / "latest").read_text().strip() == "step-00000008"
+    assert (tmp_path / "step-00000008" / "manifest.json").is_file()
+    assert not list(tmp_path.glob(".old-*")) and not list(tmp_path.glob(".tmp-*"))
+    from train.saving import storage
+
+    assert storage.damage(tmp_path / "step-00000008") is None  # replaced whole: every file its manifest lists
+    assert json.loads(first)["files"].keys() == json.loads((tmp_path / "step-00000008" / "manifest.json")
+                                                           .read_text())["files"].keys()
