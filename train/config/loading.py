@@ -3,7 +3,7 @@
 `load_config(path, overrides)` reads a YAML file, applies dotted overrides such as `optimizer.lr=0.02`
 or `model_args.hidden=64`, checks names, types and ranges, and raises `ConfigError` with one line
 that says what to change. Names of models, losses, metrics, optimizers, schedules and data
-factories are checked where they are resolved (`train.registry`), with a did-you-mean.
+factories are checked where they are resolved (`train.config.names`), with a did-you-mean.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Everything a run needs is one `Config` (dataclasses, so the keys are typed and listed in one
 place, each with a line of help that `--help` prints). Reading YAML, applying `key=value`
-overrides and checking values is `train.configfile`'s job (`load_config`). This module knows
+overrides and checking values is `train.config.loading`'s job (`load_config`). This module knows
 nothing of torch.
 """
 

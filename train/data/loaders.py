@@ -1,7 +1,7 @@
 """Data loaders: the in-memory fast path, per-sample loading through workers, and the rule that
 chooses between them and sets `num_workers` and `pin_memory`.
 
-Data held in memory (`ArrayData`, `TensorData` from `train.sources`) is cut into batches by one
+Data held in memory (`ArrayData`, `TensorData` from `train.data.sources`) is cut into batches by one
 indexing op per tensor (`__getitems__`), images normalised in the same op, with no per-sample
 Python and no worker processes; on a GPU the whole set lives on the GPU when it fits
 `data.in_memory_limit_mb`. Any other data set is loaded sample by sample in worker processes.
@@ -134,7 +134,7 @@ def _mb(n: int) -> str:
 
 def make_collate(dcfg, from_factory=None):
     """The collate `data.collate` names: None (torch's stacking one; a factory's own collate when it
-    gave one), `pad` (`train.batches.PadCollate`), or an import path (a class is built with
+    gave one), `pad` (`train.data.batches.PadCollate`), or an import path (a class is built with
     `data.collate_args`, a function gets them bound)."""
     import functools
     import inspect

@@ -1,6 +1,6 @@
 """Data sources: where the training and validation data come from, one split at a time.
 
-A source gives each split as one of three things, and the loaders (`train.data`) treat each its way:
+A source gives each split as one of three things, and the loaders (`train.data.loaders`) treat each its way:
 - `ArrayData`: uint8 images and integer labels held in memory (MNIST's IDX files, torchvision sets
   with `.data`, Hugging Face image columns that fit `data.in_memory_limit_mb`): the image fast path;
 - `TensorData`: any tensors held in memory (a `TensorDataset` from your factory): the same fast
@@ -8,7 +8,7 @@ A source gives each split as one of three things, and the loaders (`train.data`)
 - any other map-style `Dataset` (your own, a streamed Hugging Face set): loaded sample by sample
   in worker processes;
 - an `IterableDataset` (a stream: a generator of your own, a Hugging Face `datasets.IterableDataset`):
-  read in order, each process its share (`train.streams`).
+  read in order, each process its share (`train.data.streams`).
 This module knows nothing of models or the loop.
 """
 

@@ -6,7 +6,7 @@ Accelerate would shard a stream by having every process read the whole of it and
 batches with repeated samples (and with `dispatch_batches`, which it takes by default for
 streams, only batches of one shape work on several processes). Here each process reads its own
 share instead, and the loop takes care of the shares ending at different batches
-(`train.rounds`):
+(`train.engine.rounds`):
 
 - a Hugging Face stream is split by `datasets.distributed.split_dataset_by_node` (whole shards per
   process where they divide evenly, else every N-th sample), and splits itself across loader
@@ -19,7 +19,7 @@ Random draws a stream makes are its own: each worker is seeded from (seed, epoch
 worker); without workers the stream draws from generators of its own, swapped in around each
 sample, so that training's draws (dropout) do not depend on how many samples were read. So a
 stream read again for the same epoch gives the same samples, which is how a run resumes
-mid-epoch: it reads and drops the batches already trained on (`train.rounds.skip_stream`). A
+mid-epoch: it reads and drops the batches already trained on (`train.engine.rounds.skip_stream`). A
 stream that cannot give the same samples again says so with `replayable = False`; then checkpoints
 are taken at epoch ends only. This module knows nothing of models or the loop.
 """

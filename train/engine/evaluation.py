@@ -1,13 +1,13 @@
 """The loop's evaluation: the eval step, `evaluate` and `predict`, exact across processes, and
 the check that a real batch of the training data goes through the model before anything is written.
 
-A part of `train.loop.Loop` (a mixin: the same object, the same model and accelerator), kept in
+A part of `train.engine.loop.Loop` (a mixin: the same object, the same model and accelerator), kept in
 its own file. Each process adds its own real rows to the epoch's sums (the padding duplicates that
 make the last batches of a map-style set even across processes left out; a stream's shadow rounds
 add nothing) and the sums are added over processes once, at the end: the loss weighted by its
-samples or target tokens (`train.targets`), each metric function by its samples. Nothing is
+samples or target tokens (`train.engine.targets`), each metric function by its samples. Nothing is
 gathered across processes but what needs every row: the inputs of stateful metrics, and
-`predict`'s outputs, each padded to a common shape (`train.devices.gather_rows`), so that outputs
+`predict`'s outputs, each padded to a common shape (`train.engine.devices.gather_rows`), so that outputs
 of any shape (a language model's per-token logits of different lengths) go through.
 """
 

@@ -42,12 +42,12 @@ class Loop(Evaluation, Position):
     `metrics` maps a name to `f(y_pred, y_true)` (a tensor or a number; mean over the batch) or to
     a torchmetrics-style object with update/compute/reset. `scheduler_interval` is "epoch" or
     "step" (one optimizer step). `nonfinite` says what a NaN/inf loss does: "stop" raises
-    `NonFiniteLoss` at the next status check (see `train.status`), naming the first bad batch;
+    `NonFiniteLoss` at the next status check (see `train.engine.stop_check`), naming the first bad batch;
     "skip" drops that optimizer step (one device sync per step) and counts it in the history as
     `skipped_steps`. `loss_func=None` trains on the loss the model returns (a dict or `transformers`
     `ModelOutput` with `loss`; dict samples then keep their `labels` in the model's inputs). Samples
-    and outputs may take any form of `train.batches`. Callbacks hear the events listed in
-    `train.callbacks`.
+    and outputs may take any form of `train.data.batches`. Callbacks hear the events listed in
+    `train.engine.events`.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], loss_func,
@@ -120,7 +120,7 @@ class Loop(Evaluation, Position):
 
     def prepare_loader(self, dl):
         """The loader sharded over processes and placed on the device (prepared once per loader). A
-        stream is split by `train.streams` and only placed by Accelerate, not sharded again."""
+        stream is split by `train.data.streams` and only placed by Accelerate, not sharded again."""
         if dl is None or isinstance(dl, (DataLoaderShard, DataLoaderDispatcher)):
             return dl
         if id(dl) not in self._loaders:
@@ -147,7 +147,7 @@ class Loop(Evaluation, Position):
         return features
 
     def split(self, batch):
-        """(inputs, targets) of a batch, whatever its form (see `train.batches`)."""
+        """(inputs, targets) of a batch, whatever its form (see `train.data.batches`)."""
         return split_batch(batch, self.model_loss)
 
     def forward(self, features, labels):
@@ -175,7 +175,7 @@ class Loop(Evaluation, Position):
         step, schedule. `sync` says whether this batch ends an optimizer step (the epoch loop knows;
         None: every `gradient_accumulation_steps` batches, as Accelerate counts them). `scale`
         multiplies the batch's loss before the backward pass: a token-level loss's targets over
-        the global batch's (`train.targets`), 0 for a shadow round. Returns the detached loss and
+        the global batch's (`train.engine.targets`), 0 for a shadow round. Returns the detached loss and
         predictions; reads nothing back from the device (except with nonfinite=skip)."""
         model, acc = self.model, self.accelerator
         self.stepped = False

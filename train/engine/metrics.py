@@ -3,7 +3,7 @@
 Sums stay on the device and are read back only at log points and at the end of an epoch, so the
 hot path never waits for the device. Metric functions are means over a batch's samples and are
 weighted by its real samples; the loss is weighted by what it is a mean over: samples, or target
-tokens for a token-level loss (`train.targets`). Each process adds its own real rows (the padding
+tokens for a token-level loss (`train.engine.targets`). Each process adds its own real rows (the padding
 duplicates of uneven splits left out) and the sums are added over processes once at the end, so N
 processes report the numbers of one. A metric derived from the loss (`perplexity`) is computed
 from the epoch's loss, not per batch.

@@ -4,9 +4,9 @@ them know when the epoch ends, so that they stay in step in every collective.
 A map-style data set prepared by Accelerate gives every process the same number of batches (its
 last batches are made even with padding duplicates, which evaluation leaves out), so a round is
 simply the next batch and the last round is known from the length. A stream (an `IterableDataset`,
-`train.streams`) gives each process its own share, which can end a batch earlier on some
+`train.data.streams`) gives each process its own share, which can end a batch earlier on some
 processes; and its length is unknown. There, each round every process says whether it has a batch
-(one small reduction on the CPU, `train.devices.host_group`: no device sync), one round ahead, so
+(one small reduction on the CPU, `train.engine.devices.host_group`: no device sync), one round ahead, so
 that the last round is known before it is trained on. A process whose share has ended while others
 still have a batch takes part with a *shadow* round (`Round.batch is None`): the loop runs its last
 batch again with no weight, so that every collective (gradient all-reduce, a sharded forward) sees
@@ -129,7 +129,7 @@ def windows(rounds, accumulation: int, done: int = 0):
 
 def set_epoch(dl, epoch: int) -> None:
     """The epoch for the loader's sampler and for its data set: Accelerate tells the data set only
-    when the sampler has no `set_epoch`, and per-sample draws (`train.draws`) are seeded by it."""
+    when the sampler has no `set_epoch`, and per-sample draws (`train.data.sample_draws`) are seeded by it."""
     dl.set_epoch(epoch)
     if hasattr(getattr(dl, "dataset", None), "set_epoch"):
         dl.dataset.set_epoch(epoch)

@@ -1,5 +1,5 @@
 """Config -> torch objects: the model, the loss, the metrics, the optimizer and the LR schedule,
-each a built-in name or an import path (`train.registry`)."""
+each a built-in name or an import path (`train.config.names`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The built-in models, by name. The config's `model` key picks one of these or imports the user's
-own (`train.build.build_model`); this module knows nothing of data or the loop."""
+own (`train.fronts.building.build_model`); this module knows nothing of data or the loop."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The script front: `accelerate launch train/main.py [--config FILE] [key=value ...]`.
 
-argv -> config -> `train.run.build` (data, model, optimizer, `Run`) -> `Run.fit` -> `output_dir`
+argv -> config -> `train.fronts.from_config.build_run` (data, model, optimizer, `Run`) -> `Run.fit` -> `output_dir`
 holding `config.yaml`, `history.csv`, `history.png`, `checkpoints/` and `model.safetensors`.
 Every way a run can end badly on purpose (bad input, NaN loss, a full disk, preemption, Ctrl-C)
-ends with one line on stderr and the exit code listed in `train.errors` (a traceback only with
+ends with one line on stderr and the exit code listed in `train.base.errors` (a traceback only with
 `--debug`).
 """
 

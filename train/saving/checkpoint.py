@@ -4,7 +4,7 @@ optimizer, grad scaler and RNG states; the schedule; every part with a `state_ke
 `state_dict()` / `load_state_dict()`: early stopping, the best score, the tracker's run id, your
 callbacks) and alone finds, verifies, loads (at one moment, before training) and saves them (as a
 callback: every `every_steps` optimizer steps, at each epoch end, on a stop signal). Files and
-their checks are `train.storage`'s.
+their checks are `train.saving.storage`'s.
 """
 
 from __future__ import annotations

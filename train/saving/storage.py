@@ -1,5 +1,5 @@
 """Checkpoint folders on disk: written atomically, verified before use. How, not what: the run's
-state is gathered and put back by the checkpoint manager (`train.checkpoint`).
+state is gathered and put back by the checkpoint manager (`train.saving.checkpoint`).
 
 `<output_dir>/checkpoints/` holds:
 

@@ -40,10 +40,10 @@ class Run:
                  config=None, plan_notes: Iterable[str] = (), origin: Optional[dict] = None):
         """`metrics` maps names to `f(y_pred, y_true)` or torchmetrics-style objects; `scheduler`
         is stepped per epoch or per optimizer step (`scheduler_interval`). `accelerator`: one made
-        beforehand with `train.devices.make_accelerator` (the script needs its device to place the
+        beforehand with `train.engine.devices.make_accelerator` (the script needs its device to place the
         data), else one is made from the options. `config` (a `train.Config`) is written to
         `config.yaml`; `plan_notes` are extra lines for the plan (how the data is loaded).
-        `loss=None` trains on the model's own loss (see `train.batches`). `origin`: what rebuilding
+        `loss=None` trains on the model's own loss (see `train.data.batches`). `origin`: what rebuilding
         the model needs beyond the config (written to `run.json` with the working folder)."""
         self.options = o = options or RunOptions()
         self.accelerator = accelerator = accelerator or accelerator_for(o)
@@ -283,7 +283,7 @@ class Run:
 
     # ------------------------------------------------------------------- after training
     def _write_weights(self, out: Path) -> None:
-        """Final weights (see `train.export`), then one line naming what the folder holds."""
+        """Final weights (see `train.saving.export`), then one line naming what the folder holds."""
         from train.saving.export import write_weights
 
         weights = write_weights(self.accelerator, self.loop.model, out, self.options.export_merged)

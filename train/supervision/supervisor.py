@@ -3,12 +3,12 @@
     python train/supervisor.py [--max-restarts N] [--grace S] [--filter-launcher] -- COMMAND ...
 
 COMMAND is a launcher (`accelerate launch ...`) or a script. Each training process reports to the
-supervisor through a small file (`train.supervised`: written at `import train`, when training
+supervisor through a small file (`train.supervision.reports`: written at `import train`, when training
 starts and when it ends): its pid, its output folder, and how it ended. When the job ends, the
 supervisor decides, and says why in one line on stderr whatever it decides:
 
 - the launcher exited 0: exit 0 (a training run, a preflight, `--help`, any script);
-- a process ended on purpose (it raised one of `train.errors`' run errors: bad input 2, NaN 3,
+- a process ended on purpose (it raised one of `train.base.errors`' run errors: bad input 2, NaN 3,
   disk full 74, preempted 75, Ctrl-C 130, a failed preflight 1; its record says `final`): exit
   with that code, no restart (the process has said why in one line);
 - no process ever started (the launcher's own error, a bad command line): the launcher's code;
@@ -32,7 +32,7 @@ torchrun's own restarts (`--max_restarts`) were tried first: after a rank was ki
 ranks never reconnected (gloo's connectFullMesh refused) and they cannot tell a deliberate exit from
 a crash, so the supervisor restarts the whole launcher instead. Accelerate's multi-process launcher
 ends every failed job with torchrun's traceback and error report; with `--filter-launcher` the
-launcher's own lines are held back (`train.launcher_filter`; shown only when no training process
+launcher's own lines are held back (`train.supervision.launcher_filter`; shown only when no training process
 ever started) while the training processes' output passes through. Only the standard library is
 imported: the supervisor starts in a fraction of a second.
 """

@@ -7,7 +7,7 @@ Optuna proposes each trial's values (its seeded TPE sampler by default); each tr
 the config with those values as overrides, in `DIR/trial-NNNN/`, started through a launch wrapper
 (`launch/one.sh` by default; `launch/cpu2.sh`, `launch/gpus.sh`, or `slurm/step.sh` inside an sbatch
 job) with its supervisor, restarts and exit codes. Each epoch's monitor goes to the study and its
-pruner (median by default) may stop a trial at an epoch end (`train.pruning`).
+pruner (median by default) may stop a trial at an epoch end (`train.tuning.pruning`).
 
 The study is Optuna's journal file in DIR, so the search survives anything: run the same command
 again and the finished trials are kept, an interrupted trial continues from its checkpoint with the

@@ -1,7 +1,7 @@
 """A search's study: Optuna's journal file storage in the search's folder, its sampler and pruner.
 
-Shared by the search (`train.sweep`, which asks for trials and tells their ends) and by the trials'
-runs (`train.pruning`, which reports each epoch and asks whether to stop). The journal file is
+Shared by the search (`train.tuning.search`, which asks for trials and tells their ends) and by the trials'
+runs (`train.tuning.pruning`, which reports each epoch and asks whether to stop). The journal file is
 appended to under a lock, so that several workers (array tasks on a shared file system, `--workers`)
 use one study.
 """
