@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: train test test-fast clean
+.PHONY: train test test-fast test-slow clean
 
 # The virtual environment with the project installed (editable) and its test extras.
 $(STAMP): pyproject.toml
@@ -24,6 +24,10 @@ test: $(STAMP)
 ## test-fast: the tests without real multi-process runs, full epochs or SLURM (under a minute)
 test-fast: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m "not slow" $(ARGS)
+
+## test-slow: only the tests marked slow (real processes, SLURM, full runs)
+test-slow: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -m slow $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -6,5 +6,9 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 threads=$(( $(nproc) / 2 )); (( threads > 0 )) || threads=1
 export ACCELERATE_USE_CPU=1
-supervise --filter-launcher -- accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
-    --mixed_precision "${MIXED_PRECISION:-no}" --dynamo_backend no --num_cpu_threads_per_process "$threads" "$script" "$@"
+# MAIN_PORT (default 29500) and the next MAX_RESTARTS ports: each attempt its own, so that a restart
+# never meets the last attempt's sockets (single quotes: the supervisor's bash expands TRAIN_RESTART)
+export MAIN_PORT=${MAIN_PORT:-29500} MIXED_PRECISION=${MIXED_PRECISION:-no} THREADS=$threads
+supervise --filter-launcher -- bash -c 'exec accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
+    --main_process_port $(( MAIN_PORT + TRAIN_RESTART )) --mixed_precision "$MIXED_PRECISION" --dynamo_backend no \
+    --num_cpu_threads_per_process "$THREADS" "$@"' cpu2 "$script" "$@"

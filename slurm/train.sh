@@ -49,7 +49,7 @@ echo "slurm/train.sh: job $SLURM_JOB_ID${SLURM_ARRAY_TASK_ID:+ (array task $SLUR
 
 preempted=0
 forward_usr1() {
-    # the time limit (or `scancel --signal=USR1 --full`) is near: pass it to the training processes,
+    # the time limit (or `scancel --batch --signal=USR1`) is near: pass it to the training processes,
     # which save a checkpoint at the next step boundary and exit
     preempted=1
     echo "slurm/train.sh: USR1 received; asking the training processes to checkpoint and stop"

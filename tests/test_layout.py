@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 LINT = str(Path(sys.executable).with_name("lint-imports"))
@@ -21,11 +23,13 @@ def lint(folder: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=120, env={"PYTHONPATH": str(folder), "PATH": "/usr/bin:/bin"})
 
 
+@pytest.mark.launches  # one named subprocess in the fast tier
 def test_the_layer_contracts_pass():
     done = lint(ROOT)
     assert done.returncode == 0 and "3 kept, 0 broken" in done.stdout, done.stdout + done.stderr
 
 
+@pytest.mark.launches  # one named subprocess in the fast tier
 def test_a_broken_layer_contract_fails(tmp_path):
     """torch in the supervisor, and the engine reaching into saving: both contracts named."""
     shutil.copytree(PACKAGE, tmp_path / "train", ignore=shutil.ignore_patterns("__pycache__"))

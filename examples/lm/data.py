@@ -7,9 +7,9 @@ Two tasks over one small vocabulary:
   old the ."): the fine-tuning task (`examples/lm/lora.yaml`), learnt on top of the first with the
   same words (a model trained on stories alone has never seen a sentence backwards).
 
-Samples are dicts `{"input_ids", "labels"}` of 10-70 tokens (`[BOS] ... [EOS]`), the labels equal
-to the inputs: the model shifts them (each position predicts the next token). The sets expose
-`lengths` for length-grouped batches."""
+Samples are dicts `{"input_ids", "labels"}` of a few dozen tokens (`[BOS] ... [EOS]`; the plan
+gives the range), the labels equal to the inputs: the model shifts them (each position predicts
+the next token). The sets expose `lengths` for length-grouped batches."""
 
 from __future__ import annotations
 

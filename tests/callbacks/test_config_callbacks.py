@@ -4,12 +4,11 @@ that survives a killed rank and the restart, on two processes. Kill points are s
 
 import json
 import os
-import random
 import signal
 
 import pytest
 
-from conftest import MNIST, ROOT, flat, latest_step, rank_processes, start_process, wait_for
+from conftest import TEST_SEED, MNIST, ROOT, flat, latest_step, rank_processes, start_process, wait_for
 
 pytestmark = pytest.mark.slow  # real processes: `make test-fast` leaves these out
 
@@ -27,7 +26,7 @@ def two(out, folder):
                          dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
 
 
-def test_config_callbacks_on_two_processes_and_their_state_across_a_restart(tmp_path):
+def test_config_callbacks_on_two_processes_and_their_state_across_a_restart(tmp_path, rng):
     whole = two(tmp_path / "whole", tmp_path / "every-whole")
     log, _ = whole.communicate(timeout=600)
     assert whole.returncode == 0, log
@@ -39,15 +38,14 @@ def test_config_callbacks_on_two_processes_and_their_state_across_a_restart(tmp_
     assert ranks == {"rank0-of-2.json": {"batches": 32, "main": True}, "rank1-of-2.json": {"batches": 32, "main": False}}
     assert log.count("keras-style epoch 2: loss") == 1  # train.print: once per job, not per process
 
-    seed = random.randrange(10**6)
-    target = random.Random(seed).randint(17, 21)  # early in epoch 2 (16 steps an epoch per process)
+    target = rng.randint(17, 21)  # early in epoch 2 (16 steps an epoch per process)
     out = tmp_path / "killed"
     proc = two(out, tmp_path / "every-killed")
     wait_for(lambda: latest_step(out) >= target and len(rank_processes(proc.pid, "main.py")) == 2, proc,
-             f"step {target} (seed {seed})")
+             f"step {target} (TEST_SEED={TEST_SEED})")
     os.kill(rank_processes(proc.pid, "main.py")[1], signal.SIGKILL)
     log, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0 and "(restart 1 of 3)" in flat(log), f"seed {seed}\n{log}"
-    assert json.loads((out / "ep2.json").read_text())["seen"] == 2, f"seed {seed}"  # restored from the checkpoint
+    assert proc.returncode == 0 and "(restart 1 of 3)" in flat(log), f"TEST_SEED={TEST_SEED}\n{log}"
+    assert json.loads((out / "ep2.json").read_text())["seen"] == 2, f"TEST_SEED={TEST_SEED}"  # restored from the checkpoint
     again = {p.name: json.loads(p.read_text())["batches"] for p in (tmp_path / "every-killed").glob("*.json")}
-    assert again == {"rank0-of-2.json": 32, "rank1-of-2.json": 32}, f"seed {seed}"
+    assert again == {"rank0-of-2.json": 32, "rank1-of-2.json": 32}, f"TEST_SEED={TEST_SEED}"

@@ -5,7 +5,9 @@ import json
 import os
 import pty
 import re
+import select
 import struct
+import time
 import subprocess
 import sys
 import termios
@@ -14,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import MNIST, ROOT
+from conftest import MNIST, ROOT, tensorboard_scalars
 
 pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
 
@@ -66,12 +68,40 @@ def test_wandb_offline_run_equals_history_csv(tmp_path):
     ids = {p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*")}
     assert ids == {run_id}
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    # and its steps go on where the first run's ended: epoch 3 at step 24, after epochs 1 and 2 at 8 and 16
+    logged = [item for run in sorted((out / "wandb").glob("offline-run-*")) for item in wandb_history(run)]
+    assert [(e["epoch"], e["_step"]) for e in logged if "val_loss" in e] == [(1, 8), (2, 16), (3, 24)]
+    steps = [e["_step"] for e in logged]
+    assert steps == sorted(steps), steps  # no step logged twice or backwards across the resume
 
 
-def test_tensorboard_events(tmp_path):
-    result = run_main("tracking.tensorboard=true", "epochs=1", f"output_dir={tmp_path}", *SMALL)
+def test_two_processes_make_one_wandb_run_that_equals_history_csv(tmp_path):
+    from conftest import launch_two
+
+    out = tmp_path / "run"
+    result = launch_two(MAIN, "tracking.wandb=true", "epochs=2", "log_step_freq=2", f"output_dir={out}", *SMALL,
+                        WANDB_MODE="offline")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs  # the main process alone logs
+    history = pd.read_csv(out / "history.csv")
+    epochs = [item for item in wandb_history(runs[0]) if "val_loss" in item]
+    assert [(e["epoch"], e["_step"]) for e in epochs] == [(1, 4), (2, 8)]  # 1024 samples, 2 x 128 a step
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        assert [e[column] for e in epochs] == pytest.approx(history[column].tolist(), rel=1e-12)
+
+
+def test_tensorboard_scalars_equal_history_csv(tmp_path):
+    """The scalars read back with TensorBoard's own reader: each epoch's row at its step, as in
+    history.csv (an events file alone exists as soon as the writer starts)."""
+    result = run_main("tracking.tensorboard=true", "epochs=2", "log_step_freq=4", f"output_dir={tmp_path}", *SMALL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    scalars = tensorboard_scalars(tmp_path / "tensorboard")
+    history = pd.read_csv(tmp_path / "history.csv")
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        assert [step for step, _ in scalars[column]] == [8, 16], column  # the optimizer step of each epoch's end
+        assert [value for _, value in scalars[column]] == pytest.approx(history[column].tolist(), rel=1e-6), column
+    assert [step for step, _ in scalars["train/loss"]] == [4, 8, 12, 16]  # every log_step_freq batches
 
 
 def test_log_file_of_a_full_epoch_is_plain_and_small(tmp_path):
@@ -96,8 +126,11 @@ def test_terminal_gets_a_progress_bar(tmp_path):
     proc = subprocess.Popen([sys.executable, str(MAIN), "epochs=1", "log_step_freq=2", f"output_dir={tmp_path}",
                              *SMALL], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
     os.close(follower)
-    chunks = []
-    while True:
+    chunks, deadline = [], time.monotonic() + 300  # a deadline on every read
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        if not ready:
+            continue
         try:
             data = os.read(leader, 65536)
         except OSError:  # EIO: the child closed the terminal
@@ -105,7 +138,7 @@ def test_terminal_gets_a_progress_bar(tmp_path):
         if not data:
             break
         chunks.append(data)
-    assert proc.wait(timeout=300) == 0
+    assert proc.wait(timeout=60) == 0
     screen = b"".join(chunks).decode(errors="replace")
     redraws = re.findall(r"\r(?!\n)", screen)  # carriage returns that are not the tty's \r\n
     assert len(redraws) >= 2 and "epoch 1/1" in screen and "batch/s" in screen and "samples/s=" in screen

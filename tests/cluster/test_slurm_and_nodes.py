@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import MNIST, ROOT, flat
+from conftest import TEST_SEED, MNIST, ROOT, flat, free_ports, need_module, required
 
 pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
 
@@ -28,7 +28,7 @@ def history(out: Path) -> pd.DataFrame:
 
 def test_two_nodes_over_loopback_form_one_job(tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MAIN_PORT="29517")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MAIN_PORT=str(free_ports()))
     nodes = [subprocess.Popen([str(ROOT / "launch" / "multinode.sh"), str(rank), "2", "127.0.0.1", *SMOKE,
                                f"output_dir={out}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
@@ -39,17 +39,13 @@ def test_two_nodes_over_loopback_form_one_job(tmp_path):
     rows = history(out)
     assert rows["epoch"].tolist() == [1, 2]
 
-    # the job's validation numbers equal one process evaluating the same weights
-    from train.fronts.building import build_metrics, build_model
-    from train.config.loading import load_config
-    from train.data.loaders import make_loaders
-    from train.engine.loop import Loop
+    # the job's validation numbers equal plain torch's of the same weights (tests.helpers.reference)
+    from tests.helpers.reference import classifier_scores, mnist
+    from train.fronts.models import TutorialCNN
 
-    cfg = load_config(ROOT / "configs" / "mnist.yaml", SMOKE)
-    model = build_model(cfg, in_channels=1)
+    model = TutorialCNN()
     model.load_state_dict(load_file(str(out / "model.safetensors")))
-    loop = Loop(model, None, torch.nn.functional.cross_entropy, build_metrics(["accuracy"]))
-    alone = loop.evaluate(make_loaders(cfg).val)
+    alone = classifier_scores(model, *mnist("test", 1001, stats_size=2048))
     last = rows.iloc[-1]
     assert alone["val_accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-12)
     assert alone["val_loss"] == pytest.approx(last["val_loss"], rel=1e-6)
@@ -62,7 +58,7 @@ def slurm(tmp_path_factory):
     started = subprocess.run([str(ROOT / "tests" / "cluster" / "start.sh"), str(folder)], capture_output=True,
                              text=True, timeout=300)
     if started.returncode == 3:
-        pytest.skip(f"no local SLURM cluster: {started.stderr.strip()}")
+        required(f"no local SLURM cluster: {started.stderr.strip()}", "REQUIRE_SLURM")
     assert started.returncode == 0, started.stderr
     env = dict(os.environ, SLURM_CONF=str(folder / "slurm.conf"), CPU_PROCESSES_PER_NODE="2",
                PYTHONUNBUFFERED="1")
@@ -77,17 +73,34 @@ def sbatch(env, out: Path, *args, wait=True) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def preempt_after_first_checkpoint(slurm, job, out: Path) -> str:
-    """Wait for `job`'s first checkpoint in `out`, then do what a scheduler does before preempting:
-    USR1 to the batch shell and every process of the job. Returns the job id."""
+def preempt_after_first_checkpoint(slurm, job, out: Path = None) -> str:
+    """Wait for `job`'s first checkpoint in `out` (default: the job's own folder, runs/slurm-<id>), then
+    do what a time limit (`--signal=B:USR1@N`) does: USR1 to the batch shell alone, which must pass
+    it on. Returns the job id."""
     job_id = job.stdout.readline().strip()
-    latest = out / "checkpoints" / "latest"
+    latest = (out or job_folder(job_id)) / "checkpoints" / "latest"
     deadline = time.monotonic() + 300
     while not latest.exists():
         assert job.poll() is None and time.monotonic() < deadline, "the job ended before its first checkpoint"
         time.sleep(0.05)
-    subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm, check=True)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], env=slurm, check=True)
     return job_id
+
+
+def job_folder(job_id: str) -> Path:
+    """Where a job that names no output folder writes: runs/slurm-<job id> (its $TRAIN_OUTPUT_DIR)."""
+    return ROOT / "runs" / f"slurm-{job_id}"
+
+
+@pytest.fixture
+def job_folders():
+    """Job ids whose runs/slurm-<id> folder the test leaves to be removed when it ends."""
+    ids: list[str] = []
+    yield ids
+    import shutil
+
+    for job_id in ids:
+        shutil.rmtree(job_folder(job_id), ignore_errors=True)
 
 
 def job_log(out: Path) -> str:
@@ -129,6 +142,26 @@ def test_sbatch_preemption_requeues_resumes_and_matches(slurm, uninterrupted, tm
     pd.testing.assert_frame_equal(rows.drop(columns=timing), history(uninterrupted[0]).drop(columns=timing))
 
 
+def test_the_batch_shells_relay_is_what_reaches_the_training(slurm, tmp_path):
+    """A time limit's USR1 reaches only the batch shell: without slurm/train.sh's line that passes
+    it on to the job's steps, the training never hears it, saves nothing and is not requeued."""
+    text = (ROOT / "slurm" / "train.sh").read_text()
+    relay = '    scancel --signal=USR1 "$SLURM_JOB_ID" 2>/dev/null || true\n'
+    assert relay in text
+    script = tmp_path / "train-without-relay.sh"
+    script.write_text(text.replace(relay, ""))
+    job = subprocess.Popen(["sbatch", "--parsable", "--gpus-per-node=0", f"--output={tmp_path}/%x-%j.out", "--wait",
+                            str(script), *SMOKE, f"output_dir={tmp_path}"], cwd=ROOT, env=dict(slurm, TRAIN_ROOT=str(ROOT)),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    preempt_after_first_checkpoint(slurm, job, tmp_path)
+    _, stderr = job.communicate(timeout=600)
+    log = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.out")))
+    assert job.returncode == 0, stderr + log
+    assert "USR1 received" in log  # the shell heard it ...
+    assert "preempted: stopped by SIGUSR1" not in log and "requeueing" not in log, log  # ... the training did not
+    assert history(tmp_path)["epoch"].tolist() == [1, 2]  # it ran to its end in one go
+
+
 def test_job_array_tasks_get_their_own_runs(slurm, tmp_path):
     cmd = ["sbatch", "--parsable", "--wait", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
            f"--output={tmp_path}/%x-%A_%a.out", "slurm/train.sh", "epochs=1", "data.train_size=512",
@@ -144,25 +177,30 @@ def test_job_array_tasks_get_their_own_runs(slurm, tmp_path):
 USER_SCRIPT = ["tests/helpers/user_script.py", "--size", "4096", "--every", "2"]
 
 
-def test_a_user_script_preempted_on_slurm_is_requeued_and_resumes_exactly(slurm, tmp_path):
+def test_a_user_script_preempted_on_slurm_is_requeued_and_resumes_exactly(slurm, tmp_path, job_folders):
     """`sbatch slurm/train.sh my_script.py ...`: the user's own script under the same srun +
-    accelerate launch + USR1 + requeue machinery as train/main.py (two gloo processes)."""
-    reference = tmp_path / "reference"
+    accelerate launch + USR1 + requeue machinery as train/main.py (two gloo processes). It names no
+    output folder: it writes to $TRAIN_OUTPUT_DIR, the job's runs/slurm-<id>."""
     done = subprocess.run(["sbatch", "--parsable", "--wait", "--gpus-per-node=0", f"--output={tmp_path}/ref-%j.out",
-                           "slurm/train.sh", USER_SCRIPT[0], str(reference), *USER_SCRIPT[1:]],
-                          cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=600)
+                           "slurm/train.sh", *USER_SCRIPT], cwd=ROOT, env=slurm, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr + "\n".join(p.read_text() for p in tmp_path.glob("ref-*.out"))
+    job_folders.append(done.stdout.strip())
+    reference = job_folder(done.stdout.strip())
+    assert (reference / "model.safetensors").is_file() and (reference / "checkpoints" / "latest").is_file()
 
-    out = tmp_path / "out"
     job = subprocess.Popen(["sbatch", "--parsable", "--wait", "--gpus-per-node=0", f"--output={tmp_path}/%x-%j.out",
-                            "slurm/train.sh", USER_SCRIPT[0], str(out), *USER_SCRIPT[1:]],
+                            "slurm/train.sh", *USER_SCRIPT],
                            cwd=ROOT, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    job_id = preempt_after_first_checkpoint(slurm, job, out)
+    job_id = preempt_after_first_checkpoint(slurm, job)
+    job_folders.append(job_id)
+    out = job_folder(job_id)
     _, stderr = job.communicate(timeout=600)
     log = "\n".join(p.read_text() for p in sorted(tmp_path.glob("train-*.out")))
     assert job.returncode == 0, stderr + log
     assert f"requeueing job {job_id}" in log and "SLURM_RESTART_COUNT=1: resuming" in log
-    assert "preempted: stopped by SIGUSR1" in log and "resuming from" in " ".join(log.split())
+    assert "preempted: stopped by SIGUSR1" in log and re.search(rf"resuming from \S*runs/slurm-{job_id}/checkpoints/step-",
+                                                                flat(log)), log
     assert "Traceback" not in log
     reference_weights, weights = load_file(str(reference / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(reference_weights[k], weights[k]) for k in reference_weights)
@@ -170,7 +208,7 @@ def test_a_user_script_preempted_on_slurm_is_requeued_and_resumes_exactly(slurm,
 
 
 def test_sbatch_with_your_own_model_and_data_from_a_config(slurm, tmp_path):
-    pytest.importorskip("sklearn")
+    need_module("sklearn")
     out = tmp_path / "out"
     done = subprocess.run(["sbatch", "--parsable", "--wait", "--gpus-per-node=0", f"--output={tmp_path}/%x-%j.out",
                            "slurm/train.sh", "--config", "examples/digits/config.yaml", "epochs=3", "progress=false",
@@ -194,21 +232,22 @@ def test_the_text_example_on_slurm(slurm, tmp_path):
     assert history(out)["epoch"].tolist() == [1, 2, 3] and history(out)["val_accuracy"].iloc[-1] >= 0.90, log
 
 
-def test_the_lm_example_on_slurm(slurm, tmp_path):
-    """examples/lm as the README gives it: a causal language model, its token-level loss and perplexity."""
-    out = tmp_path / "out"
+def test_the_lm_example_on_slurm(slurm, tmp_path, job_folders):
+    """examples/lm as the README gives it: a causal language model, its token-level loss and perplexity;
+    with no output_dir, in the job's own runs/slurm-<id>."""
     done = subprocess.run(["sbatch", "--parsable", "--wait", "--gpus-per-node=0", f"--output={tmp_path}/%x-%j.out",
                            "slurm/train.sh", "--config", "examples/lm/config.yaml", "progress=false",
-                           f"data.args.tokenizer_dir={tmp_path / 'tokenizers'}", f"output_dir={out}"],
+                           f"data.args.tokenizer_dir={tmp_path / 'tokenizers'}"],
                           cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=900)
     log = job_log(tmp_path)
     assert done.returncode == 0, done.stderr + log
+    job_folders.append(done.stdout.strip())
+    out = job_folder(done.stdout.strip())
     assert "plan: examples.lm.model:gpt2 on 2 processes on CPUs (gloo)" in log
     assert history(out)["epoch"].tolist() == [1, 2, 3, 4, 5] and history(out)["val_perplexity"].iloc[-1] <= 6.0, log
 
 
-def test_a_killed_rank_inside_sbatch_is_restarted_without_a_requeue(slurm, tmp_path):
-    import random
+def test_a_killed_rank_inside_sbatch_is_restarted_without_a_requeue(slurm, tmp_path, rng):
     import signal
 
     from conftest import rank_processes
@@ -218,9 +257,8 @@ def test_a_killed_rank_inside_sbatch_is_restarted_without_a_requeue(slurm, tmp_p
     reference = sbatch(slurm, tmp_path / "reference", longer)
     _, stderr = reference.communicate(timeout=600)
     assert reference.returncode == 0, stderr + job_log(tmp_path / "reference")
-    seed = random.randrange(10**6)
-    target = random.Random(seed).randint(50, 72)
-    where = f"(SIGKILL to a rank after step {target}; random seed {seed})"
+    target = rng.randint(50, 72)
+    where = f"(SIGKILL to a rank after step {target}; TEST_SEED={TEST_SEED})"
     tmp_path = tmp_path / "out"
     tmp_path.mkdir()
     job = sbatch(slurm, tmp_path, longer)
@@ -254,8 +292,8 @@ def _latest(out: Path) -> int:
 def test_a_search_as_a_job_array_of_two_workers_survives_a_preempted_worker(slurm, tmp_path):
     """`sbatch --array=0-1 slurm/train.sh --sweep ...`: two workers share one study; the first is
     preempted (USR1, as before a time limit) inside a trial, requeued, and continues that trial."""
-    pytest.importorskip("sklearn")
-    pytest.importorskip("optuna")
+    need_module("sklearn")
+    need_module("optuna")
     from train.tuning import study
 
     folder = tmp_path / "search"
@@ -278,7 +316,7 @@ def test_a_search_as_a_job_array_of_two_workers_survives_a_preempted_worker(slur
     while (trial := task0_trial()) is None:
         assert job.poll() is None and time.monotonic() < deadline, "task 0 ran no trial to a checkpoint"
         time.sleep(0.05)
-    subprocess.run(["scancel", "--signal=USR1", "--full", f"{array}_0"], env=slurm, check=True)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", f"{array}_0"], env=slurm, check=True)
     _, stderr = job.communicate(timeout=900)
     logs = {p.name: p.read_text() for p in tmp_path.glob("train-*.out")}
     everything = "\n".join(logs.values())

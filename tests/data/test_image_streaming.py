@@ -3,18 +3,17 @@ data.in_memory_limit_mb streams (decoded per sample by loader workers), says so 
 trains, resumes bit for bit after a SIGKILL, and never holds the decoded set in memory."""
 
 import os
-import random
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, start_process, wait_for
+from conftest import TEST_SEED, PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, start_process, wait_for, need_module
 
 pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
 
-pytest.importorskip("datasets")
+need_module("datasets")
 SIDE, TRAIN, VAL = 576, 1500, 250  # 995 KB a decoded image: 1.4 GB of training images, 11 MB of PNG
 
 
@@ -53,7 +52,7 @@ def env(tmp_path):
     return dict(os.environ, HF_HOME=str(tmp_path / "hf"), PYTHONUNBUFFERED="1")
 
 
-def test_an_imagefolder_over_the_limit_streams_resumes_exactly_and_stays_small(imagefolder, tmp_path):
+def test_an_imagefolder_over_the_limit_streams_resumes_exactly_and_stays_small(imagefolder, tmp_path, rng):
     reference = tmp_path / "reference"
     # the peak resident memory of the run and its loader workers, as the kernel counts it
     probe = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
@@ -69,9 +68,8 @@ def test_an_imagefolder_over_the_limit_streams_resumes_exactly_and_stays_small(i
     assert peak < decoded, f"peak RSS {peak / 2**20:.0f} MB, decoded set {decoded / 2**20:.0f} MB"
 
     out = tmp_path / "out"
-    seed = random.randrange(10**6)
-    target = random.Random(seed).randint(20, 140)  # of 188 optimizer steps
-    where = f"(kill after step {target}; random seed {seed})"
+    target = rng.randint(20, 140)  # of 188 optimizer steps
+    where = f"(kill after step {target}; TEST_SEED={TEST_SEED})"
     proc = start_process([PYTHON, *args(imagefolder, out)], env(tmp_path))
     wait_for(lambda: latest_step(out) >= target, proc, f"a checkpoint at step {target} {where}", timeout=300)
     kill_group(proc)

@@ -1,4 +1,5 @@
 import gzip
+import os
 import shutil
 
 import numpy as np
@@ -9,7 +10,7 @@ from train.data.loaders import InMemoryDataset, channel_stats, choose_num_worker
 from train.data.sources import load_mnist, read_idx
 from train.base.errors import DataError
 
-from conftest import MNIST
+from conftest import MNIST, need_module
 
 # from data/mnist/README.md
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -114,8 +115,15 @@ def test_loaders_are_seeded_and_in_memory(small_cfg):
 def test_num_workers_rule():
     assert choose_num_workers(None, True, 1)[0] == 0
     assert choose_num_workers(3, True, 1)[0] == 3
-    workers, why = choose_num_workers(None, False, 1)
-    assert 0 <= workers <= 8 and "CPU" in why
+    cpus = len(os.sched_getaffinity(0))
+    assert choose_num_workers(None, False, 1) == (min(8, cpus - 1), f"num_workers={min(8, cpus - 1)}: {cpus} CPU(s) "
+                                                                    f"per process, one kept for the main thread")
+    assert choose_num_workers(None, False, 2)[0] == max(0, min(8, cpus // 2 - 1))  # two processes share the CPUs
+    import unittest.mock
+
+    with unittest.mock.patch("os.sched_getaffinity", return_value=set(range(24))):  # a machine of 24 CPUs
+        assert choose_num_workers(None, False, 1)[0] == 8  # the cap
+        assert choose_num_workers(None, False, 4)[0] == 5  # 6 CPUs a process, one kept
 
 
 def test_labels_outside_num_classes(small_cfg):
@@ -137,7 +145,7 @@ def test_torchvision_source_reads_an_offline_root(torchvision_root, small_cfg):
 
 
 def test_hugging_face_parquet_source(tmp_path, small_cfg):
-    datasets = pytest.importorskip("datasets")
+    datasets = need_module("datasets")
     from PIL import Image
 
     rng = np.random.default_rng(0)

@@ -1,12 +1,14 @@
-"""Processes kept together: an error on the main process reaches every process."""
+"""Processes kept together: an unexpected error on the main process reaches every process (two
+real gloo ranks: the other one would otherwise wait in its next collective)."""
 
 import pytest
 
+from conftest import ROOT, launch_two
 
-def test_an_unexpected_error_on_the_main_process_reaches_every_process():
-    from train.engine.devices import from_main, make_accelerator
-    from train.base.errors import RunError
 
-    with pytest.raises(RunError, match="ZeroDivisionError: division by zero") as caught:
-        from_main(make_accelerator(), lambda: 1 / 0)
-    assert caught.value.same_on_every_process
+@pytest.mark.slow
+def test_an_unexpected_error_on_the_main_process_reaches_every_process(tmp_path):
+    done = launch_two(ROOT / "tests" / "helpers" / "from_main_check.py", tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    caught = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert caught == ["RunError: ZeroDivisionError: division by zero (same on every process: True)"] * 2, caught

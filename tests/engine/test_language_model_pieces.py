@@ -81,11 +81,16 @@ def test_a_failure_repeated_on_any_process_is_a_bug():
 def test_rows_for_outputs_per_token(tmp_path):
     from train.fronts.predict import write_rows
 
-    outputs = [torch.eye(4)[[1, 2, 3]], torch.eye(4)[[0, 0]]]  # two samples of 3 and 2 tokens
+    outputs = [torch.eye(4)[[1, 2, 3]], torch.eye(4)[[3, 0]]]  # two samples of 3 and 2 tokens
     targets = [torch.tensor([1, 2, 3]), torch.tensor([-100, 0])]
     write_rows(tmp_path / "p.csv", outputs, targets)
     rows = list(csv.reader(open(tmp_path / "p.csv")))
-    assert rows == [["index", "length", "target", "prediction"], ["0", "3", "1 2 3", "1 2 3"], ["1", "2", "0", "0 0"]]
+    # position by position, where there is a target
+    assert rows == [["index", "length", "target", "prediction"], ["0", "3", "1 2 3", "1 2 3"], ["1", "1", "0", "0"]]
+    # a causal language model's output at position t is its guess for the token at t + 1
+    write_rows(tmp_path / "p.csv", [torch.eye(4)[[2, 3, 0]]], [torch.tensor([1, 2, 3])], shifted=True)
+    rows = list(csv.reader(open(tmp_path / "p.csv")))
+    assert rows == [["index", "length", "target", "prediction"], ["0", "2", "2 3", "2 3"]]
 
 
 def run_main(*args) -> int:
@@ -106,7 +111,7 @@ LM = ["--config", ROOT / "tests" / "helpers" / "lm.yaml", "data.args={train_size
     (["peft.method=lora", "peft.target_modules=[nothing_here]"],
      "error: cannot add lora adapters to model 'tests.helpers.lm:tiny_gpt2'"),
     (["model=transformers:GPT2LMHeadModel", "pretrained=/nowhere"],
-     "error: pretrained '/nowhere' is not a folder written by save_pretrained (no config.json there)"),
+     "error: pretrained '/nowhere' is not a folder written by save_pretrained (no such folder)"),
     (["pretrained=runs"], "error: pretrained is set but model 'tests.helpers.lm:tiny_gpt2' has no from_pretrained"),
     (["model=tests.helpers.sequences:MeanPool", "loss=cross_entropy", "data.factory=tests.helpers.sequences:load",
       "data.args={train_size: 64, val_size: 16}", "gradient_checkpointing=true"],

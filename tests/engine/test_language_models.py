@@ -68,7 +68,8 @@ def test_a_causal_lm_reports_the_token_level_loss_on_two_processes(tmp_path):
     done = cpu2(*LM, "data.group_by_length=true", "metrics=[perplexity]", f"output_dir={grouped}")
     assert done.returncode == 0, done.stdout
     assert "Removed shared tensor" not in done.stdout and "Writing model shards" not in done.stdout  # no noise
-    reference = token_loss(model_from(grouped), validation_samples())  # plain torch, sample by sample
+    samples = validation_samples()  # built once: every check below reads the same samples
+    reference = token_loss(model_from(grouped), samples)  # plain torch, sample by sample
     row = last_row(grouped)
     assert row["val_loss"] == pytest.approx(reference, abs=1e-6)
     assert row["val_perplexity"] == pytest.approx(math.exp(reference), rel=1e-6)
@@ -78,12 +79,14 @@ def test_a_causal_lm_reports_the_token_level_loss_on_two_processes(tmp_path):
         assert done.returncode == 0, done.stdout
         assert json.loads(Path(f"{out}.metrics.json").read_text())["val_loss"] == pytest.approx(reference, abs=1e-6)
         rows = list(csv.DictReader(open(out)))  # one row per sample in data order, cut to its own length
-        assert [int(r["length"]) for r in rows] == [len(s["input_ids"]) for s in validation_samples()]
+        # a causal LM predicts each next token: a sample of n tokens has n - 1 targets, its tokens 1..n-1
+        assert [int(r["length"]) for r in rows] == [len(s["input_ids"]) - 1 for s in samples]
+        assert [r["target"] for r in rows] == [" ".join(map(str, s["input_ids"][1:].tolist())) for s in samples]
 
     plain = tmp_path / "plain"  # no grouping, no metric: nothing is gathered at all
     done = cpu2(*LM, f"output_dir={plain}")
     assert done.returncode == 0, done.stdout
-    assert last_row(plain)["val_loss"] == pytest.approx(token_loss(model_from(plain), validation_samples()), abs=1e-6)
+    assert last_row(plain)["val_loss"] == pytest.approx(token_loss(model_from(plain), samples), abs=1e-6)
 
     preflight = cpu2(*LM, "preflight=true", f"output_dir={tmp_path / 'preflight'}")
     assert preflight.returncode == 0 and "preflight ok" in preflight.stdout, preflight.stdout
@@ -313,3 +316,18 @@ def test_the_lm_example_reaches_its_perplexity_on_two_processes(tmp_path):
     model = GPT2ForCausalLM.from_pretrained(out / "hf")
     reference = token_loss(model, [val[i] for i in range(len(val))])
     assert history["val_loss"].iloc[-1] == pytest.approx(reference, abs=1e-6)
+
+    # its predictions, row by row: each target token beside the model's guess for it (plain torch:
+    # the output at position t guesses the token at t + 1)
+    from train.fronts.predict import main as predict
+
+    assert predict([str(out), "--out", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == len(val)
+    for i in (0, len(val) - 1):
+        ids = val[i]["input_ids"]
+        with torch.no_grad():
+            guesses = model(input_ids=ids[None]).logits[0, :-1].argmax(-1)
+        assert rows[i]["target"] == " ".join(map(str, ids[1:].tolist())), i
+        assert rows[i]["prediction"] == " ".join(map(str, guesses.tolist())), i
+        assert rows[i]["length"] == str(len(ids) - 1)

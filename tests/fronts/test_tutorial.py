@@ -1,6 +1,8 @@
 """The tutorial's class-style cells, unchanged but for the import line (and the data subset)."""
 
 import pytest
+
+from conftest import need_module
 import torch
 import torchvision
 from torch import nn
@@ -9,7 +11,7 @@ from torchvision import transforms
 
 import train as torchkeras  # the one changed line: was `import torchkeras`
 
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
+sklearn_metrics = need_module("sklearn.metrics")
 
 
 @pytest.fixture
@@ -24,6 +26,7 @@ def tutorial_loaders(torchvision_root):
     return dl_train, dl_valid
 
 
+@pytest.mark.slow  # three epochs of 2048 digits: the tutorial's accuracy, not a smoke test
 def test_class_style_cells(tutorial_loaders, capsys):
     dl_train, dl_valid = tutorial_loaders
     torch.manual_seed(0)

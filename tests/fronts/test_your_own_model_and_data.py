@@ -3,35 +3,26 @@ supervised task (classification and regression), with the service's guarantees (
 over processes, exact resume, one-line errors). The examples in examples/ are the subjects."""
 
 import os
-import random
 
 import pandas as pd
 import pytest
 
-from conftest import (PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, launch_two, run_one,
+from conftest import (TEST_SEED, PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, launch_two, need_module, run_one,
                       start_process, wait_for)
 from train.fronts.script import main
 
-pytest.importorskip("sklearn")
+need_module("sklearn")
 MAIN = ROOT / "train" / "main.py"
 DIGITS = ["--config", "examples/digits/config.yaml", "progress=false"]
 DIABETES = ["--config", "examples/diabetes/config.yaml", "progress=false"]
 
 
 def evaluate_alone(config_args, out):
-    """The validation numbers of `out`'s final weights, computed by this one process."""
-    from safetensors.torch import load_file
+    """The validation numbers of `out`'s final weights, computed in plain torch with the example's own
+    model and data factory (`tests.helpers.reference`: no project code)."""
+    from tests.helpers.reference import scores_of_run
 
-    from train.fronts.building import build_loss, build_metrics, build_model
-    from train.config.loading import load_config
-    from train.data.loaders import make_loaders
-    from train.engine.loop import Loop
-
-    cfg = load_config(config_args[1], [a for a in config_args[2:]])
-    loaders = make_loaders(cfg)
-    model = build_model(cfg, None)
-    model.load_state_dict(load_file(str(out / "model.safetensors")))
-    return Loop(model, None, build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics)).evaluate(loaders.val)
+    return scores_of_run(config_args, out)
 
 
 @pytest.mark.slow
@@ -52,13 +43,12 @@ def test_digits_reaches_95_percent_and_two_processes_measure_the_same(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_killed_mid_run_resumes_bit_for_bit(tmp_path):
+def test_digits_killed_mid_run_resumes_bit_for_bit(tmp_path, rng):
     args = [*DIGITS, "epochs=4", "checkpoint.every_steps=3"]  # 23 optimizer steps an epoch
     reference = run_one(MAIN, *args, f"output_dir={tmp_path / 'reference'}")
     assert reference.returncode == 0, reference.stderr
-    seed = random.randrange(10**6)
-    target = random.Random(seed).randint(24, 60)
-    where = f"(kill after step {target}; random seed {seed})"
+    target = rng.randint(24, 60)
+    where = f"(kill after step {target}; TEST_SEED={TEST_SEED})"
     out = tmp_path / "out"
     proc = start_process([PYTHON, str(MAIN), *args, f"output_dir={out}"], dict(os.environ, PYTHONUNBUFFERED="1"))
     wait_for(lambda: latest_step(out) >= target, proc, f"a checkpoint at step {target} {where}")
@@ -122,6 +112,7 @@ def test_a_mistake_in_your_own_code_is_one_line(case, tmp_path, capsys):
     assert not out.exists(), f"left behind: {list(out.rglob('*'))}"
 
 
+@pytest.mark.launches  # one named subprocess in the fast tier
 def test_help_shows_the_values_of_the_config_it_would_run():
     done = run_one(MAIN, "--config", "examples/digits/config.yaml", "epochs=7", "--help")
     assert done.returncode == 0

@@ -44,3 +44,21 @@ class FailsAtThirdBatch(torch.nn.Module):
             if self.batches == 3:
                 raise ValueError("a bug at the third batch")
         return self.net(x)
+
+
+class NaNAtSecondBatch(torch.nn.Module):
+    """The tutorial CNN whose output turns NaN at its second training batch (a diverging run)."""
+
+    def __init__(self):
+        super().__init__()
+        from train.fronts.models import TutorialCNN
+
+        self.net, self.batches = TutorialCNN(), 0
+
+    def forward(self, x):
+        out = self.net(x)
+        if self.training:
+            self.batches += 1
+            if self.batches >= 2:
+                return out * float("nan")
+        return out

@@ -22,11 +22,12 @@ loaders = make_loaders(cfg, seed=cfg.seed)
 model = train.Model(TutorialCNN())
 model.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), lr=0.01),
               metrics_dict={"accuracy": train.metrics.accuracy})
+initial = {k: v.clone() for k, v in model.net.state_dict().items()}  # for the test's own reference
 scores = model.evaluate(loaders.val)
 preds = model.predict(loaders.val)
 history = model.fit(1, loaders.train, loaders.val)
 from accelerate import PartialState  # noqa: E402
 
 rank, world = PartialState().process_index, PartialState().num_processes
-torch.save({"scores": scores, "preds": preds, "history": history.to_dict("list"), "world": world},
+torch.save({"scores": scores, "preds": preds, "history": history.to_dict("list"), "world": world, "initial": initial},
            out / f"rank{rank}.pt")

@@ -7,15 +7,16 @@ come back in the right order for this to hold.
 """
 
 import os
-import random
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import accelerate
 import pytest
+from packaging import version
 
-from conftest import (ACCELERATE, MNIST, PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step,
+from conftest import (TEST_SEED, ACCELERATE, MNIST, PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step,
                       start_process, two_rank_env, wait_for)
 
 pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
@@ -33,7 +34,8 @@ def one_process(out, *extra):
 
 
 def two_processes(out, *extra):
-    return [*TWO, str(MAIN), *SMOKE, f"output_dir={out}", *extra], two_rank_env()
+    return [*TWO, "--main_process_port", os.environ.get("MAIN_PORT", "29500"), str(MAIN), *SMOKE, f"output_dir={out}",
+            *extra], two_rank_env()
 
 
 def run(cmd_env, timeout=300) -> subprocess.CompletedProcess:
@@ -61,30 +63,26 @@ def reference_two(tmp_path_factory):
     return out
 
 
-def test_sigkill_at_a_random_step_then_resume_is_exact_one_process(tmp_path, reference_one):
-    seed = random.randrange(10**6)  # a different kill point each run, replayable from the message
-    rng = random.Random(seed)
-    target, pause = rng.randint(3, 28), rng.uniform(0, 0.1)  # of 32 batches
+def test_sigkill_at_a_random_step_then_resume_is_exact_one_process(tmp_path, reference_one, rng):
+    target, pause = rng.randint(3, 24), rng.uniform(0, 0.1)  # of 32 batches: 8 or more before the end
     proc = start(one_process(tmp_path))
-    wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target} (seed {seed})")
+    wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target} (TEST_SEED={TEST_SEED})")
     time.sleep(pause)  # somewhere in the next batches, maybe inside a save
     kill_group(proc)
-    where = f"(killed after step {latest_step(tmp_path)}, target {target}; random seed {seed})"
+    where = f"(killed after step {latest_step(tmp_path)}, target {target}; TEST_SEED={TEST_SEED})"
     again = run(one_process(tmp_path))
     assert again.returncode == 0, f"{where}\n{again.stderr}"
     assert f"resuming from {tmp_path}/checkpoints/step-" in flat(again.stdout), f"{where}\n{again.stdout}"
     assert_same_run(tmp_path, reference_one, context=where)
 
 
-def test_sigkill_at_a_random_step_then_resume_is_exact_two_processes(tmp_path, reference_two):
-    seed = random.randrange(10**6)
-    rng = random.Random(seed)
-    target, pause = rng.randint(3, 13), rng.uniform(0, 0.1)  # of 16 batches per rank
+def test_sigkill_at_a_random_step_then_resume_is_exact_two_processes(tmp_path, reference_two, rng):
+    target, pause = rng.randint(3, 10), rng.uniform(0, 0.1)  # of 16 batches per rank: 6 or more before the end
     proc = start(two_processes(tmp_path))
-    wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target} (seed {seed})")
+    wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target} (TEST_SEED={TEST_SEED})")
     time.sleep(pause)
     kill_group(proc)
-    where = f"(killed after step {latest_step(tmp_path)}, target {target}; random seed {seed})"
+    where = f"(killed after step {latest_step(tmp_path)}, target {target}; TEST_SEED={TEST_SEED})"
     again = run(two_processes(tmp_path))
     assert again.returncode == 0, f"{where}\n{again.stdout}{again.stderr}"
     assert "resuming from" in flat(again.stdout), f"{where}\n{again.stdout}"
@@ -151,17 +149,23 @@ def rank_pids(launcher_pid: int) -> list[int]:
 def test_preemption_saves_exits_75_and_the_rerun_finishes(tmp_path, reference_two, how):
     proc = start(two_processes(tmp_path))
     wait_for(lambda: latest_step(tmp_path) >= 3 and len(rank_pids(proc.pid)) == 2, proc, "training to start")
+    before = latest_step(tmp_path)
     if how.startswith("SIGUSR1"):
         os.kill(rank_pids(proc.pid)[1], signal.SIGUSR1)  # rank 0 hears of it only through the collective
     else:
         os.kill(proc.pid, signal.SIGTERM)  # torchrun passes SIGTERM on to the ranks
     out, _ = proc.communicate(timeout=120)
     name = how.split()[0]
-    assert proc.returncode != 0, out
+    # plain `accelerate launch` (torchrun) ends with 1 when a rank ends with anything but 0, and from
+    # Accelerate 1.16 on with 128 + the signal when it was signalled itself: the ranks' own 75 is
+    # what the wrappers read and pass on (tests/supervision)
+    signalled = 128 + signal.SIGTERM if version.parse(accelerate.__version__) >= version.parse("1.16") else 1
+    assert proc.returncode == (1 if name == "SIGUSR1" else signalled), out
     assert f"preempted: stopped by {name} at epoch" in out, out
     if name == "SIGUSR1":  # torchrun reports the ranks' exit codes unless it was signalled itself
         assert "exitcode  : 75" in out, out
     step = latest_step(tmp_path)
+    assert step > before, (step, before)  # the preemption's own checkpoint
     assert f"checkpoints/step-{step:08d} saved; run the same command again to resume" in flat(out)
 
     again = run(two_processes(tmp_path))

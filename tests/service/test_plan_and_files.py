@@ -2,31 +2,28 @@
 
 import os
 import stat
-import subprocess
-import sys
-from conftest import MNIST, ROOT
+
+from conftest import MNIST
+from train.fronts.script import main
 
 
-MAIN = ROOT / "train" / "main.py"
+SMALL = ["data.train_size=512", "data.val_size=128", "batch_size=64", f"data.path={MNIST}"]
 
 
-SMALL = ["data.train_size=1024", "data.val_size=256", f"data.path={MNIST}"]
-
-
-def test_the_plan_says_the_processes_in_words(tmp_path):
-    done = subprocess.run([sys.executable, str(MAIN), *SMALL, "epochs=1", f"output_dir={tmp_path}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    first = done.stdout.splitlines()[0]
+def test_the_plan_says_the_processes_in_words(tmp_path, capsys):
+    assert main([*SMALL, "epochs=1", f"output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]
     assert first == "plan: tutorial_cnn on 1 process on the CPU, fp32", first
-    assert "(NO)" not in done.stdout
+    assert "(NO)" not in out
 
 
 def test_files_are_readable_by_the_team_under_umask_022(tmp_path):
-    done = subprocess.run([sys.executable, str(MAIN), *SMALL, "epochs=1", "checkpoint.every_steps=3",
-                           f"output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          preexec_fn=lambda: os.umask(0o022))
-    assert done.returncode == 0, done.stderr
+    before = os.umask(0o022)
+    try:
+        assert main([*SMALL, "epochs=1", "checkpoint.every_steps=3", f"output_dir={tmp_path}"]) == 0
+    finally:
+        os.umask(before)
     modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
     assert "model.safetensors" in modes and "checkpoints/latest" in modes
     wrong = {name: oct(mode) for name, mode in modes.items()

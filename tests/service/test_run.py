@@ -4,7 +4,6 @@ artifacts, exact resume after SIGKILL on one and two processes, exit 75 on SIGUS
 the run's total, and a seed that makes two runs equal."""
 
 import os
-import random
 import re
 import signal
 
@@ -14,7 +13,7 @@ import torch
 
 from tests.helpers.small_runs import blobs, small_model
 
-from conftest import (PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, launch_two,
+from conftest import (TEST_SEED, PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, launch_two,
                       run_one, start_process, two_rank_env, wait_for)
 
 SCRIPT = ROOT / "tests" / "helpers" / "user_script.py"
@@ -49,12 +48,11 @@ def test_a_user_script_writes_what_the_script_writes(uninterrupted):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
-def test_sigkill_in_epoch_2_then_rerun_is_exact(tmp_path, uninterrupted, processes):
+def test_sigkill_in_epoch_2_then_rerun_is_exact(tmp_path, uninterrupted, processes, rng):
     steps = 64 // processes  # optimizer steps per epoch
-    seed = random.randrange(10**6)
-    target = random.Random(seed).randint(steps + 1, 2 * steps - 12)  # a step of epoch 2, not too near its end
-    where = f"(kill after step {target}, {processes} process(es); random seed {seed})"
-    cmd = [PYTHON, str(SCRIPT), str(tmp_path), *ARGS] if processes == 1 else [*TWO, str(SCRIPT), str(tmp_path), *ARGS]
+    target = rng.randint(steps + 1, 2 * steps - 12)  # a step of epoch 2, not too near its end
+    where = f"(kill after step {target}, {processes} process(es); TEST_SEED={TEST_SEED})"
+    cmd = [PYTHON, str(SCRIPT), str(tmp_path), *ARGS] if processes == 1 else [*TWO, "--main_process_port", os.environ.get("MAIN_PORT", "29500"), str(SCRIPT), str(tmp_path), *ARGS]
     env = dict(os.environ, PYTHONUNBUFFERED="1") if processes == 1 else two_rank_env()
     proc = start_process(cmd, env)
     wait_for(lambda: latest_step(tmp_path) >= target, proc, f"a checkpoint at step {target} {where}")

@@ -7,7 +7,6 @@ refuses. Kill points are seeded and printed in failure messages."""
 import hashlib
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (MNIST, PYTHON, ROOT, assert_same_run, flat, kill_group, latest_step, rank_processes,
-                      start_process, wait_for)
+from conftest import (TEST_SEED, MNIST, PYTHON, ROOT, assert_same_run, assert_saved_and_exited_75, flat, kill_group, latest_step,
+                      free_ports, rank_processes, read_until, reports_of, start_process, wait_for)
 
 pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
 
@@ -49,17 +48,15 @@ def reference_two(tmp_path_factory):
     return out
 
 
-def test_a_killed_rank_is_restarted_and_the_run_ends_exactly(tmp_path):
+def test_a_killed_rank_is_restarted_and_the_run_ends_exactly(tmp_path, rng):
     # 48 optimizer steps an epoch per rank; the kill lands at least 24 steps (over a second) before the
     # end of epoch 2: with less, a CI machine once delivered it after training had finished
     longer = ["data.train_size=12288"]
     reference = cpu2(tmp_path / "reference", *longer)
     log, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, log
-    seed = random.randrange(10**6)
-    rng = random.Random(seed)
     target, victim = rng.randint(50, 72), rng.randint(0, 1)  # a step of epoch 2, well before its end
-    where = f"(SIGKILL to rank {victim} after step {target}; random seed {seed})"
+    where = f"(SIGKILL to rank {victim} after step {target}; TEST_SEED={TEST_SEED})"
     tmp_path = tmp_path / "out"
     proc = cpu2(tmp_path, *longer)
     wait_for(lambda: latest_step(tmp_path) >= target and len(ranks(proc)) == 2, proc, f"step {target} {where}")
@@ -79,14 +76,11 @@ def test_a_stalled_rank_ends_the_job_within_the_timeout_and_it_recovers(tmp_path
     wait_for(lambda: latest_step(tmp_path) >= 9 and len(ranks(proc)) == 2, proc, "step 9")
     stopped = ranks(proc)[1]
     os.kill(stopped, signal.SIGSTOP)  # a hung GPU, a stuck NFS read, a deadlock
-    started, lines = time.monotonic(), []
-    for line in proc.stdout:
-        lines.append(line)
-        if "restarting" in flat("".join(lines)):  # the supervisor's line (wrapped at 100 columns)
-            break
+    started = time.monotonic()
+    seen = read_until(proc, lambda text: "restarting" in flat(text), timeout=timeout + 240)  # the supervisor's line
     waited = time.monotonic() - started
     rest, _ = proc.communicate(timeout=600)
-    log = "".join(lines) + rest
+    log = seen + rest
     # the timeout, the supervisor's 10 s of grace, then the processes' teardown: well under a minute
     # more, also with another job on the cores (a stall held until the job's end would be hours)
     assert waited < timeout + 60, f"{waited:.0f} s before the restart\n{log}"
@@ -95,8 +89,8 @@ def test_a_stalled_rank_ends_the_job_within_the_timeout_and_it_recovers(tmp_path
     assert_same_run(tmp_path, reference_two)
 
 
-def test_two_nodes_over_loopback_restart_together(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MAIN_PORT="29531")
+def test_two_nodes_over_loopback_restart_together(tmp_path, rng):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MAIN_PORT=str(free_ports()))
 
     def nodes(out):
         return [start_process([str(ROOT / "launch" / "multinode.sh"), str(rank), "2", "127.0.0.1", *SMOKE,
@@ -105,16 +99,15 @@ def test_two_nodes_over_loopback_restart_together(tmp_path):
     reference = nodes(tmp_path / "reference")
     logs = [p.communicate(timeout=600)[0] for p in reference]
     assert [p.returncode for p in reference] == [0, 0], logs
-    seed = random.randrange(10**6)
-    target = random.Random(seed).randint(50, 72)  # a step of epoch 2 (48 an epoch), well before its end
+    target = rng.randint(50, 72)  # a step of epoch 2 (48 an epoch), well before its end
     out = tmp_path / "out"
     procs = nodes(out)
-    wait_for(lambda: latest_step(out) >= target and ranks(procs[1]), procs[0], f"step {target} (seed {seed})")
+    wait_for(lambda: latest_step(out) >= target and ranks(procs[1]), procs[0], f"step {target} (TEST_SEED={TEST_SEED})")
     os.kill(ranks(procs[1])[0], signal.SIGKILL)  # the rank of node 1
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     assert all("(restart 1 of 3)" in flat(log) for log in logs), logs
-    assert_same_run(out, tmp_path / "reference", context=f"(kill after step {target}; seed {seed})")
+    assert_same_run(out, tmp_path / "reference", context=f"(kill after step {target}; TEST_SEED={TEST_SEED})")
 
 
 def killed_midway(out, target, *extra):
@@ -217,19 +210,6 @@ def test_a_second_run_in_a_live_runs_folder_refuses_and_a_dead_ones_lock_does_no
     assert_same_run(tmp_path, reference_one)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1.8 MB file system (a tmpfs, root only): room for two checkpoints of the tutorial CNN."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1800k", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=False)
-
-
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(small_disk, reference_one):
     out = small_disk / "out"
     full = run_main(out)
@@ -268,10 +248,11 @@ def test_a_killed_supervisor_leaves_no_training_behind(tmp_path):
     proc = cpu2(tmp_path, "epochs=20")
     wait_for(lambda: latest_step(tmp_path) >= 3 and len(ranks(proc)) == 2, proc, "training to start")
     left = ranks(proc)
+    reports, before = reports_of(left), latest_step(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)  # the supervisor itself: its launcher gets SIGTERM from the kernel
     proc.communicate(timeout=60)
     deadline = time.monotonic() + 60
     while any(Path(f"/proc/{pid}").exists() for pid in left) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(Path(f"/proc/{pid}").exists() for pid in left), "training processes left running"
-    assert latest_step(tmp_path) > 3  # they saved on their way out (SIGTERM: preempted)
+    assert_saved_and_exited_75(reports, 2, tmp_path, before)  # they saved on their way out (SIGTERM: preempted)

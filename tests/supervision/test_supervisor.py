@@ -4,7 +4,6 @@ launcher that exits 0 is a success, every wrapper takes a script first, and the 
 takes the training with it. Kill points are seeded and printed in failure messages."""
 
 import os
-import random
 import re
 import signal
 import subprocess
@@ -12,10 +11,11 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from conftest import (MNIST, PYTHON, ROOT, assert_same_run, descendants, flat, latest_step, rank_processes,
-                      start_process, wait_for)
+from conftest import (TEST_SEED, MNIST, PYTHON, ROOT, assert_same_run, assert_saved_and_exited_75, descendants, flat, latest_step,
+                      rank_processes, reports_of, start_process, wait_for)
 
 pytestmark = pytest.mark.slow  # real processes: `make test-fast` leaves these out
 
@@ -52,16 +52,14 @@ def supervisor_lines(log: str) -> list[str]:
     return [flat(m) for m in re.findall(r"supervisor: .*(?:\n    .*)*", log)]
 
 
-def test_a_crash_while_the_restarted_job_starts_up_is_restarted_too(tmp_path):
+def test_a_crash_while_the_restarted_job_starts_up_is_restarted_too(tmp_path, rng):
     env = dict(OMP_NUM_THREADS="1")
     reference = wrapper("cpu2.sh", *SMOKE, f"output_dir={tmp_path / 'reference'}", **env)
     log = finish(reference)
     assert reference.returncode == 0, log
-    seed = random.randrange(10**6)
-    rng = random.Random(seed)
     target, first, second = rng.randint(25, 40), rng.randint(0, 1), rng.randint(0, 1)
     where = f"(SIGKILL to rank {first} after step {target}, then to rank {second} of the restarted job as it " \
-            f"starts; random seed {seed})"
+            f"starts; TEST_SEED={TEST_SEED})"
     out = tmp_path / "out"
     proc = wrapper("cpu2.sh", *SMOKE, f"output_dir={out}", **env)
     output = Output(proc)
@@ -118,6 +116,12 @@ def test_each_ending_says_one_line_with_its_exit_code(tmp_path):
         "--help": (["one.sh", "--help"], {}, 0, "finished (exit 0)"),
         "preflight": (["one.sh", *TINY, "preflight=true", f"output_dir={tmp_path / 'pf'}"], {}, 0,
                       "finished (exit 0)"),
+        "a NaN loss": (["one.sh", *TINY, "model=tests.helpers.bad_things:NaNAtSecondBatch",
+                        f"output_dir={tmp_path / 'nan'}"], {}, 3,
+                       "exit 3 (the loss became NaN or infinite): the job ended on purpose; not restarting"),
+        "a failed preflight": (["one.sh", *TINY, "preflight=true", "model=tests.helpers.bad_things:FailsAtThirdBatch",
+                                f"output_dir={tmp_path / 'pf-bad'}"], {}, 1,
+                               "exit 1 (preflight found a problem): the job ended on purpose; not restarting"),
         "preflight, 2 processes": (["cpu2.sh", *TINY, "preflight=true", f"output_dir={tmp_path / 'pf2'}"],
                                    {"OMP_NUM_THREADS": "1"}, 0, "finished (exit 0)"),
     }
@@ -128,6 +132,9 @@ def test_each_ending_says_one_line_with_its_exit_code(tmp_path):
         assert proc.returncode == code, f"{name}: exit {proc.returncode}\n{log}"
         assert supervisor_lines(log)[-1:] == [f"supervisor: {line}"], f"{name}\n{log}"
     assert "hello from a script" in logs["a script that only prints"]
+    assert all(log.count("plan: ") <= 1 for log in logs.values())  # a deliberate end is not run again
+    assert "error: preflight failed at checkpoint round trip: ValueError: a bug at the third batch" in logs[
+        "a failed preflight"]
     assert "preflight ok: 2 training" in logs["preflight, 2 processes"]
     launcher = subprocess.run([PYTHON, str(ROOT / "train" / "supervisor.py"), "--", "accelerate", "launch",
                                "--no-such-flag", str(hello)], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -153,12 +160,14 @@ def test_a_killed_supervisor_of_one_process_leaves_no_training_behind(tmp_path):
     wait_for(lambda: latest_step(tmp_path) >= 3, proc, "training to start")
     below = [pid for pid in descendants(proc.pid) if "main.py" in Path(f"/proc/{pid}/cmdline").read_text()]
     assert below, "no training process found"
+    reports, before = reports_of(below), latest_step(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)  # the supervisor itself
     proc.communicate(timeout=60)
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in below) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(Path(f"/proc/{pid}").exists() for pid in below), "a training process outlived its supervisor"
+    assert_saved_and_exited_75(reports, 1, tmp_path, before)  # as the README says: it saved and exited 75
 
 
 def test_a_process_hung_after_training_finished_is_ended_and_the_job_finishes():
@@ -168,3 +177,24 @@ def test_a_process_hung_after_training_finished_is_ended_and_the_job_finishes():
     assert proc.returncode == 0, out
     assert "finished (exit 0; rank(s) 1 still there 3 s after training finished, ended)" in supervisor_lines(out)[-1]
     assert time.monotonic() - started < 60, out
+
+
+def test_a_hangup_counts_as_sigterm_the_job_saves_and_ends_with_75(tmp_path):
+    """SIGHUP (the terminal closed) to the supervisor: passed on as SIGTERM, so the training saves
+    a checkpoint and ends with 75, not restarted; the same command resumes from that checkpoint."""
+    proc = wrapper("cpu2.sh", *SMOKE, f"output_dir={tmp_path}", OMP_NUM_THREADS="1")
+    wait_for(lambda: latest_step(tmp_path) >= 6 and len(rank_processes(proc.pid, "main.py")) == 2, proc,
+             "training to start")
+    before = latest_step(tmp_path)
+    os.kill(proc.pid, signal.SIGHUP)
+    log = finish(proc)
+    assert proc.returncode == 75, log
+    saved = latest_step(tmp_path)
+    assert saved > before and re.search(rf"preempted: stopped by SIGTERM at epoch \d batch \d+; checkpoint "
+                                        rf"{tmp_path}/checkpoints/step-{saved:08d}", flat(log)), log
+    assert supervisor_lines(log)[-1] == ("supervisor: exit 75 (preempted; a checkpoint was saved): the job ended on "
+                                         "purpose; not restarting"), log
+    again = wrapper("cpu2.sh", *SMOKE, f"output_dir={tmp_path}", OMP_NUM_THREADS="1")
+    log = finish(again)
+    assert again.returncode == 0 and f"resuming from {tmp_path}/checkpoints/step-{saved:08d}" in flat(log), log
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [1, 2]

@@ -16,12 +16,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import PYTHON, ROOT, assert_same_run, descendants, flat, start_process, wait_for
+from conftest import (PYTHON, ROOT, assert_drawn, assert_same_run, descendants, flat, kill_group, need_module,
+                      start_process, wait_for)
 
 pytestmark = pytest.mark.slow  # real runs, one per trial
 
-pytest.importorskip("sklearn")  # examples/digits
-pytest.importorskip("optuna")
+need_module("sklearn")  # examples/digits
+need_module("optuna")
 
 DIGITS = "examples/digits/config.yaml"
 SPACE = "examples/digits/space.yaml"
@@ -63,7 +64,7 @@ def test_a_seeded_search_finishes_its_trials_beats_the_default_and_repeats(tmp_p
     rows = trials(folder)
     assert len(rows) == 8 and set(rows["state"]) <= {"COMPLETE", "PRUNED"}, rows
     assert study_size(folder) == 8
-    assert (folder / "sweep.png").stat().st_size > 0
+    assert_drawn(folder / "sweep.png")
     # every trial is a real run in its own folder, with the values the study gave it
     for _, row in rows.iterrows():
         saved = yaml.safe_load((folder / f"trial-{row['number']:04d}" / "config.yaml").read_text())
@@ -93,6 +94,11 @@ def test_a_seeded_search_finishes_its_trials_beats_the_default_and_repeats(tmp_p
     rerun = sweep(folder, *args)
     assert rerun.returncode == 0 and not re.search(r"^trial \d+", rerun.stdout, re.M), rerun.stdout
     assert "8 of 8 trials done" in flat(rerun.stdout) and study_size(folder) == 8
+    # --trials may grow: the same command with one more runs one more trial, the next one
+    grown = sweep(folder, *args, trials=9)
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert re.findall(r"^trial (\d+) (?:done|pruned)", grown.stdout, re.M) == ["8"], grown.stdout
+    assert study_size(folder) == 9 and len(trials(folder)) == 9
 
     # the same seed elsewhere proposes the same values
     other = sweep(tmp_path / "again", *args, trials=2)
@@ -100,6 +106,30 @@ def test_a_seeded_search_finishes_its_trials_beats_the_default_and_repeats(tmp_p
     first = trials(tmp_path / "again")
     pd.testing.assert_frame_equal(first[["optimizer.lr", "model_args.hidden"]],
                                   rows[["optimizer.lr", "model_args.hidden"]].iloc[:2], check_exact=True)
+
+
+def test_a_failed_trial_is_replaced_and_bad_input_stops_the_search(tmp_path):
+    """A trial whose loss turns NaN (exit 3) is recorded as failed and another takes its place; a
+    trial with bad input (exit 2) would fail alike in every trial: the search stops with 2."""
+    space = tmp_path / "space.yaml"
+    space.write_text("optimizer.lr: {choice: [1.0e+30, 0.003]}\n")
+    folder = tmp_path / "search"
+    # the config's own value, 1e30, is the first trial (the baseline): it diverges
+    args = ["epochs=1", "progress=false", "optimizer.lr=1.0e+30", "sweep.sampler=random", "sweep.pruner=none"]
+    done = sweep(folder, *args, space=space, trials=2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = trials(folder)
+    assert rows["state"].iloc[0] == "FAIL" and rows["optimizer.lr"].iloc[0] == 1e30, rows
+    assert (rows["state"] == "COMPLETE").sum() == 2, rows  # replaced: two finished trials, as asked
+    assert set(rows.loc[rows["state"] == "FAIL", "optimizer.lr"]) == {1e30}, rows
+    assert "trial 0 failed: the training loss became NaN or infinite at epoch 1 batch" in flat(done.stdout)
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data.num_classes: {choice: [5]}\n")  # digits has 10 classes
+    stopped = sweep(tmp_path / "stopped", "epochs=1", "progress=false", space=bad, trials=3)
+    assert stopped.returncode == 2, stopped.stdout + stopped.stderr
+    assert re.findall(r"^trial (\d+) failed", stopped.stdout, re.M) == ["0"], stopped.stdout
+    assert study_size(tmp_path / "stopped") == 1 and not (tmp_path / "stopped" / "trial-0001").exists()
 
 
 def test_clearly_bad_learning_rates_are_pruned_before_their_last_epoch(tmp_path):
@@ -140,9 +170,23 @@ def test_a_search_killed_with_sigkill_continues_its_trial_exactly(tmp_path):
         assert time.monotonic() < deadline, "the trial's processes outlived the search by two minutes"
         time.sleep(0.2)
 
+    # the stopped trial is another worker's (a node that may come back): left to it for now ...
+    worker, log_file = folder / "trial-0001" / "worker", folder / "trial-0001" / "trial.log"
+    worker.write_text("another-node")
+    size = log_file.stat().st_size
+    waiting = start_process(cmd, env)
+    time.sleep(15)  # the search starts, asks for a trial, finds only that one, and waits
+    assert waiting.poll() is None, waiting.stdout.read()
+    assert worker.read_text() == "another-node" and log_file.stat().st_size == size, "taken over at once"
+    kill_group(waiting)
+    # ... and taken over once it has lain still for two minutes
+    still = time.time() - 180
+    for path in (worker, log_file):
+        os.utime(path, (still, still))
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "trial 1 continues" in done.stdout and "trial 0:" not in done.stdout, done.stdout
+    assert worker.read_text() != "another-node"
     rows = trials(folder)
     assert rows["state"].tolist() == ["COMPLETE", "COMPLETE"] and study_size(folder) == 2
     log = flat((folder / "trial-0001" / "trial.log").read_text())
@@ -171,7 +215,7 @@ def test_lr_find_on_two_processes_suggests_a_rate_that_trains(tmp_path):
     assert not run_folder.exists()  # the run's own folder is untouched
     found = tmp_path / "run-lr_find"
     curve = pd.read_csv(found / "lr_find.csv")
-    assert (found / "lr_find.png").stat().st_size > 0
+    assert_drawn(found / "lr_find.png")
     assert list(curve.columns) == ["lr", "loss", "smoothed"] and curve["lr"].is_monotonic_increasing
     lines = re.findall(r"^suggested: optimizer\.lr=(\S+)$", done.stdout, re.M)
     assert len(lines) == 1, done.stdout  # one line, from one process

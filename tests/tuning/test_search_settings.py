@@ -3,21 +3,39 @@ objective a search takes from a config, a search folder holding another search, 
 learning-rate finder's curve arithmetic."""
 
 import math
+import signal
 import subprocess
 
 import pytest
 
-from conftest import PYTHON, ROOT
+from conftest import ROOT, need_module
 
 DIGITS = "examples/digits/config.yaml"
 
 
-def sweep_cli(tmp_path, space_text, *args):
-    space = tmp_path / "space.yaml"
-    space.write_text(space_text)
-    return subprocess.run([PYTHON, "-m", "train.sweep", "--config", DIGITS, "--space", str(space), "--trials", "2",
-                           "--dir", str(tmp_path / "search"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+@pytest.fixture
+def sweep_cli(tmp_path, capsys):
+    """`python -m train.sweep --config DIGITS --space <text> --trials 2 --dir tmp/search ...`, in this
+    process (the fast tier starts none); its signal handlers are put back afterwards."""
+    from train.tuning.search import main
+
+    def run(space_text, *args) -> subprocess.CompletedProcess:
+        space = tmp_path / "space.yaml"
+        space.write_text(space_text)
+        argv = ["--config", str(ROOT / DIGITS), "--space", str(space), "--trials", "2", "--dir",
+                str(tmp_path / "search"), *args]
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1,
+                                                           signal.SIGHUP)}
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        said = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, said.out, said.err)
+
+    return run
 
 
 @pytest.mark.parametrize("space, says", [
@@ -33,16 +51,16 @@ def sweep_cli(tmp_path, space_text, *args):
     ("{}\n", "the search space is empty"),
     ("optimizer.lr: [1, 2\n", "is not valid YAML"),
 ])
-def test_a_bad_space_is_one_line_and_exit_2_before_any_trial(tmp_path, space, says):
-    done = sweep_cli(tmp_path, space)
+def test_a_bad_space_is_one_line_and_exit_2_before_any_trial(tmp_path, sweep_cli, space, says):
+    done = sweep_cli(space)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("error: ") and says in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "search").exists()  # nothing written
 
 
-def test_a_folder_holding_another_search_is_refused_in_one_line(tmp_path):
-    pytest.importorskip("optuna")
+def test_a_folder_holding_another_search_is_refused_in_one_line(tmp_path, sweep_cli):
+    need_module("optuna")
     from train.tuning import study
 
     folder = tmp_path / "search"
@@ -50,7 +68,7 @@ def test_a_folder_holding_another_search_is_refused_in_one_line(tmp_path):
     s = study.load(folder, direction="min")
     s.set_user_attr("settings", {"config": "other.yaml", "space": ["optimizer.lr uniform [0.1, 0.2]"]})
     journal = (folder / "study.journal").read_bytes()
-    done = sweep_cli(tmp_path, "optimizer.lr: {log_uniform: [1.0e-4, 0.1]}\n")
+    done = sweep_cli("optimizer.lr: {log_uniform: [1.0e-4, 0.1]}\n")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"{folder} holds a search with other settings (config: other.yaml there" in done.stderr
     assert "space: optimizer.lr uniform [0.1, 0.2] there, optimizer.lr log_uniform [0.0001, 0.1] now" in done.stderr
@@ -58,8 +76,8 @@ def test_a_folder_holding_another_search_is_refused_in_one_line(tmp_path):
     assert len(study.load(folder).get_trials()) == 0  # no trial was asked for
 
 
-def test_zero_trials_is_refused_not_taken_for_the_default(tmp_path):
-    done = sweep_cli(tmp_path, "optimizer.lr: {log_uniform: [1.0e-4, 0.1]}\n", "--trials", "0")
+def test_zero_trials_is_refused_not_taken_for_the_default(tmp_path, sweep_cli):
+    done = sweep_cli("optimizer.lr: {log_uniform: [1.0e-4, 0.1]}\n", "--trials", "0")
     assert done.returncode == 2 and done.stderr == "error: --trials must be > 0, got 0\n", done.stderr
     assert not (tmp_path / "search").exists()
 

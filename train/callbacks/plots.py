@@ -10,6 +10,7 @@ module imports no torch, so the helper starts in a fraction of a second.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -112,9 +113,10 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], s
 
 def serve() -> None:
     """The helper: one JSON request per line on stdin ({"rows": [...], "path": ...}), drawn in
-    order; ends at {"quit": true} or at end of input. (Not at end of input alone: loader workers
-    forked from the run inherit the pipe and would keep it open.) A terminal's Ctrl-C is the run's
-    to handle, not the helper's: it is ignored here."""
+    order, each answered by one line on stdout ({"drawn": path} or {"failed": reason}) once the file
+    is in place; ends at {"quit": true} or at end of input. (The run sends the quit rather than
+    relying on end of input: loader workers forked from the run inherit the pipe and would keep it
+    open.) A terminal's Ctrl-C is the run's to handle, not the helper's: it is ignored here."""
     import io
     import signal
 
@@ -130,50 +132,119 @@ def serve() -> None:
     ax.legend()
     warm.tight_layout()
     warm.savefig(io.BytesIO(), format="png")
+    answers = sys.stdout
+    sys.stdout = sys.stderr  # nothing but the answers on the pipe
     for line in sys.stdin:
         request = json.loads(line)
         if request.get("quit"):
             return
-        plot_history(request["rows"], request["path"])
+        try:
+            plot_history(request["rows"], request["path"])
+            answer = {"drawn": request["path"]}
+        except Exception as e:  # the run says so and goes on; a missing plot fails no run
+            answer = {"failed": f"{type(e).__name__}: {e}"}
+        try:
+            answers.write(json.dumps(answer) + "\n")
+            answers.flush()
+        except BrokenPipeError:  # the run is gone (a second Ctrl-C, a kill): nobody to answer
+            os._exit(0)  # at once: the interpreter's last flush would meet the same closed pipe
 
 
-_helper = None
+class Helper:
+    """The drawing helper process and its two pipes. One per process, kept between runs (a
+    notebook's second `fit`, a search's next trial): matplotlib's import, about a second, is paid
+    once. Ended at the process's exit (`stop_helper`)."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process, self.unanswered, self.buffer = process, 0, b""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, request: dict) -> bool:
+        try:
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+        except OSError:  # it is gone
+            return False
+        self.unanswered += 1
+        return True
+
+    def answers(self, timeout: float) -> list[dict] | None:
+        """Every answer still owed (a list), or None when the helper ended or took longer than
+        `timeout` seconds. A hand-made reader: a deadline on a pipe needs select, which Python's
+        buffered readers do not mix with."""
+        import select
+
+        got, deadline, fd = [], time.monotonic() + timeout, self.process.stdout.fileno()
+        while self.unanswered:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                got.append(json.loads(line))
+                self.unanswered -= 1
+            if not self.unanswered:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:  # it ended
+                return None
+            self.buffer += chunk
+        return got
+
+    def stop(self, timeout: float = 10) -> None:
+        try:
+            self.process.stdin.write(b'{"quit": true}\n')
+            self.process.stdin.close()
+        except OSError:  # it is gone already
+            pass
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # wedged
+            self.process.kill()
 
 
-def start_helper():
-    """Start the drawing helper of this process (once; on the main process only) and return it."""
+_helper: Helper | None = None
+
+
+def start_helper() -> Helper | None:
+    """This process's drawing helper (started once, on the main process only; a new one should
+    the last have ended), or None when none can start (the run then draws in-process)."""
     global _helper
+    if _helper is not None and not _helper.alive():
+        _helper = None
     if _helper is None and os.environ.get("RANK", "0") == "0":
         try:
-            _helper = subprocess.Popen([sys.executable, "-m", "train.plots"], stdin=subprocess.PIPE, text=True,
-                                       start_new_session=True,  # out of the terminal's Ctrl-C
+            process = subprocess.Popen([sys.executable, "-m", "train.plots"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, start_new_session=True,  # out of the terminal's Ctrl-C
                                        env={k: v for k, v in os.environ.items() if k != "TRAIN_SUPERVISOR_DIR"},
                                        cwd=ROOT)
-        except OSError:  # no helper: the run draws in-process
-            _helper = None
+        except OSError:
+            return None
+        _helper = Helper(process)
+        atexit.register(stop_helper)
     return _helper
 
 
-def _stop_helper():
+def stop_helper() -> None:
+    """End this process's helper (at exit; the script front calls it before its `os._exit`)."""
     global _helper
     helper, _helper = _helper, None
-    if helper is None:
-        return True
-    try:
-        helper.stdin.write('{"quit": true}\n')
-        helper.stdin.close()
-    except OSError:  # it is gone already
-        pass
-    try:
-        return helper.wait(timeout=120) == 0
-    except subprocess.TimeoutExpired:  # wedged: the caller draws in-process
-        helper.kill()
-        return False
+    if helper is not None:
+        helper.stop()
+
+
+def _give_up_on(helper: Helper) -> None:
+    global _helper
+    if _helper is helper:
+        _helper = None
+    helper.process.kill()
 
 
 class HistoryPlot(Callback):
     """Redraws `history.png` after an epoch when the last drawing is `every_s` seconds old, and at
-    the end (main process only)."""
+    the end, where it waits for the drawing (main process only)."""
 
     def __init__(self, path: str | Path, every_s: float = 10.0):
         self.path, self.every_s = Path(path), every_s
@@ -186,13 +257,9 @@ class HistoryPlot(Callback):
 
     def _draw(self, rows):
         self.sent_at, self.sent_epochs = time.monotonic(), len(rows)
-        if self.helper is not None and self.helper.poll() is None:
-            try:
-                self.helper.stdin.write(json.dumps({"rows": rows, "path": str(self.path)}) + "\n")
-                self.helper.stdin.flush()
-                return
-            except OSError:
-                pass
+        if self.helper is not None and self.helper.send({"rows": rows, "path": str(self.path)}):
+            return
+        self.helper = None
         plot_history(rows, self.path)
 
     def on_epoch_end(self, run):
@@ -205,10 +272,15 @@ class HistoryPlot(Callback):
         rows = run.history.rows
         if rows and self.sent_epochs != len(rows):
             self._draw(rows)
-        if self.helper is not None:
-            self.helper = None
-            if not _stop_helper() and rows:  # it failed: draw here
-                try:
-                    plot_history(rows, self.path)
-                except Exception as e:  # a missing plot must not fail a finished run
-                    print(f"note: could not draw {self.path} ({type(e).__name__}: {e})", flush=True)
+        helper, self.helper = self.helper, None
+        if helper is None:
+            return
+        answers = helper.answers(timeout=120)
+        if answers is None:  # it ended or is wedged
+            _give_up_on(helper)
+        if not rows or (answers and "drawn" in answers[-1]):
+            return
+        try:
+            plot_history(rows, self.path)
+        except Exception as e:  # a missing plot must not fail a finished run
+            print(f"note: could not draw {self.path} ({type(e).__name__}: {e})", flush=True)

@@ -18,4 +18,5 @@ class SlowDataWarning(Callback):
         if share > self.threshold and not self.said and run.is_main_process:
             self.said = True
             self.print(f"note: epoch {epoch} waited for data {share:.0%} of the time: more loader workers "
-                       f"(data.num_workers) or data held in memory would help", flush=True)
+                       f"(data.num_workers, or your DataLoader's num_workers, where cores are free) or data held "
+                       f"in memory may help", flush=True)

@@ -54,7 +54,7 @@ class EpochTable(Callback):
         if self.columns:
             self.print("  ".join(self._cell(c, row.get(c, "")).rjust(w) for c, _, w in self.columns), flush=True)
         else:
-            import textwrap
+            from train.base.text import wrapped
 
             pairs = " ".join(f"{k}={self._cell(k, v)}" for k, v in row.items())
-            self.print(textwrap.fill(pairs, WIDTH, subsequent_indent="    "), flush=True)
+            self.print(wrapped(pairs), flush=True)

@@ -36,7 +36,7 @@ def with_adapters(net: torch.nn.Module, cfg, name: str) -> torch.nn.Module:
             warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
             return peft.get_peft_model(net, config)
     except Exception as e:  # no target modules found, a bad argument: the user's to fix
-        raise ConfigError(f"cannot add lora adapters to model '{name}': {describe(e)}; set peft.target_modules to "
+        raise ConfigError(f"cannot add lora adapters to model '{name}': {describe(e).rstrip('.')}; set peft.target_modules to "
                           f"names of its layers (e.g. [c_attn] for GPT-2, [query, value] for BERT)") from None
 
 

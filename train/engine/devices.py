@@ -20,6 +20,11 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 from train.base.errors import ConfigError
 
 _shutdown_registered: list = []
+# The processes of one job may reach the process group this far apart (imports on busy cores, a slow
+# shared file system, a node that boots late): joining is allowed this long, whatever the
+# collective timeout, which bounds every wait after that.
+STARTUP_ALLOWANCE_S = 300.0
+_collective_timeout: list = []  # the timeout the groups of this process were given, once set
 
 
 def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulation_steps: int = 1,
@@ -28,14 +33,16 @@ def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulatio
     """An `Accelerator` set up for the loop. `mixed_precision=None` takes the launcher's choice
     (`accelerate launch --mixed_precision ...`), else fp32. The shuffling order of each epoch is a
     function of `seed` (None: torch's seed when the loader is prepared) and the epoch.
-    `collective_timeout_s` bounds how long a process waits for the others in any collective (it
-    takes effect with the first accelerator of a process, which creates the process group)."""
+    `collective_timeout_s` bounds how long a process waits for the others in any collective once
+    they have all joined (joining may take STARTUP_ALLOWANCE_S); it takes effect with the first
+    accelerator of a process, which creates the process group."""
     mixed_precision = resolve_precision(mixed_precision, kwargs.get("cpu", False))
     if mixed_precision == "fp16" and not _has_gpu():
         raise ConfigError("mixed_precision=fp16 needs a GPU; on a CPU use mixed_precision=bf16 or no")
     handlers = list(kwargs.pop("kwargs_handlers", []))
     if collective_timeout_s is not None:
-        handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s)))
+        joining = max(collective_timeout_s, STARTUP_ALLOWANCE_S)
+        handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=joining)))
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
@@ -46,6 +53,10 @@ def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulatio
         kwargs_handlers=handlers,
         **kwargs,
     )
+    if collective_timeout_s is not None and accelerator.num_processes > 1 and not _collective_timeout:
+        accelerator.wait_for_everyone()  # all have joined: from here a longer wait is a stall
+        torch.distributed.set_timeout(timedelta(seconds=collective_timeout_s))
+        _collective_timeout.append(timedelta(seconds=collective_timeout_s))
     if accelerator.num_processes > 1 and not _shutdown_registered:
         atexit.register(shutdown, accelerator)
         _shutdown_registered.append(True)
@@ -164,7 +175,7 @@ def host_group(accelerator: Accelerator):
     if dist.get_backend() == "gloo":
         return dist.group.WORLD
     if "gloo" not in _host_groups:
-        _host_groups["gloo"] = dist.new_group(backend="gloo")
+        _host_groups["gloo"] = dist.new_group(backend="gloo", timeout=(_collective_timeout or [None])[0])
     return _host_groups["gloo"]
 
 

@@ -57,7 +57,8 @@ def from_pretrained(cls, folder: str, args: dict, name: str) -> nn.Module:
         raise ConfigError(f"pretrained is set but model '{name}' has no from_pretrained; name a class that has "
                           f"(e.g. transformers:AutoModelForCausalLM)")
     if not (Path(folder) / "config.json").is_file():
-        raise ConfigError(f"pretrained '{folder}' is not a folder written by save_pretrained (no config.json there); "
+        why = "no config.json there" if Path(folder).is_dir() else "no such folder"
+        raise ConfigError(f"pretrained '{folder}' is not a folder written by save_pretrained ({why}); "
                           f"give such a folder (nothing is downloaded)")
     try:
         return cls.from_pretrained(folder, local_files_only=True, **args)

@@ -15,7 +15,7 @@ from torch import nn
 
 from train.base.errors import RunError, UserError
 from train.config.options import run_options
-from train.fronts.summary import summary as summary_table
+from train.fronts.summary import summary as print_summary
 
 # what compile() takes besides the loss, optimizer, metrics, schedule and callbacks
 STEP_OPTIONS = ("mixed_precision", "gradient_accumulation_steps", "max_grad_norm", "nonfinite", "compile",
@@ -37,9 +37,11 @@ class Model(nn.Module):
     def forward(self, *args, **kwargs):
         return self.net(*args, **kwargs)
 
-    def summary(self, input_shape, input_dtype=torch.float32) -> str:
-        """Print and return the layer table for one sample of `input_shape`, e.g. `(1, 32, 32)`."""
-        return summary_table(self.net, input_shape, input_dtype)
+    def summary(self, input_shape, input_dtype=torch.float32) -> None:
+        """Print the layer table for one sample of `input_shape`, e.g. `(1, 32, 32)` (returns
+        nothing, as torchkeras' does: a shell shows it once; `train.fronts.summary.summary_text`
+        gives the text)."""
+        print_summary(self.net, input_shape, input_dtype)
 
     def compile(self, loss_func: Optional[Callable], optimizer: Optional[torch.optim.Optimizer] = None,
                 metrics_dict: Optional[Mapping[str, object]] = None, lr_scheduler=None,

@@ -40,6 +40,7 @@ def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=No
     from train.engine.devices import local_processes, make_accelerator
     from train.base.errors import ConfigError
     from train.fronts.reload import load_model, run_config, working_folder
+    from train.engine.targets import loss_shifts_labels
     from train.service.run import Run
 
     cfg, origin = run_config(run_dir, [f"data.{o}" for o in data_overrides]
@@ -53,12 +54,13 @@ def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=No
         raise ConfigError("the run's data has no validation split to predict on; name one with --data "
                           "(e.g. val_split=test)")
     model = load_model(run_dir, checkpoint)
+    shifted = loss_shifts_labels(model)
     run = Run(model, None, build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics), accelerator=accelerator)
     metrics = run.evaluate(loaders.val)
     outputs, targets = run.predict(loaders.val, with_targets=True)
     path = Path(out) if out else Path(run_dir) / "predictions.csv"
     if accelerator.is_main_process:
-        write_rows(path, outputs, targets)
+        write_rows(path, outputs, targets, shifted)
         Path(f"{path}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"wrote {path} ({len(outputs)} rows) and {path}.metrics.json: "
               + ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()), flush=True)
@@ -67,14 +69,18 @@ def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=No
     return metrics
 
 
-def write_rows(path: Path, outputs, targets) -> None:
+def write_rows(path: Path, outputs, targets, shifted: bool = False) -> None:
     """One row per sample: `index, target, prediction, output_0, ...`; for outputs per token (a list
-    of per-sample tensors of their own lengths) `index, length, target, prediction`, the target and
-    predicted tokens (the arg-max at each position) as space-separated ids, without padding."""
+    of per-sample tensors of their own lengths) `index, length, target, prediction`: the target
+    tokens (those not -100) and the arg-max predicted for each, as space-separated ids, position by
+    position, `length` of them. `shifted`: the model predicts the next token (a causal language
+    model, whose loss shifts the labels), so the output at position t is matched with the target
+    at t + 1."""
     import csv
     import io
 
     from train.base.files import atomic_write_text
+    from train.engine.targets import IGNORE_INDEX
 
     text = io.StringIO()
     writer = csv.writer(text)
@@ -82,8 +88,16 @@ def write_rows(path: Path, outputs, targets) -> None:
         writer.writerow(["index", "length", "target", "prediction"])
         for i, (out, target) in enumerate(zip(outputs, targets)):
             predicted = out.argmax(dim=-1) if out.dim() > 1 else out
-            target = target[target != -100] if target.dim() else target.reshape(1)
-            writer.writerow([i, len(out), " ".join(map(str, target.tolist())), " ".join(map(str, predicted.tolist()))])
+            target = target.reshape(-1)
+            if shifted:
+                predicted, target = predicted[:-1], target[1:]
+            if len(predicted) == len(target):
+                keep = target != IGNORE_INDEX
+                predicted, target = predicted[keep], target[keep]
+            else:  # outputs not one per target position: both as they are
+                target = target[target != IGNORE_INDEX]
+            writer.writerow([i, len(target), " ".join(map(str, target.tolist())),
+                             " ".join(map(str, predicted.tolist()))])
         atomic_write_text(path, text.getvalue())
         return
     flat = outputs.reshape(len(outputs), -1).float()

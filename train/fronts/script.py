@@ -110,6 +110,9 @@ def run_as_script() -> None:
     from train.supervision.reports import record_ended
 
     record_ended(code)  # a preflight or `--help` records nothing else
+    from train.callbacks.plots import stop_helper
+
+    stop_helper()  # os._exit runs no atexit
     if multiprocessing.active_children():
         sys.exit(code)
     sys.stdout.flush()

@@ -26,9 +26,16 @@ def _bytes_per_sample(out) -> int:
     return sum(t.numel() // max(1, t.shape[0]) * t.element_size() for t in tensors)
 
 
-def summary(model: nn.Module, input_shape, input_dtype=torch.float32, print_fn=print) -> str:
-    """Print (with `print_fn`; None: not) and return the table for one sample of shape
-    `input_shape` (without the batch dimension), as torchkeras' `summary` does."""
+def summary(model: nn.Module, input_shape, input_dtype=torch.float32, print_fn=print) -> None:
+    """Print (with `print_fn`) the layer table for one sample of shape `input_shape` (without the
+    batch dimension), as torchkeras' `summary` does: nothing is returned, so that a Python shell
+    or a notebook shows the table once (`summary_text` gives it as a string)."""
+    print_fn(summary_text(model, input_shape, input_dtype))
+
+
+def summary_text(model: nn.Module, input_shape, input_dtype=torch.float32) -> str:
+    """The layer table of `summary`: each leaf layer's output shape and parameters, the totals and
+    the sizes in MB."""
     rows, hooks = [], []
 
     def record(module, _inputs, output):
@@ -69,7 +76,4 @@ def summary(model: nn.Module, input_shape, input_dtype=torch.float32, print_fn=p
             f"Input size (MB): {input_mb:.6f}", f"Forward/backward pass size (MB): {activations_mb:.6f}",
             f"Params size (MB): {params_mb:.6f}",
             f"Estimated Total Size (MB): {input_mb + activations_mb + params_mb:.6f}", line]
-    table = "\n".join(out)
-    if print_fn is not None:
-        print_fn(table)
-    return table
+    return "\n".join(out)

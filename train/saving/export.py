@@ -37,6 +37,15 @@ def plain_names(state: dict) -> dict:
     return out
 
 
+def exported_folders(plain, merged: bool = False) -> list[str]:
+    """The Hugging Face folders `write_weights` writes beside the weights for this unwrapped model."""
+    from train.engine.adapters import is_adapted
+
+    if not (hasattr(plain, "save_pretrained") and hasattr(plain, "config")):  # a transformers model, or peft's
+        return []
+    return [f"{HF_DIR}/"] + ([f"{MERGED_DIR}/"] if merged and is_adapted(plain) else [])
+
+
 def write_weights(accelerator, model, out: Path, merged: bool = False) -> list[str]:
     """`model.safetensors` (and `hf/` for a model with `save_pretrained`: a `transformers` model, or
     a `peft` model's adapter; with `merged`, `hf-merged/` too: the adapters merged into the weights)
@@ -54,7 +63,7 @@ def write_weights(accelerator, model, out: Path, merged: bool = False) -> list[s
     written = [WEIGHTS]
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
     adapted = is_adapted(plain)
-    if hasattr(plain, "save_pretrained") and hasattr(plain, "config"):  # a transformers model, or peft's
+    if exported_folders(plain):
         def export(folder: str, save):
             import shutil
             import tempfile

@@ -44,7 +44,11 @@ def plan_lines(run, epochs: int, train) -> list[str]:
         every = f"every {o.checkpoint_every} optimizer steps and " if o.checkpoint_every else ""
         lines.append(f"checkpoints: {every}at each epoch end to {run.checkpoint.root}/ (keep {o.keep_last} + "
                      f"best by {run.checkpoint.monitor}); SIGUSR1/SIGTERM save one and exit 75, Ctrl-C exits 130")
-    files = "history.csv, history.png, model.safetensors" + (", config.yaml" if run.config is not None else "")
+    from train.saving.export import exported_folders
+
+    plain = acc.unwrap_model(run.loop.model, keep_torch_compile=False)
+    files = ", ".join(["history.csv", "history.png", "model.safetensors", *exported_folders(plain, o.export_merged),
+                       *(["config.yaml"] if run.config is not None else [])])
     lines.append(f"outputs: {o.output_dir}/ ({files})")
     lines += [f"tracking: {name} -> {where}" for name, where in run.trackers.items()]
     lines = [lines[0], *("  " + line for line in lines[1:])]

@@ -110,10 +110,9 @@ class Run:
             return history
         except Preempted as e:  # Interrupted too: a checkpoint was saved; end the process quietly
             if self.is_main_process and e.label == "preempted":
-                import textwrap
+                from train.base.text import wrapped
 
-                self._say_stderr(textwrap.fill(f"preempted: {e}; {self._where_to_resume(preempted=True)}", 100,
-                                               subsequent_indent="    ", break_long_words=False))
+                self._say_stderr(wrapped(f"preempted: {e}; {self._where_to_resume(preempted=True)}"))
             record_exit(e.exit_code, str(e), final=True, **self._where())
             raise SystemExit(e.exit_code) from None
         except RunError as e:
@@ -216,12 +215,12 @@ class Run:
             self._write_weights(out)
             return True
         if self.is_main_process:
-            import textwrap
+            from train.base.text import wrapped
 
             how = f"stopped early at epoch {stopped}" if stopped else f"of {len(r.history)} epoch(s)"
-            print(textwrap.fill(f"{self.options.output_dir} holds a finished run {how}: nothing to train for "
-                                f"epochs={epochs}, no file changed; raise epochs to train on, or use another output_dir",
-                                100, subsequent_indent="    ", break_long_words=False), flush=True)
+            print(wrapped(f"{self.options.output_dir} holds a finished run {how}: nothing to train for "
+                          f"epochs={epochs}, no file changed; raise epochs to train on, or use another output_dir"),
+                  flush=True)
         return True
 
     def _service(self, out: Path, validation: bool, stop_signals, users: list) -> tuple[list, Checkpoint]:
@@ -288,11 +287,11 @@ class Run:
 
         weights = write_weights(self.accelerator, self.loop.model, out, self.options.export_merged)
         if self.is_main_process:
-            import textwrap
+            from train.base.text import wrapped
 
             files = ", ".join(["history.csv, history.png", *weights, *(["config.yaml, run.json"] if self.config else [])])
             line = f"wrote {self.options.output_dir}/: {files}" + (", checkpoints/" if self.checkpoint else "")
-            print(textwrap.fill(line, 100, subsequent_indent="    ", break_long_words=False), flush=True)
+            print(wrapped(line), flush=True)
 
     def _where(self) -> dict:
         loop = self.loop

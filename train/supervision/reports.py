@@ -112,6 +112,9 @@ def watch_process() -> None:
     _watching = True
     _record(host=socket.gethostname(), code=None, phase="start-up")
     die_with_parent()
+    from train.base.output import outlive_the_reader  # standard library only, like this module
+
+    outlive_the_reader()  # the supervisor reads this process's output: it may die before this process
     previous = sys.excepthook
 
     def on_uncaught(kind, error, tb):

@@ -46,12 +46,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 
 from train.base.errors import DELIBERATE_MEANINGS
+from train.base.text import wrapped
 from train.supervision.launcher_filter import LauncherFilter  # noqa: E402
 from train.supervision.attempts import Ending, failures, resumes_from, what_happened, repeated  # noqa: E402,F401
 from train.supervision.reports import DIR_ENV, MAX_ENV, RESTART_ENV, alive, die_with_parent  # noqa: E402
@@ -94,8 +94,7 @@ class Supervisor:
     def __init__(self, command, max_restarts: int, grace: float, filter_launcher: bool, say=None):
         self.command, self.max_restarts, self.grace = command, max_restarts, grace
         self.filter_launcher = filter_launcher
-        self.say = say or (lambda text: print(textwrap.fill(f"supervisor: {text}", 100, subsequent_indent="    ",
-                                                            break_long_words=False), file=sys.stderr, flush=True))
+        self.say = say or (lambda text: print(wrapped(f"supervisor: {text}"), file=sys.stderr, flush=True))
         self.signals: list[int] = []  # received, not yet passed on
         self.stopped_by = 0  # the first stop signal received
         self.told: set[int] = set()  # processes that were sent a stop signal in this attempt

@@ -106,11 +106,10 @@ def find(cfg, steps: int, min_lr: float, max_lr: float):
 
 
 def print_once(text: str) -> None:
-    import textwrap
-
+    from train.base.text import wrapped
     from train.engine.events import print_once as once
 
-    once(textwrap.fill(text, 100, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False))
+    once(wrapped(text))
 
 
 def main(argv=None) -> int:
