@@ -1,19 +1,40 @@
 #!/usr/bin/env bash
-# The speed figures on a GPU, in one script: `bash bench/gpu.sh` from the repository root of a
-# machine with CUDA. It prints the GPU and the versions, runs the side-by-side benchmark on the whole
-# training set (bench/run.py), the speed recipe (configs/mnist_fast.yaml) and the reference job
-# (3 epochs), and writes under $OUT (default bench/out/gpu): device.txt, bench.txt and gpu.json,
-# fast.txt and fast_history.csv, main.txt and main_history.csv. It uses `python3` as found on PATH
-# (torch, accelerate, pandas, matplotlib; lightning and torchkeras are compared when installed).
+# The GPU checks and figures in one run: `bash bench/gpu.sh` from the repository root of a machine
+# with CUDA (about 6 minutes on an H200). It prints the GPU and the versions, runs the `gpu`-marked
+# tests (tests/gpu: exact resume with the defaults, mixed precision, the fast path on the device),
+# the side-by-side benchmark on the whole training set (bench/run.py), the reference job (3 epochs)
+# with deterministic kernels (the default) and without, and the speed recipe
+# (configs/mnist_fast.yaml), and writes under $OUT (default bench/out/gpu): log.txt (all it
+# printed), gpu.json (the benchmark's figures) and each run's history (main_history.csv,
+# main_nondeterministic_history.csv, fast_history.csv). It uses `python3` as found on PATH (torch, accelerate,
+# pandas, matplotlib, pytest; lightning and torchkeras are compared when installed), and the
+# project from this tree (PYTHONPATH; no install).
 set -uo pipefail
 out=${OUT:-bench/out/gpu}
 mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-{ nvidia-smi -L; python3 -c "import torch, accelerate; print('torch', torch.__version__, 'accelerate', accelerate.__version__)"; } \
-    2>&1 | tee "$out/device.txt"
-timeout 300 python3 bench/run.py --samples 60000 --rounds 3 --json "$out/gpu.json" 2>&1 | tee "$out/bench.txt"
-timeout 120 python3 train/main.py --config configs/mnist_fast.yaml output_dir="$out/fast" 2>&1 | tail -6 | tee "$out/fast.txt"
-cp "$out/fast/history.csv" "$out/fast_history.csv" 2>/dev/null
-timeout 120 python3 train/main.py epochs=3 progress=false output_dir="$out/main" 2>&1 | tail -6 | tee "$out/main.txt"
-cp "$out/main/history.csv" "$out/main_history.csv" 2>/dev/null
-rm -rf "$out/fast" "$out/main"   # only plain files come back from the device
+exec > >(tee "$out/log.txt") 2>&1
+nvidia-smi -L
+python3 -c "import torch, accelerate; print('torch', torch.__version__, 'accelerate', accelerate.__version__)"
+started=$(date +%s)
+stage() { echo "== $1 ($(( $(date +%s) - started )) s)"; }
+stage "gpu tests"
+timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rs 2>&1 | tail -25
+stage "benchmark"
+timeout 200 python3 bench/run.py --samples 60000 --rounds 3 --skip-jobs --json "$out/gpu.json"
+run_job() {  # NAME ARGS...: one run of train/main.py, its last lines and history kept
+    local name=$1; shift
+    stage "$name"
+    local t0; t0=$(date +%s.%N)
+    timeout 120 python3 train/main.py "$@" progress=false output_dir="$out/$name" > "$out/$name.log" 2>&1
+    tail -8 "$out/$name.log"
+    echo "wall $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s (the whole command)"
+    grep -m1 -A1 "deterministic" "$out/$name.log"
+    rm -f "$out/$name.log"
+    cp "$out/$name/history.csv" "$out/${name}_history.csv" 2>/dev/null
+    rm -rf "${out:?}/$name"   # only plain files come back from the device
+}
+run_job main epochs=3
+run_job main_nondeterministic epochs=3 deterministic=false
+run_job fast --config configs/mnist_fast.yaml
+stage "done"

@@ -14,6 +14,9 @@ if [[ ${1:-} == *.py ]]; then
     [[ -f $script ]] || { echo "launch: no such script: $script" >&2; exit 2; }
 fi
 PYTHON=${PYTHON:-python}
+# cuBLAS reads this once, when a process makes its first handle; deterministic runs (the default,
+# train/distributed/determinism.py) need it, and here it is set before any process starts
+export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
 command -v accelerate >/dev/null || { echo "launch: accelerate is not on PATH; activate the environment (.venv)" >&2; exit 2; }
 
 # supervise [--filter-launcher] -- COMMAND...: run COMMAND under the supervisor (replaces this shell)

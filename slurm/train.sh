@@ -31,6 +31,8 @@ cd "$root"
 # overrides replace earlier ones); a script of your own finds it in $TRAIN_OUTPUT_DIR.
 job=${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}
 export TRAIN_OUTPUT_DIR=runs/slurm-$job
+# deterministic kernels (the default) need cuBLAS's fixed workspace, read when a process first uses it
+export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
 # In a job array, %a in an argument is the task id, as in sbatch's file names:
 #   sbatch --array=0-3 slurm/train.sh seed=%a
 set -- "${@//%a/${SLURM_ARRAY_TASK_ID:-0}}"

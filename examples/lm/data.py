@@ -100,3 +100,9 @@ def load(task: str = "stories", train_size: int = 6000, val_size: int = 600, see
     tokenizer = tokenizer_for(vocab_size, tokenizer_dir)
     texts = make_texts(task, train_size + val_size, seed)
     return {"train": Texts(texts[:train_size], tokenizer), "val": Texts(texts[train_size:], tokenizer)}
+
+
+def tokenizer(vocab_size: int = 512, tokenizer_dir: str = "runs/tokenizers"):
+    """The examples' tokenizer, as a run of examples/lm/config.yaml trained it (for
+    `python -m train.generate runs/lm "..." --tokenizer examples.lm.data:tokenizer`)."""
+    return tokenizer_for(vocab_size, tokenizer_dir)

@@ -72,3 +72,28 @@ def test_the_plot_has_a_panel_per_quantity_with_nonfinite_skip(tmp_path):
     assert plot_history(rows, tmp_path / "history.png") == 2
     head = (tmp_path / "history.png").read_bytes()[:24]
     assert int.from_bytes(head[16:20], "big") == 2 * 450  # two panels of 4.5 inches at 100 dpi
+
+
+@pytest.mark.parametrize("workers,cpus,processes,advice", [
+    (0, 2, 2, "every CPU of this node is busy"),   # 2 processes on 2 cores: no core for a worker
+    (1, 4, 2, "every CPU of this node is busy"),   # 2 CPUs a process: the main thread and its one worker
+    (0, 8, 2, "more loader workers (data.num_workers, or your DataLoader's num_workers) (3 CPU(s) free"),
+])
+def test_the_slow_data_note_advises_workers_only_where_a_core_is_free(monkeypatch, workers, cpus, processes, advice):
+    from types import SimpleNamespace
+
+    import train.data.loaders as loaders
+    from train.callbacks.slow_data import SlowDataWarning
+
+    monkeypatch.setattr(loaders, "cpus_available", lambda: cpus)
+    spare = loaders.spare_cpus(SimpleNamespace(num_workers=workers), processes)
+    assert spare == max(0, cpus // processes - 1 - workers)
+    said = []
+    note = SlowDataWarning(print_fn=lambda line, **_: said.append(line), spare_cpus=spare)
+    view = SimpleNamespace(is_main_process=True)
+    note.on_epoch_end(1, {"data_s": 0.37, "epoch_s": 1.0}, view)
+    note.on_epoch_end(2, {"data_s": 0.5, "epoch_s": 1.0}, view)  # said once per run
+    assert len(said) == 1 and said[0].startswith("note: epoch 1 waited for data 37% of the time: "), said
+    assert advice in " ".join(said[0].split()), said[0]
+    assert max(len(line) for line in said[0].splitlines()) <= 100
+    assert ("more loader workers" in said[0]) == (spare > 0)

@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,6 +258,12 @@ def test_lora_on_a_pretrained_model_trains_only_the_adapters_exactly(tmp_path, p
     out = tmp_path / "lora"
     done = cpu2(*lora_args(pretrained, out))
     assert done.returncode == 0, done.stdout
+    # only the main process prints, the libraries too: transformers' "Loading weights" bar (its
+    # final state) at most once, no library line twice, and peft's FutureWarning to transformers gone
+    pieces = [p for p in re.split(r"[\r\n]", done.stdout) if p.strip()]
+    library = [p for p in pieces if "Loading weights" in p or "Warning" in p or "warn(" in p]
+    assert len(library) == len(set(library)), library
+    assert sum("Loading weights: 100%" in p for p in pieces) <= 1 and "FutureWarning" not in done.stdout, library
     base = load_file(str(pretrained / "model.safetensors"))
     final = load_file(str(out / "model.safetensors"))
     adapters = {k for k in final if "lora_" in k}

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import MNIST, ROOT, launch_two
+from conftest import MNIST, ROOT, launch_two, need_module
 from train.fronts.script import main
 
 SMOKE = ["data.train_size=256", "data.val_size=128", f"data.path={MNIST}", "progress=false"]
@@ -42,6 +42,7 @@ CASES = {
     "wrong type": (["epochs=three"], "config key 'epochs' expects int, got str 'three'"),
     "YAML syntax": (["--config", "{bad_yaml}"], "YAML syntax error at line 4: expected ',' or ']', but got ':' (while parsing a flow sequence at line 3)"),
     "missing config": (["--config", "{tmp}/nowhere.yaml"], "nowhere.yaml' not found; pass an existing file"),
+    "a folder as config": (["--config", "{tmp}"], "is a folder; pass a YAML file with --config"),
     "missing data": (["data.path={tmp}"], "train-images-idx3-ubyte.gz' not found"),
     "corrupt data": (["data.path={corrupt}"], "train-images-idx3-ubyte.gz' is truncated (its compressed stream"),
     "half an images file": (["data.path={half}"], "train-images-idx3-ubyte.gz' is truncated or padded: its header"),
@@ -83,6 +84,51 @@ def test_bad_input_gives_one_line_and_leaves_nothing(case, tmp_path, capsys, req
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert expected in lines[0]
     assert not files_in(out), f"left behind: {files_in(out)}"
+
+
+@pytest.mark.parametrize("args,flag,hint", [(["--epochs", "2"], "--epochs", "epochs=2"),
+                                            (["--batch-size=64"], "--batch-size=64", "batch_size=64"),
+                                            (["epochs=1", "--lr", "0.1"], "--lr", "optimizer.lr=0.1")])
+def test_a_setting_given_as_a_flag_gets_one_line_with_its_key_value_form(args, flag, hint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as ended:
+        main([*SMOKE, f"output_dir={tmp_path / 'out'}", *args])
+    err = capsys.readouterr().err
+    assert ended.value.code == 2
+    assert err.strip().splitlines() == [f"error: {flag} is not an option of train/main.py: settings are key=value, "
+                                        f"e.g. {hint} (python train/main.py --help lists the keys)"], err
+    assert not files_in(tmp_path / "out")
+
+
+LM_BASE = ROOT / "examples" / "lm" / "config.yaml"
+PRETRAINED = {
+    "the base run not trained yet": ([], "pretrained 'runs/lm/hf' does not exist yet: it is the hf/ folder a run "
+                                         f"writes when it finishes; train that run first: launch/one.sh --config {LM_BASE}"),
+    "its run folder named": (["pretrained=runs/lm"], "pretrained 'runs/lm' does not exist yet: it is a run's output "
+                             f"folder, whose model will be in runs/lm/hf; train that run first (launch/one.sh --config "
+                             f"{LM_BASE}), then set pretrained=runs/lm/hf"),
+    "the base run unfinished": ([], "pretrained 'runs/lm/hf': the run in runs/lm has not finished (its hf/ is written "
+                                    "at the end); run its command again to finish it, then this one"),
+    "a finished run's folder": (["pretrained=runs/lm"], "pretrained 'runs/lm' is a run's folder; its model is in "
+                                                        "runs/lm/hf: set pretrained=runs/lm/hf"),
+}
+
+
+@pytest.mark.parametrize("case", list(PRETRAINED))
+def test_the_lora_step_before_its_base_names_the_command_and_writes_nothing(case, tmp_path, monkeypatch, capsys):
+    need_module("transformers")
+    overrides, expected = PRETRAINED[case]
+    monkeypatch.chdir(tmp_path)  # a fresh checkout's working folder: no runs/ yet
+    if case == "the base run unfinished":
+        (tmp_path / "runs" / "lm").mkdir(parents=True)
+        (tmp_path / "runs" / "lm" / "config.yaml").write_text("epochs: 5\n")
+    elif case == "a finished run's folder":
+        (tmp_path / "runs" / "lm" / "hf").mkdir(parents=True)
+        (tmp_path / "runs" / "lm" / "hf" / "config.json").write_text("{}")
+    before = set(files_in(tmp_path))
+    code = main(["--config", str(ROOT / "examples" / "lm" / "lora.yaml"), *overrides])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [f"error: {expected}"], err
+    assert set(files_in(tmp_path)) == before  # neither the tokenizer nor the run's folder was written
 
 
 def test_debug_shows_the_traceback(tmp_path):

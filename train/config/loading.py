@@ -78,6 +78,10 @@ def _coerce(key: str, value: Any, kind) -> Any:
 def _read_yaml(path: Path) -> dict:
     import yaml
 
+    if path.is_dir():
+        inside = path / "config.yaml"
+        hint = f" (a run's folder holds its config: --config {inside})" if inside.is_file() else ""
+        raise ConfigError(f"config file '{path}' is a folder; pass a YAML file with --config{hint}")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found; pass an existing file with --config")
     try:

@@ -51,6 +51,7 @@ class RunOptions:
     compile: bool = option(False, "compile")  # torch.compile the model (inductor)
     channels_last: bool = option(False, "channels_last")
     tf32: Optional[bool] = option(None, "tf32")
+    deterministic: bool = option(True, "deterministic")  # deterministic kernels on every device
     num_classes: Optional[int] = option(None)  # a classification loss: checked against the model's output width
     collective_timeout_s: Optional[float] = option(600.0, "collective_timeout_s")  # a process waiting longer ends it
     # what a person sees

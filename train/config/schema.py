@@ -192,6 +192,9 @@ class Config:
     compile: bool = key(False, "torch.compile the model (inductor): a slower start, faster steps on GPUs")
     channels_last: bool = key(False, "NHWC memory layout for conv nets (tensor cores like it)")
     tf32: Optional[bool] = key(None, "TF32 matmuls and convolutions on NVIDIA GPUs; null: torch's defaults")
+    deterministic: bool = key(True, "deterministic kernels (cuDNN without autotuning): a run and its resume "
+                                    "bit-identical on a GPU too; false: cuDNN's autotuned kernels, and a resume "
+                                    "continues from the saved state but not bit for bit")
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -119,6 +119,13 @@ def choose_num_workers(requested: Optional[int], in_memory: bool, local_processe
     return workers, f"num_workers={workers}: {per_process} CPU(s) per process, one kept for the main thread"
 
 
+def spare_cpus(loader, local_processes: int) -> int:
+    """The CPUs of this node a process could still give to `loader`'s workers: its share of the
+    node's CPUs, less its own main thread and the workers it already has."""
+    per_process = cpus_available() // max(1, local_processes)
+    return max(0, per_process - 1 - (getattr(loader, "num_workers", 0) or 0))
+
+
 @dataclass
 class Loaders:
     train: DataLoader

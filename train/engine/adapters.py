@@ -34,6 +34,9 @@ def with_adapters(net: torch.nn.Module, cfg, name: str) -> torch.nn.Module:
                                  target_modules=cfg.target_modules, **cfg.args)
         with warnings.catch_warnings():  # GPT-2's Conv1D layers: peft sets fan_in_fan_out itself and says so
             warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+            # peft asks transformers >= 5 for its deprecated `is_gradient_checkpointing`: a warning between
+            # two libraries that no setting of the user's can answer
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return peft.get_peft_model(net, config)
     except Exception as e:  # no target modules found, a bad argument: the user's to fix
         raise ConfigError(f"cannot add lora adapters to model '{name}': {describe(e).rstrip('.')}; set peft.target_modules to "

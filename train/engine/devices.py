@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from train.base.errors import ConfigError
+from train.distributed.determinism import set_deterministic
 
 _shutdown_registered: list = []
 # The processes of one job may reach the process group this far apart (imports on busy cores, a slow
@@ -29,13 +30,15 @@ _collective_timeout: list = []  # the timeout the groups of this process were gi
 
 def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulation_steps: int = 1,
                      seed: Optional[int] = None, collective_timeout_s: Optional[float] = None,
-                     **kwargs) -> Accelerator:
+                     deterministic: bool = True, **kwargs) -> Accelerator:
     """An `Accelerator` set up for the loop. `mixed_precision=None` takes the launcher's choice
     (`accelerate launch --mixed_precision ...`), else fp32. The shuffling order of each epoch is a
     function of `seed` (None: torch's seed when the loader is prepared) and the epoch.
     `collective_timeout_s` bounds how long a process waits for the others in any collective once
     they have all joined (joining may take STARTUP_ALLOWANCE_S); it takes effect with the first
-    accelerator of a process, which creates the process group."""
+    accelerator of a process, which creates the process group. `deterministic`: deterministic
+    kernels (`train.distributed.determinism`), set before anything reaches the device."""
+    set_deterministic(deterministic)
     mixed_precision = resolve_precision(mixed_precision, kwargs.get("cpu", False))
     if mixed_precision == "fp16" and not _has_gpu():
         raise ConfigError("mixed_precision=fp16 needs a GPU; on a CPU use mixed_precision=bf16 or no")
@@ -276,5 +279,6 @@ def accelerator_for(options):
     out = Path(o.output_dir) if o.output_dir else None
     project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")) if out else None
     return make_accelerator(o.mixed_precision, o.gradient_accumulation_steps, o.seed, o.collective_timeout_s,
+                            o.deterministic,
                             log_with=list(o.trackers) or None, dynamo_backend="inductor" if o.compile else None,
                             project_config=project)

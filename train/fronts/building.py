@@ -53,19 +53,76 @@ def from_pretrained(cls, folder: str, args: dict, name: str) -> nn.Module:
     """`cls.from_pretrained(folder, **args)` from a local folder only (nothing is downloaded)."""
     from pathlib import Path
 
-    if not hasattr(cls, "from_pretrained"):
-        raise ConfigError(f"pretrained is set but model '{name}' has no from_pretrained; name a class that has "
-                          f"(e.g. transformers:AutoModelForCausalLM)")
-    if not (Path(folder) / "config.json").is_file():
-        why = "no config.json there" if Path(folder).is_dir() else "no such folder"
-        raise ConfigError(f"pretrained '{folder}' is not a folder written by save_pretrained ({why}); "
-                          f"give such a folder (nothing is downloaded)")
+    check_pretrained(folder, cls, name)
     try:
         return cls.from_pretrained(folder, local_files_only=True, **args)
     except Exception as e:
         from train.base.errors import describe
 
         raise ConfigError(f"model '{name}' cannot load pretrained '{folder}': {describe(e)}") from None
+
+
+def check_pretrained(folder: str, cls, name: str) -> None:
+    """A model class `cls` with `from_pretrained` and a `pretrained` folder that `save_pretrained`
+    wrote, or a one-line `ConfigError` saying what is there instead and what makes the folder: a
+    run writes `hf/` in its output folder when it finishes, so the usual mistakes are a run not
+    trained yet, not finished, or named instead of its `hf/`. Called before any data is read, so
+    that the refusal writes nothing."""
+    from pathlib import Path
+
+    from train.saving.export import HF_DIR
+
+    if not hasattr(cls, "from_pretrained"):
+        raise ConfigError(f"pretrained is set but model '{name}' has no from_pretrained; name a class that has "
+                          f"(e.g. transformers:AutoModelForCausalLM)")
+    path = Path(folder)
+    if (path / "config.json").is_file():
+        return
+    if (path / HF_DIR / "config.json").is_file():
+        raise ConfigError(f"pretrained '{folder}' is a run's folder; its model is in {path / HF_DIR}: set "
+                          f"pretrained={path / HF_DIR}")
+    run = path if (path / "config.yaml").is_file() else path.parent if path.name == HF_DIR else None
+    if run is not None and (run / "model.safetensors").is_file():
+        raise ConfigError(f"pretrained '{folder}': the run in {run} finished without a {HF_DIR}/ folder (its model "
+                          f"has no save_pretrained); give a folder written by save_pretrained")
+    if run is not None and (run / "config.yaml").is_file():
+        raise ConfigError(f"pretrained '{folder}': the run in {run} has not finished (its {HF_DIR}/ is written at the "
+                          f"end); run its command again to finish it, then this one")
+    if run is not None:
+        made_by = configs_writing(run)
+        how = f": {made_by}" if made_by else f" with output_dir={run}"
+        raise ConfigError(f"pretrained '{folder}' does not exist yet: it is the {HF_DIR}/ folder a run writes when it "
+                          f"finishes; train that run first{how}")
+    made_by = "" if path.exists() else configs_writing(path)
+    if made_by:  # a run's output folder named instead of its hf/, and that run not trained yet
+        raise ConfigError(f"pretrained '{folder}' does not exist yet: it is a run's output folder, whose model will be "
+                          f"in {path / HF_DIR}; train that run first ({made_by}), then set pretrained={path / HF_DIR}")
+    why = "no config.json there" if path.is_dir() else "no such folder"
+    raise ConfigError(f"pretrained '{folder}' is not a folder written by save_pretrained ({why}); give such a "
+                      f"folder, e.g. a finished run's {HF_DIR}/ (nothing is downloaded)")
+
+
+def configs_writing(run_folder) -> str:
+    """The project's configs whose run writes `run_folder`, as the commands that train them
+    ('launch/one.sh --config examples/lm/config.yaml'), or ''."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    from train.base.paths import ROOT
+
+    target = os.path.abspath(run_folder)
+    commands = []
+    for config in sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "examples").glob("*/*.yaml")]):
+        try:
+            out = (yaml.safe_load(config.read_text()) or {}).get("output_dir")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if out and os.path.abspath(out) == target:
+            shown = config.relative_to(ROOT) if Path.cwd() == ROOT else config
+            commands.append(f"launch/one.sh --config {shown}")
+    return " or ".join(commands)
 
 
 def enable_gradient_checkpointing(net: nn.Module, name: str) -> None:

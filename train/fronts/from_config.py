@@ -25,9 +25,11 @@ def build_run(cfg):
     from accelerate.utils import set_seed
 
     from train.fronts.building import (CLASSIFICATION_LOSSES, build_callbacks, build_loss, build_metrics, build_model,
-                        build_optimizer, build_scheduler)
+                                       build_optimizer, build_scheduler, check_pretrained)
+    from train.callbacks.quiet_processes import only_main_prints
     from train.data.loaders import make_loaders
     from train.engine.devices import local_processes
+    from train.config.names import resolve
     from train.fronts.models import MODELS
     from train.service.run import Run, accelerator_for
     from train.config.options import options_from
@@ -38,7 +40,10 @@ def build_run(cfg):
     callbacks = build_callbacks(cfg.callbacks)
     if cfg.model not in MODELS:
         build_model_class_only(cfg)  # a wrong import path says so before any data is read
+    if cfg.pretrained:  # likewise a pretrained folder that is not there (yet)
+        check_pretrained(cfg.pretrained, resolve(cfg.model, MODELS, "model"), cfg.model)
     accelerator = accelerator_for(options)
+    only_main_prints(accelerator.is_main_process)  # before the model's library loads it
     set_seed(cfg.seed)  # the model's initial weights
     classification = cfg.loss in CLASSIFICATION_LOSSES
     if cfg.data.num_classes is None and (cfg.model in MODELS or cfg.data.source != "python"):

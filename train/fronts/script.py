@@ -40,10 +40,38 @@ def help_listing(argv) -> str:
         return f"config keys, with their defaults ({e}):\n" + describe_keys()
 
 
+OPTIONS = ("--config", "--debug", "-h", "--help")
+
+
+def settings_given_as_flags(argv) -> None:
+    """`--epochs 2` (the usual form of other tools) is one line that shows this tool's form
+    (`epochs=2`), exit 2, instead of argparse's usage block."""
+    for i, arg in enumerate(argv):
+        name = arg.split("=", 1)[0]
+        if not arg.startswith("-") or name in OPTIONS or arg == "--":
+            continue
+        key = name.lstrip("-").replace("-", "_")
+        from train.config.loading import all_keys
+
+        known = all_keys()
+        if key not in known:  # `--lr`: the key it most likely means (`optimizer.lr`)
+            key = next((k for k in known if k.endswith("." + key)), key)
+        if "=" in arg:
+            value = arg.split("=", 1)[1]
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("-") and "=" not in argv[i + 1]:
+            value = argv[i + 1]
+        else:
+            value = "VALUE"
+        print(f"error: {arg} is not an option of train/main.py: settings are key=value, e.g. {key}={value} "
+              f"(python train/main.py --help lists the keys)", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
 def parse_args(argv):
     wants_help = any(a in ("-h", "--help") for a in argv)
+    settings_given_as_flags(argv)
     parser = argparse.ArgumentParser(
-        prog="accelerate launch train/main.py",
+        prog="train/main.py",
         description=textwrap.fill(
             "Train a model with the one Accelerate loop. Overrides are key=value (dotted keys, values "
             "read as YAML), e.g. epochs=1 optimizer.lr=0.02 model_args.hidden=64. Models, losses, "

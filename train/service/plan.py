@@ -21,6 +21,12 @@ def plan_lines(run, epochs: int, train) -> list[str]:
     slow = precision_note(acc.mixed_precision, acc.device.type)
     if slow:
         lines.append(f"warning: {slow}")
+    if o.deterministic:
+        lines.append("deterministic: on: a resume is bit-identical (deterministic=false lets cuDNN autotune its "
+                     "kernels: faster convolutions on a GPU, a resume then not bit for bit)")
+    else:
+        lines.append("deterministic: off: cuDNN autotunes its kernels; a resume continues from the saved state but "
+                     "is not bit-identical on a GPU")
     if batch:
         lines.append(f"batch {batch} per process x {world} process(es) x accumulation {accumulation} = "
                      f"{batch * world * accumulation} samples per optimizer step")

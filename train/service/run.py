@@ -16,14 +16,17 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 
+from train.callbacks.determinism_note import DeterminismNote
 from train.callbacks.early_stopping import EarlyStopping
 from train.callbacks.history_csv import HistoryCSV
+from train.callbacks.quiet_processes import only_main_prints
 from train.callbacks.slow_data import SlowDataWarning
 from train.callbacks.step_log import StepLog
 from train.callbacks.stop_signals import StopSignals
 from train.callbacks.table import EpochTable
 from train.saving.checkpoint import Checkpoint, Resumed
-from train.engine.devices import accelerator_for, from_main  # noqa: F401 (accelerator_for: re-exported)
+from train.data.loaders import spare_cpus
+from train.engine.devices import accelerator_for, from_main, local_processes  # noqa: F401 (accelerator_for: re-exported)
 from train.base.errors import NonFiniteLoss, Preempted, RunError, UserError, WriteError, describe, first_line
 from train.engine.history import check_column, metric_columns
 from train.engine.loop import Loop
@@ -47,6 +50,7 @@ class Run:
         the model needs beyond the config (written to `run.json` with the working folder)."""
         self.options = o = options or RunOptions()
         self.accelerator = accelerator = accelerator or accelerator_for(o)
+        only_main_prints(accelerator.is_main_process)
         self.loop = Loop(model, optimizer, loss, metrics, accelerator=accelerator, scheduler=scheduler,
                          scheduler_interval=scheduler_interval, max_grad_norm=o.max_grad_norm,
                          nonfinite=o.nonfinite, channels_last=o.channels_last, steps_per_epoch=o.steps_per_epoch)
@@ -89,7 +93,8 @@ class Run:
                                                        *callbacks], o.log_step_freq)
             out = Path(o.output_dir)
             self._lock_folder(out)
-            everyone, manager = self._service(out, val is not None, stop_signals, [*self.callbacks, *callbacks])
+            everyone, manager = self._service(out, val is not None, stop_signals, [*self.callbacks, *callbacks],
+                                              spare_cpus(train, local_processes(loop.accelerator)))
             path = manager.find(o.resume, say=lambda line: print(line, flush=True))
             if path is not None:
                 if self.config is not None:  # a folder whose run has other settings is refused
@@ -223,7 +228,8 @@ class Run:
                   flush=True)
         return True
 
-    def _service(self, out: Path, validation: bool, stop_signals, users: list) -> tuple[list, Checkpoint]:
+    def _service(self, out: Path, validation: bool, stop_signals, users: list,
+                 spare_cpus: int | None = None) -> tuple[list, Checkpoint]:
         """The callbacks of a run with an output folder (the service's, then the user's, then the
         checkpoint, which saves what the others updated), and the checkpoint manager, built with
         every stateful part. Nothing is started or written yet."""
@@ -235,7 +241,7 @@ class Run:
         columns = [*metric_columns(self.loop.metrics, validation), "lr"]
         self.tracker = TrackerRun()
         service = [progress_for(o.progress, o.log_every_s), *self._watchers(validation, columns),
-                   SlowDataWarning(), HistoryCSV(out / "history.csv"), HistoryPlot(out / "history.png"),
+                   SlowDataWarning(spare_cpus=spare_cpus), HistoryCSV(out / "history.csv"), HistoryPlot(out / "history.png"),
                    *([Tracking()] if o.trackers else []), stop_signals, *users]
         monitor = o.checkpoint_monitor or ("val_loss" if validation else "loss")
         manager = Checkpoint(self.loop, out / "checkpoints", o.checkpoint_every, o.keep_last,
@@ -255,7 +261,8 @@ class Run:
         """The table, the tutorial's step lines and early stopping: with or without a folder."""
         o = self.options
         columns = columns or [*metric_columns(self.loop.metrics, validation), "lr"]
-        watchers = [EpochTable(), *([StepLog()] if o.step_lines and o.log_step_freq else [])]
+        watchers = [EpochTable(), *([StepLog()] if o.step_lines and o.log_step_freq else []),
+                    *([DeterminismNote()] if o.deterministic else [])]
         if o.early_stopping:
             watchers.append(EarlyStopping(check_column(o.early_stopping, columns, "early_stopping"),
                                           o.early_stopping_mode, o.early_stopping_patience,

@@ -1,0 +1,78 @@
+"""On a CUDA GPU (skipped elsewhere, with the reason): exact resume with the defaults, mixed
+precision, and the in-memory fast path on the device. `bench/gpu.sh` runs these on a GPU machine
+(`pytest -m gpu`); on a CPU machine they say why they skip."""
+
+import os
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import MNIST, PYTHON, ROOT, assert_same_run, flat
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu.sh runs these)")]
+
+MAIN = ROOT / "train" / "main.py"
+# 100 optimizer steps an epoch; a checkpoint every 7; the killer callback a no-op unless told a step
+RUN = ["epochs=2", "data.train_size=12800", "data.val_size=2000", f"data.path={MNIST}", "checkpoint.every_steps=7",
+       "seed=11", "progress=false", "callbacks=[tests.helpers.kill_at:KillAt]"]
+
+
+def main(*args, kill_at=None, timeout=300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TEST_KILL_AT_STEP=str(kill_at or ""))
+    env.pop("CUBLAS_WORKSPACE_CONFIG", None)  # the process sets it itself (as `python train/main.py` does)
+    return subprocess.run([PYTHON, str(MAIN), *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_run_killed_mid_epoch_and_run_again_equals_an_uninterrupted_one_bit_for_bit_with_the_defaults(tmp_path, rng):
+    reference = tmp_path / "reference"
+    done = main(*RUN, f"output_dir={reference}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "deterministic: on" in flat(done.stdout)
+    # the tutorial CNN's AdaptiveMaxPool2d has no deterministic backward on CUDA: named once, not warned
+    notes = [line for line in done.stdout.splitlines() if line.startswith("note: deterministic:")]
+    assert len(notes) <= 1 and "does not have a deterministic implementation" not in done.stderr, done.stdout
+
+    again = tmp_path / "again"  # two runs with the same seed: the same bits
+    assert main(*RUN, f"output_dir={again}").returncode == 0
+    assert_same_run(again, reference, context="(two uninterrupted runs)")
+
+    step = rng.randint(110, 180)  # in epoch 2, past a checkpoint and far from the end
+    killed = tmp_path / "killed"
+    first = main(*RUN, f"output_dir={killed}", kill_at=step)
+    assert first.returncode == -9, (first.returncode, first.stderr[-3000:])  # SIGKILLed at that step
+    second = main(*RUN, f"output_dir={killed}")
+    assert second.returncode == 0 and "resuming from" in second.stdout, second.stderr[-3000:]
+    assert_same_run(killed, reference, context=f"(killed at step {step})")
+
+
+def test_deterministic_false_is_said_in_the_plan_and_trains(tmp_path):
+    done = main(*RUN[:-1], "epochs=1", "deterministic=false", f"output_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "deterministic: off: cuDNN autotunes its kernels" in flat(done.stdout)
+    assert pd.read_csv(tmp_path / "history.csv")["val_accuracy"].iloc[-1] > 0.9
+
+
+@pytest.mark.parametrize("precision,words", [("bf16", "bf16 autocast"), ("fp16", "fp16 autocast with a grad scaler")])
+def test_mixed_precision_trains_on_the_gpu(tmp_path, precision, words):
+    done = main(*RUN[:-1], "epochs=1", f"mixed_precision={precision}", f"output_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"on cuda:0, {words}" in flat(done.stdout) or f"on cuda, {words}" in flat(done.stdout), done.stdout
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["val_accuracy"].iloc[-1] > 0.9 and history["loss"].notna().all(), history
+
+
+def test_the_in_memory_fast_path_holds_its_tensors_on_the_gpu():
+    import train
+    from train.data.loaders import make_loaders
+
+    cfg = train.load_config(None, [f"data.path={MNIST}", "data.train_size=4096", "data.val_size=512"])
+    loaders = make_loaders(cfg, device="cuda")
+    for loader in (loaders.train, loaders.val):
+        held = [v for v in vars(loader.dataset).values() if isinstance(v, torch.Tensor)]
+        assert held and all(t.device.type == "cuda" for t in held), [(t.shape, t.device) for t in held]
+        x, y = next(iter(loader))
+        assert x.device.type == "cuda" and y.device.type == "cuda"
