@@ -83,7 +83,10 @@ def generate(run_dir, prompts, tokenizer=None, max_new_tokens=40, temperature=0.
     from train.fronts.reload import run_config
 
     cfg, _ = run_config(run_dir)
-    model = load_model(run_dir, checkpoint)
+    from train.saving.export import quiet_transformers
+
+    with quiet_transformers():  # no "Loading weights" bar before the text
+        model = load_model(run_dir, checkpoint)
     if not hasattr(model, "generate"):
         raise ConfigError(f"the model of {run_dir} has no generate method: a transformers causal language model "
                           f"(or a peft model of one) has")
