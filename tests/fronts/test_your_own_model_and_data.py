@@ -132,3 +132,51 @@ def test_the_custom_fit_example_trains_and_a_rerun_resumes(tmp_path):
     again = run_one(script, **env)
     assert again.returncode == 0, again.stderr
     assert "holds a finished run of 20 epoch(s): nothing to train for epochs=20, no file changed" in flat(again.stdout)
+
+
+def test_a_users_tensordataset_behind_a_plain_dataloader_takes_the_in_memory_path_in_the_same_order(monkeypatch,
+                                                                                                 capsys, tmp_path):
+    """The class front serves a plain `DataLoader(TensorDataset(x, y), shuffle=True)` by indexing
+    (no sample is collated one by one) and trains on the very batches, in the very order, that the
+    same data behind a loader it must take as given (a collate of the user's own) gives."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset, default_collate
+
+    import train
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(100, 6, generator=g), torch.randint(0, 3, (100,), generator=g)
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.linear, self.seen = torch.nn.Linear(6, 3), []
+
+        def forward(self, inputs):
+            if self.training:
+                self.seen.append(inputs.detach().clone())
+            return self.linear(inputs)
+
+    def fit(loader, out):
+        net = Recorder()
+        model = train.Model(net)
+        model.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
+        history = model.fit(2, loader, log_step_freq=100, seed=5, output_dir=out)  # (a plan is printed)
+        return net, history
+
+    per_sample = []
+    real_getitem = TensorDataset.__getitem__
+    monkeypatch.setattr(TensorDataset, "__getitem__", lambda self, i: per_sample.append(i) or real_getitem(self, i))
+    fast, fast_history = fit(DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True), tmp_path / "fast")
+    plan = capsys.readouterr().out
+    assert per_sample == []  # not one sample collated on its own
+    assert "in-memory fast path: your DataLoader's TensorDataset, 100 samples" in " ".join(plan.split()), plan
+    slow, slow_history = fit(DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True,
+                                        collate_fn=lambda samples: default_collate(samples)), tmp_path / "as-given")
+    assert len(per_sample) >= 200  # as given: two epochs of 100 samples, one by one (and the checks' few)
+    assert len(fast.seen) == len(slow.seen) == 14  # 7 batches an epoch (the last of 4), 2 epochs
+    assert all(torch.equal(a, b) for a, b in zip(fast.seen, slow.seen))  # the same batches in the same order
+    assert not torch.equal(fast.seen[0], fast.seen[7][:16])  # and shuffled anew each epoch
+    assert torch.equal(fast.linear.weight, slow.linear.weight)
+    assert fast_history["loss"].tolist() == slow_history["loss"].tolist()

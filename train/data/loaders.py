@@ -100,6 +100,34 @@ class InMemoryTensors(Dataset):
         return apply(lambda t: t[i], self.features), self.targets[i]
 
 
+def served_from_memory(dl, device: torch.device, limit_mb: int = 2048):
+    """A user's plain `DataLoader` over a `TensorDataset` of (inputs, targets), default collate,
+    shuffled or in order, served as the config's in-memory path serves its data: the tensors on the
+    device (when they fit in `limit_mb`), each batch one indexing op instead of a collate of
+    `batch_size` samples (the per-sample collate was most of a small model's step). The batches are
+    the same, in the same order (the same sampler and generator; Accelerate's seedable sampler
+    replaces either alike). Returns (the loader, a note for the plan), or (`dl`, None) for any
+    other loader, which is used as given."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, TensorDataset, default_collate
+
+    if type(dl) is not DataLoader or type(dl.dataset) is not TensorDataset or len(dl.dataset.tensors) != 2:
+        return dl, None
+    sampler = dl.sampler
+    plain_sampler = type(sampler) is SequentialSampler or (
+        type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None)
+    if dl.collate_fn is not default_collate or type(dl.batch_sampler) is not BatchSampler or not plain_sampler:
+        return dl, None
+    features, targets = dl.dataset.tensors
+    size = features.numel() * features.element_size() + targets.numel() * targets.element_size()
+    place = device if device.type == "cuda" and size <= limit_mb * 2**20 else torch.device("cpu")
+    shuffled = type(sampler) is RandomSampler
+    served = DataLoader(InMemoryTensors(TensorData(features, targets), place), batch_size=dl.batch_size,
+                        shuffle=shuffled, generator=sampler.generator if shuffled else None, drop_last=dl.drop_last,
+                        collate_fn=batch_as_is)
+    return served, (f"in-memory fast path: your DataLoader's TensorDataset, {len(targets)} samples ({_mb(size)}), as "
+                    f"tensors on {place.type}, batches cut by indexing")
+
+
 def cpus_available() -> int:
     try:
         return len(os.sched_getaffinity(0))

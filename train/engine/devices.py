@@ -19,6 +19,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from train.base.errors import ConfigError
 from train.distributed.determinism import set_deterministic
+from train.distributed.upstream import cache_package_lookups
 
 _shutdown_registered: list = []
 # The processes of one job may reach the process group this far apart (imports on busy cores, a slow
@@ -39,6 +40,7 @@ def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulatio
     accelerator of a process, which creates the process group. `deterministic`: deterministic
     kernels (`train.distributed.determinism`), set before anything reaches the device."""
     set_deterministic(deterministic)
+    cache_package_lookups()
     mixed_precision = resolve_precision(mixed_precision, kwargs.get("cpu", False))
     if mixed_precision == "fp16" and not _has_gpu():
         raise ConfigError("mixed_precision=fp16 needs a GPU; on a CPU use mixed_precision=bf16 or no")

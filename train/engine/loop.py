@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
 from train.data.batches import call_model, model_output, split_batch  # noqa: F401 (call_model: re-exported)
+from train.data.loaders import served_from_memory
 from train.engine.events import CallbackList
 from train.engine.evaluation import Evaluation
 from train.engine.position import Position
@@ -104,6 +105,8 @@ class Loop(Evaluation, Position):
         self._epoch_lr = 0.0
         self._unfinished: Optional[dict] = None  # a checkpointed epoch to continue (load_state_dict)
         self._loaders: dict[int, object] = {}
+        self.data_notes: list[str] = []  # how the loaders given to the loop are served (for the plan)
+        self._zero_grad = None  # the optimizer's own zero_grad, found at the first step
         self._last_batch = None  # this process's last real batch: a shadow round runs it again
         self._consumed = 0  # real batches of a stream this process trained on in this epoch
         self.stream_epoch = False  # whether the epoch being trained reads a stream
@@ -125,7 +128,10 @@ class Loop(Evaluation, Position):
             return dl
         if id(dl) not in self._loaders:
             stream = is_stream(getattr(dl, "dataset", None))
-            prepared = prepare_stream(dl, self.accelerator) if stream else self.accelerator.prepare(dl)
+            served, note = (dl, None) if stream else served_from_memory(dl, self.device)
+            if note:
+                self.data_notes.append(note)
+            prepared = prepare_stream(dl, self.accelerator) if stream else self.accelerator.prepare(served)
             self._loaders[id(dl)] = (dl, prepared)  # keep dl alive: ids are reused
         return self._loaders[id(dl)][1]
 
@@ -201,13 +207,26 @@ class Loop(Evaluation, Position):
                 if acc.sync_gradients and self.nonfinite == "skip" and self.optimizer.step_was_skipped:
                     self.skipped_steps += 1
             if acc.sync_gradients:
-                self.optimizer.zero_grad(set_to_none=True)
+                # the optimizer itself: Accelerate's wrapper would inspect its signature at every call
+                self.zero_grad()
             self.stepped = acc.sync_gradients
         if self.stepped:
             self.step += 1
             if self.scheduler is not None and self.scheduler_interval == "step" and not dropped:
                 self.scheduler.step()
         return loss.detach(), preds.detach()
+
+    def zero_grad(self) -> None:
+        """The gradients dropped (set to None) after an optimizer step, by the optimizer Accelerate
+        wraps (what the wrapper does once gradients are in sync), for optimizers without
+        `set_to_none` too."""
+        if self._zero_grad is None:
+            import inspect
+
+            inner = getattr(self.optimizer, "optimizer", self.optimizer)
+            takes = "set_to_none" in inspect.signature(inner.zero_grad).parameters
+            self._zero_grad = (lambda: inner.zero_grad(set_to_none=True)) if takes else inner.zero_grad
+        self._zero_grad()
 
     def targets_of(self, batch):
         """What a batch's loss is a mean over, when it is not its samples on even batches: a

@@ -35,7 +35,7 @@ def plan_lines(run, epochs: int, train) -> list[str]:
     else:
         lines.append(f"{batches} batches per epoch per process = {math.ceil(batches / accumulation)} optimizer "
                      f"steps; {epochs} epoch(s)")
-    lines += [f"data: {note}" for note in run.plan_notes]
+    lines += [f"data: {note}" for note in [*run.plan_notes, *run.loop.data_notes]]
     lines += [f"model: {note}" for note in model_notes(acc.unwrap_model(run.loop.model, keep_torch_compile=False))]
     restart = int(os.environ.get("TRAIN_RESTART", "0"))
     if restart:
