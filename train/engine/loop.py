@@ -18,6 +18,7 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
 from train.data.batches import call_model, model_output, split_batch  # noqa: F401 (call_model: re-exported)
@@ -193,7 +194,7 @@ class Loop(Evaluation, Position):
         with context:
             preds, loss = self.forward(features, labels)
             # a batch without targets (or a shadow round) adds nothing, not its mean's 0 / 0
-            acc.backward(loss if scale is None else torch.where(scale > 0, loss * scale, loss.new_zeros(())))
+            self.backward(loss if scale is None else torch.where(scale > 0, loss * scale, loss.new_zeros(())))
             skip_check = self.nonfinite == "skip" and acc.scaler is None  # fp16's scaler skips by itself
             norm = None
             if acc.sync_gradients and (self.max_grad_norm is not None or skip_check):
@@ -215,6 +216,18 @@ class Loop(Evaluation, Position):
             if self.scheduler is not None and self.scheduler_interval == "step" and not dropped:
                 self.scheduler.step()
         return loss.detach(), preds.detach()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """`accelerator.backward(loss)`, but where that is a plain `loss.backward()` after dividing the
+        loss by the accumulation steps, and those are 1, the plain call: a division by 1 is two
+        more kernels a step (forward and backward) on a GPU, and a node in the graph."""
+        acc = self.accelerator
+        plain = (acc.gradient_accumulation_steps == 1 and acc.scaler is None and not acc.has_lomo_optimizer
+                 and acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM))
+        if plain:
+            loss.backward()
+        else:
+            acc.backward(loss)
 
     def zero_grad(self) -> None:
         """The gradients dropped (set to None) after an optimizer step, by the optimizer Accelerate

@@ -129,11 +129,12 @@ class EpochSums:
             self.update_stateful(preds, labels)
         if weight is not None:  # a batch without targets adds nothing (its mean is 0 / 0)
             loss = torch.where(weight > 0, loss.detach(), loss.new_zeros(()))
-        values, idx = [loss.detach()], [0]
+        # detached only where they are not: on a GPU each detach() is a dispatched op
+        values, idx = [loss.detach() if loss.requires_grad else loss], [0]
         for i, fn in self._batch_metrics:
             v = fn(preds, labels)
             if torch.is_tensor(v):
-                values.append(v.detach())
+                values.append(v.detach() if v.requires_grad else v)
                 idx.append(i)
             else:  # a host number: add it straight in (passed as a scalar argument, no sync)
                 self.sums[i] += float(v) * n

@@ -51,7 +51,7 @@ class StatusCheck:
         none = -(2**62)
         first_bad = torch.tensor(none, dtype=torch.int64, device=device)
         if window:
-            losses = torch.stack([loss.detach().float() for _, _, loss in window])
+            losses = torch.stack([loss.float() for _, _, loss in window])  # the loop's losses, detached already
             places = torch.tensor([-(epoch * 10**9 + batch) for epoch, batch, _ in window], device=device)
             first_bad = torch.where(~torch.isfinite(losses), places, torch.full_like(places, none)).max()
         flags = torch.stack([torch.tensor(int(self.requested), dtype=torch.int64, device=device), first_bad])
