@@ -104,5 +104,10 @@ def load(task: str = "stories", train_size: int = 6000, val_size: int = 600, see
 
 def tokenizer(vocab_size: int = 512, tokenizer_dir: str = "runs/tokenizers"):
     """The examples' tokenizer, as a run of examples/lm/config.yaml trained it (for
-    `python -m train.generate runs/lm "..." --tokenizer examples.lm.data:tokenizer`)."""
+    `python -m train.generate runs/lm "..." --tokenizer examples.lm.data:tokenizer`). Never trained
+    here: another training would not give the same bits, and the model would read other ids."""
+    from pathlib import Path
+
+    if not list(Path(tokenizer_dir).glob(f"bpe-{vocab_size}-*.json")):
+        raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: the run of examples/lm/config.yaml writes it")
     return tokenizer_for(vocab_size, tokenizer_dir)

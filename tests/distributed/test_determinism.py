@@ -65,9 +65,32 @@ def test_an_op_without_a_deterministic_kernel_is_named_once_not_warned_at_every_
                                                    "deterministic kernel in torch"), out
     assert not [w for w in shown if "deterministic implementation" in str(w.message)], [str(w.message) for w in shown]
 
+    plain = train.Model(torch.nn.Linear(4, 2))  # a later run in this process without that op: nothing said
+    plain.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(plain.parameters(), lr=0.1))
+    plain.fit(1, torch.utils.data.DataLoader(data, batch_size=8), log_step_freq=4)
+    assert "fancy_pool" not in capsys.readouterr().out
+
     model = train.Model(WarnsLikeTorch())  # deterministic=False: torch does not warn, nothing is said
     model.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                   deterministic=False)
     model.fit(1, torch.utils.data.DataLoader(data, batch_size=8))
     assert "fancy_pool" not in capsys.readouterr().out
     train.make_accelerator()  # back to the default for the tests after this one
+
+
+def test_a_loss_whose_op_has_no_deterministic_kernel_passes_the_checks_before_training(capsys):
+    """The checks turn a loss's UserWarning into a refusal (a broadcast MSE); torch's note that an op
+    has no deterministic kernel (2-d cross-entropy on CUDA) is not such a mistake."""
+    def loss(y_pred, y_true):
+        if torch.are_deterministic_algorithms_enabled():
+            warnings.warn("nll_loss2d_forward_out_cuda_template does not have a deterministic implementation, but "
+                          "you set 'torch.use_deterministic_algorithms(True, warn_only=True)'.", UserWarning)
+        return torch.nn.functional.cross_entropy(y_pred, y_true)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    model = train.Model(torch.nn.Linear(4, 2))
+    model.compile(loss_func=loss, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    history = model.fit(1, torch.utils.data.DataLoader(data, batch_size=8), log_step_freq=2)
+    assert len(history) == 1
+    assert "note: deterministic: nll_loss2d_forward_out_cuda_template has no" in capsys.readouterr().out

@@ -110,6 +110,9 @@ PRETRAINED = {
                                     "at the end); run its command again to finish it, then this one"),
     "a finished run's folder": (["pretrained=runs/lm"], "pretrained 'runs/lm' is a run's folder; its model is in "
                                                         "runs/lm/hf: set pretrained=runs/lm/hf"),
+    "a LoRA run's adapters": (["pretrained=runs/lm-lora/hf"], "pretrained 'runs/lm-lora/hf' holds LoRA adapters, not "
+                              "a whole model; its adapters merged into the weights are in runs/lm-lora/hf-merged: "
+                              "pretrained=runs/lm-lora/hf-merged"),
 }
 
 
@@ -121,6 +124,10 @@ def test_the_lora_step_before_its_base_names_the_command_and_writes_nothing(case
     if case == "the base run unfinished":
         (tmp_path / "runs" / "lm").mkdir(parents=True)
         (tmp_path / "runs" / "lm" / "config.yaml").write_text("epochs: 5\n")
+    elif case == "a LoRA run's adapters":
+        for folder, name in (("hf", "adapter_config.json"), ("hf-merged", "config.json")):
+            (tmp_path / "runs" / "lm-lora" / folder).mkdir(parents=True)
+            (tmp_path / "runs" / "lm-lora" / folder / name).write_text("{}")
     elif case == "a finished run's folder":
         (tmp_path / "runs" / "lm" / "hf").mkdir(parents=True)
         (tmp_path / "runs" / "lm" / "hf" / "config.json").write_text("{}")

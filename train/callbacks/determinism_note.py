@@ -16,6 +16,10 @@ class DeterminismNote(Callback):
     def __init__(self, print_fn=print):
         self.print = print_fn
         self.named: list[str] = []
+        self.before: dict[str, int] = {}  # the process's counts when this run began (an earlier run's ops)
+
+    def on_train_begin(self, run):
+        self.before = ops_without_deterministic_kernel()
 
     def on_log(self, epoch, batch, logs, run):
         self._name_new()
@@ -24,7 +28,8 @@ class DeterminismNote(Callback):
         self._name_new()
 
     def _name_new(self) -> None:
-        new = [op for op in ops_without_deterministic_kernel() if op not in self.named]
+        now = ops_without_deterministic_kernel()
+        new = [op for op, calls in now.items() if calls > self.before.get(op, 0) and op not in self.named]
         if new:
             self.named += new
             self.print(wrapped(f"note: deterministic: {', '.join(new)} {'has' if len(new) == 1 else 'have'} no "

@@ -119,11 +119,15 @@ def served_from_memory(dl, device: torch.device, limit_mb: int = 2048):
         return dl, None
     features, targets = dl.dataset.tensors
     size = features.numel() * features.element_size() + targets.numel() * targets.element_size()
-    place = device if device.type == "cuda" and size <= limit_mb * 2**20 else torch.device("cpu")
-    shuffled = type(sampler) is RandomSampler
+    if features.device.type == device.type:
+        place = features.device  # already there: left where the user put it
+    elif device.type == "cuda" and size <= min(limit_mb * 2**20, torch.cuda.mem_get_info(device)[0] // 4):
+        place = device  # a quarter of the free memory at most: the model and its activations need the rest
+    else:
+        place = torch.device("cpu")
+    # the same sampler object and loader generator: the same order and the same draws from the global RNG
     served = DataLoader(InMemoryTensors(TensorData(features, targets), place), batch_size=dl.batch_size,
-                        shuffle=shuffled, generator=sampler.generator if shuffled else None, drop_last=dl.drop_last,
-                        collate_fn=batch_as_is)
+                        sampler=sampler, generator=dl.generator, drop_last=dl.drop_last, collate_fn=batch_as_is)
     return served, (f"in-memory fast path: your DataLoader's TensorDataset, {len(targets)} samples ({_mb(size)}), as "
                     f"tensors on {place.type}, batches cut by indexing")
 

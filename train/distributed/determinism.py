@@ -23,7 +23,7 @@ import torch
 # the process (and exported by the launch wrappers, which is earlier still)
 CUBLAS_WORKSPACE = ":4096:8"
 _NO_DETERMINISTIC_KERNEL = re.compile(r"^(\S+) does not have a deterministic implementation")
-_ops: list[str] = []  # the ops that had no deterministic kernel in this process, in order of appearance
+_ops: dict[str, int] = {}  # op -> its calls without a deterministic kernel in this process so far
 
 
 def set_deterministic(on: bool) -> None:
@@ -49,9 +49,10 @@ def is_deterministic() -> bool:
     return torch.are_deterministic_algorithms_enabled()
 
 
-def ops_without_deterministic_kernel() -> list[str]:
-    """The ops that ran without a deterministic kernel in this process so far."""
-    return list(_ops)
+def ops_without_deterministic_kernel() -> dict[str, int]:
+    """{op: calls} of the ops that ran without a deterministic kernel in this process so far (a run
+    compares two of these to name the ops it ran itself)."""
+    return dict(_ops)
 
 
 def _collect_warnings() -> None:
@@ -65,8 +66,7 @@ def _collect_warnings() -> None:
     def collect(message, category, filename, lineno, file=None, line=None):
         found = _NO_DETERMINISTIC_KERNEL.match(str(message))
         if found:
-            if found.group(1) not in _ops:
-                _ops.append(found.group(1))
+            _ops[found.group(1)] = _ops.get(found.group(1), 0) + 1
             return
         shown(message, category, filename, lineno, file, line)
 

@@ -1,4 +1,4 @@
-"""Per-step costs of Accelerate 1.15 that depend on nothing a run changes, paid once instead.
+"""Per-step costs of Accelerate (1.15, 1.16) that depend on nothing a run changes, paid once instead.
 
 `AcceleratedOptimizer.step()` asks `is_lomo_available()` twice per call, and that runs
 `importlib.util.find_spec("lomo_optim")` every time, uncached: about 120 us a call here (more with a
@@ -15,5 +15,6 @@ import functools
 def cache_package_lookups() -> None:
     import accelerate.optimizer as wrapper
 
-    if not hasattr(wrapper.is_lomo_available, "cache_info"):
+    lookup = getattr(wrapper, "is_lomo_available", None)  # another Accelerate may not have it: nothing to do
+    if lookup is not None and not hasattr(lookup, "cache_info"):
         wrapper.is_lomo_available = functools.lru_cache(maxsize=None)(wrapper.is_lomo_available)

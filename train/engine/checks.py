@@ -121,6 +121,9 @@ def check_data(loop, train, name: str, num_classes: int | None = None) -> list[s
             try:
                 with warnings.catch_warnings():  # e.g. MSE of (N, 10) against (N,): torch only warns, then broadcasts
                     warnings.simplefilter("error", UserWarning)
+                    # torch's note that an op has no deterministic kernel (deterministic: true) is not
+                    # a mistake of the loss (2-d cross-entropy on CUDA has none)
+                    warnings.filterwarnings("ignore", message=r".* does not have a deterministic implementation")
                     loop.loss_func(preds, labels)
             except Exception as e:
                 raise UserError(f"the loss cannot take model {name}'s output {shape_of(preds)} with the labels "

@@ -18,7 +18,6 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
 from train.data.batches import call_model, model_output, split_batch  # noqa: F401 (call_model: re-exported)
@@ -32,6 +31,7 @@ from train.engine.history import History, make_row
 from train.engine.metrics import EpochSums
 from train.config.options import NONFINITE, SCHEDULER_INTERVALS
 from train.engine.rounds import batches_per_epoch, map_rounds, set_epoch, stream_rounds, windows
+from train.engine.step_calls import backward, zero_grad_of
 from train.engine.stop_check import StatusCheck
 from train.data.streams import is_stream, prepare_stream, replayable
 from train.engine.targets import loss_scales, target_counter
@@ -194,7 +194,7 @@ class Loop(Evaluation, Position):
         with context:
             preds, loss = self.forward(features, labels)
             # a batch without targets (or a shadow round) adds nothing, not its mean's 0 / 0
-            self.backward(loss if scale is None else torch.where(scale > 0, loss * scale, loss.new_zeros(())))
+            backward(acc, loss if scale is None else torch.where(scale > 0, loss * scale, loss.new_zeros(())))
             skip_check = self.nonfinite == "skip" and acc.scaler is None  # fp16's scaler skips by itself
             norm = None
             if acc.sync_gradients and (self.max_grad_norm is not None or skip_check):
@@ -208,38 +208,14 @@ class Loop(Evaluation, Position):
                 if acc.sync_gradients and self.nonfinite == "skip" and self.optimizer.step_was_skipped:
                     self.skipped_steps += 1
             if acc.sync_gradients:
-                # the optimizer itself: Accelerate's wrapper would inspect its signature at every call
-                self.zero_grad()
+                self._zero_grad = self._zero_grad or zero_grad_of(self.optimizer)
+                self._zero_grad()
             self.stepped = acc.sync_gradients
         if self.stepped:
             self.step += 1
             if self.scheduler is not None and self.scheduler_interval == "step" and not dropped:
                 self.scheduler.step()
         return loss.detach(), preds.detach()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        """`accelerator.backward(loss)`, but where that is a plain `loss.backward()` after dividing the
-        loss by the accumulation steps, and those are 1, the plain call: a division by 1 is two
-        more kernels a step (forward and backward) on a GPU, and a node in the graph."""
-        acc = self.accelerator
-        plain = (acc.gradient_accumulation_steps == 1 and acc.scaler is None and not acc.has_lomo_optimizer
-                 and acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM))
-        if plain:
-            loss.backward()
-        else:
-            acc.backward(loss)
-
-    def zero_grad(self) -> None:
-        """The gradients dropped (set to None) after an optimizer step, by the optimizer Accelerate
-        wraps (what the wrapper does once gradients are in sync), for optimizers without
-        `set_to_none` too."""
-        if self._zero_grad is None:
-            import inspect
-
-            inner = getattr(self.optimizer, "optimizer", self.optimizer)
-            takes = "set_to_none" in inspect.signature(inner.zero_grad).parameters
-            self._zero_grad = (lambda: inner.zero_grad(set_to_none=True)) if takes else inner.zero_grad
-        self._zero_grad()
 
     def targets_of(self, batch):
         """What a batch's loss is a mean over, when it is not its samples on even batches: a

@@ -81,7 +81,13 @@ def check_pretrained(folder: str, cls, name: str) -> None:
     if (path / HF_DIR / "config.json").is_file():
         raise ConfigError(f"pretrained '{folder}' is a run's folder; its model is in {path / HF_DIR}: set "
                           f"pretrained={path / HF_DIR}")
-    run = path if (path / "config.yaml").is_file() else path.parent if path.name == HF_DIR else None
+    if (path / "adapter_config.json").is_file() or (path / HF_DIR / "adapter_config.json").is_file():
+        merged = (path if path.name != HF_DIR else path.parent) / "hf-merged"
+        instead = (f"; its adapters merged into the weights are in {merged}: pretrained={merged}"
+                   if (merged / "config.json").is_file() else "; give the base model's folder it was trained on")
+        raise ConfigError(f"pretrained '{folder}' holds LoRA adapters, not a whole model{instead}")
+    run = path if (path / "config.yaml").is_file() else path.parent if path.name == HF_DIR and not path.exists() \
+        else None
     if run is not None and (run / "model.safetensors").is_file():
         raise ConfigError(f"pretrained '{folder}': the run in {run} finished without a {HF_DIR}/ folder (its model "
                           f"has no save_pretrained); give a folder written by save_pretrained")

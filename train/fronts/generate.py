@@ -66,7 +66,12 @@ def load_tokenizer(spec, run_dir: Path, cwd=None, data_args=None):
         import inspect
 
         takes = inspect.signature(made).parameters
-        return made(**{k: v for k, v in (data_args or {}).items() if k in takes})
+        try:
+            return made(**{k: v for k, v in (data_args or {}).items() if k in takes})
+        except Exception as e:  # a tokenizer file that is not there, say: the user's to fix
+            from train.base.errors import describe
+
+            raise ConfigError(f"--tokenizer {spec} raised {describe(e)}") from None
 
 
 def generate(run_dir, prompts, tokenizer=None, max_new_tokens=40, temperature=0.0, top_k=None, seed=0,
@@ -83,13 +88,19 @@ def generate(run_dir, prompts, tokenizer=None, max_new_tokens=40, temperature=0.
     from train.fronts.reload import run_config
 
     cfg, _ = run_config(run_dir)
+    if not prompts or any(not p.strip() for p in prompts):
+        raise ConfigError("give each prompt some text (an empty prompt gives no tokens)")
     from train.saving.export import quiet_transformers
 
-    with quiet_transformers():  # no "Loading weights" bar before the text
-        model = load_model(run_dir, checkpoint)
-    if not hasattr(model, "generate"):
-        raise ConfigError(f"the model of {run_dir} has no generate method: a transformers causal language model "
-                          f"(or a peft model of one) has")
+    if cfg.pretrained or cfg.peft.method != "none" or ":" in cfg.model:
+        with quiet_transformers():  # no "Loading weights" bar before the text
+            model = load_model(run_dir, checkpoint)
+    else:
+        model = load_model(run_dir, checkpoint)  # a built-in net: transformers may not be installed
+    can = getattr(model, "can_generate", None)
+    if not hasattr(model, "generate") or (callable(can) and not can()):
+        raise ConfigError(f"the model of {run_dir} cannot generate text: a transformers causal language model "
+                          f"(or a peft model of one) can")
     origin = json.loads((run_dir / ORIGIN).read_text()) if (run_dir / ORIGIN).is_file() else {}
     tok = load_tokenizer(tokenizer, run_dir, origin.get("cwd"), dict(cfg.data.args))
     config = getattr(model, "config", None)
@@ -104,11 +115,21 @@ def generate(run_dir, prompts, tokenizer=None, max_new_tokens=40, temperature=0.
         if not ids:
             raise ConfigError(f"the prompt {prompt!r} gives no tokens; give some text")
         sampling = temperature > 0
-        with torch.no_grad():
-            made = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                  max_new_tokens=max_new_tokens, do_sample=sampling,
-                                  **({"temperature": temperature, "top_k": top_k} if sampling else {}),
-                                  pad_token_id=pad if pad is not None else eos)
+        longest = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        if longest and len(ids) + max_new_tokens > longest:
+            raise ConfigError(f"the prompt {prompt!r} ({len(ids)} tokens) and --max-new-tokens {max_new_tokens} "
+                              f"exceed the model's {longest} positions; give fewer new tokens")
+        try:
+            with torch.no_grad():
+                made = model.generate(input_ids=torch.tensor([ids]),
+                                      attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                      max_new_tokens=max_new_tokens, do_sample=sampling,
+                                      **({"temperature": temperature, "top_k": top_k} if sampling else {}),
+                                      pad_token_id=pad if pad is not None else eos)
+        except (TypeError, ValueError) as e:  # a setting generate refuses (a temperature, top_k)
+            from train.base.errors import describe
+
+            raise ConfigError(f"generate refused the settings: {describe(e)}") from None
         out.append(tok.decode(made[0, len(ids):].tolist(), skip_special_tokens=True))
     return out
 

@@ -50,6 +50,8 @@ def settings_given_as_flags(argv) -> None:
         name = arg.split("=", 1)[0]
         if not arg.startswith("-") or name in OPTIONS or arg == "--":
             continue
+        if name.startswith("--") and len(name) > 3 and any(o.startswith(name) for o in OPTIONS):
+            continue  # argparse's abbreviation of an option (--conf, --deb)
         key = name.lstrip("-").replace("-", "_")
         from train.config.loading import all_keys
 
