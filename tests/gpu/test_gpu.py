@@ -76,3 +76,19 @@ def test_the_in_memory_fast_path_holds_its_tensors_on_the_gpu():
         assert held and all(t.device.type == "cuda" for t in held), [(t.shape, t.device) for t in held]
         x, y = next(iter(loader))
         assert x.device.type == "cuda" and y.device.type == "cuda"
+
+
+def test_a_users_tensordataset_is_served_from_the_gpu_through_the_class_front(tmp_path, capsys):
+    import train
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2048, 16, generator=g), torch.randint(0, 4, (2048,), generator=g)
+    for name, data in (("on the host", (x, y)), ("already on the GPU", (x.cuda(), y.cuda()))):
+        net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+        model = train.Model(net)
+        model.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(net.parameters(), lr=1e-3))
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=64, shuffle=True)
+        history = model.fit(2, loader, output_dir=tmp_path / name.replace(" ", "-"), progress=False)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "in-memory fast path: your DataLoader's TensorDataset, 2048 samples" in out and "on cuda" in out, out
+        assert history["loss"].notna().all() and history["loss"].iloc[-1] < history["loss"].iloc[0], (name, history)
