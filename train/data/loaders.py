@@ -117,18 +117,18 @@ def served_from_memory(dl, device: torch.device, limit_mb: int = 2048):
         type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None)
     if dl.collate_fn is not default_collate or type(dl.batch_sampler) is not BatchSampler or not plain_sampler:
         return dl, None
-    features, targets = dl.dataset.tensors
-    size = features.numel() * features.element_size() + targets.numel() * targets.element_size()
-    if features.device.type == device.type:
-        place = features.device  # already there: left where the user put it
+    data = TensorData(*dl.dataset.tensors)
+    size = data.nbytes()
+    if data.features.device.type == device.type:
+        place = data.features.device  # already there: left where the user put it
     elif device.type == "cuda" and size <= min(limit_mb * 2**20, torch.cuda.mem_get_info(device)[0] // 4):
         place = device  # a quarter of the free memory at most: the model and its activations need the rest
     else:
         place = torch.device("cpu")
     # the same sampler object and loader generator: the same order and the same draws from the global RNG
-    served = DataLoader(InMemoryTensors(TensorData(features, targets), place), batch_size=dl.batch_size,
+    served = DataLoader(InMemoryTensors(data, place), batch_size=dl.batch_size,
                         sampler=sampler, generator=dl.generator, drop_last=dl.drop_last, collate_fn=batch_as_is)
-    return served, (f"in-memory fast path: your DataLoader's TensorDataset, {len(targets)} samples ({_mb(size)}), as "
+    return served, (f"in-memory fast path: your DataLoader's TensorDataset, {len(data)} samples ({_mb(size)}), as "
                     f"tensors on {place.type}, batches cut by indexing")
 
 
@@ -139,6 +139,11 @@ def cpus_available() -> int:
         return os.cpu_count() or 1
 
 
+def cpus_per_process(local_processes: int) -> int:
+    """This node's CPUs shared among its processes."""
+    return cpus_available() // max(1, local_processes)
+
+
 def choose_num_workers(requested: Optional[int], in_memory: bool, local_processes: int) -> tuple[int, str]:
     """The rule: 0 for in-memory data (a batch is one indexing op; workers would only add IPC);
     otherwise the CPUs left to each process on this node after its own main thread, capped at 8."""
@@ -146,7 +151,7 @@ def choose_num_workers(requested: Optional[int], in_memory: bool, local_processe
         return requested, f"num_workers={requested}: set in the config"
     if in_memory:
         return 0, "num_workers=0: data held in memory, batches cut by indexing"
-    per_process = cpus_available() // max(1, local_processes)
+    per_process = cpus_per_process(local_processes)
     workers = max(0, min(8, per_process - 1))
     return workers, f"num_workers={workers}: {per_process} CPU(s) per process, one kept for the main thread"
 
@@ -154,8 +159,7 @@ def choose_num_workers(requested: Optional[int], in_memory: bool, local_processe
 def spare_cpus(loader, local_processes: int) -> int:
     """The CPUs of this node a process could still give to `loader`'s workers: its share of the
     node's CPUs, less its own main thread and the workers it already has."""
-    per_process = cpus_available() // max(1, local_processes)
-    return max(0, per_process - 1 - (getattr(loader, "num_workers", 0) or 0))
+    return max(0, cpus_per_process(local_processes) - 1 - (getattr(loader, "num_workers", 0) or 0))
 
 
 @dataclass

@@ -45,10 +45,6 @@ def set_deterministic(on: bool) -> None:
         torch.use_deterministic_algorithms(False)
 
 
-def is_deterministic() -> bool:
-    return torch.are_deterministic_algorithms_enabled()
-
-
 def ops_without_deterministic_kernel() -> dict[str, int]:
     """{op: calls} of the ops that ran without a deterministic kernel in this process so far (a run
     compares two of these to name the ops it ran itself)."""

@@ -19,6 +19,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from train.base.errors import ConfigError
 from train.distributed.determinism import set_deterministic
+from train.distributed.quiet_processes import only_main_prints
 from train.distributed.upstream import cache_package_lookups
 
 _shutdown_registered: list = []
@@ -66,6 +67,7 @@ def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulatio
         atexit.register(shutdown, accelerator)
         _shutdown_registered.append(True)
     _quiet_tied_weights()
+    only_main_prints(accelerator.is_main_process)  # every front, before a model's library loads it
     return accelerator
 
 

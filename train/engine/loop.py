@@ -107,7 +107,7 @@ class Loop(Evaluation, Position):
         self._unfinished: Optional[dict] = None  # a checkpointed epoch to continue (load_state_dict)
         self._loaders: dict[int, object] = {}
         self.data_notes: list[str] = []  # how the loaders given to the loop are served (for the plan)
-        self._zero_grad = None  # the optimizer's own zero_grad, found at the first step
+        self._zero_grad = zero_grad_of(self.optimizer) if self.optimizer is not None else None
         self._last_batch = None  # this process's last real batch: a shadow round runs it again
         self._consumed = 0  # real batches of a stream this process trained on in this epoch
         self.stream_epoch = False  # whether the epoch being trained reads a stream
@@ -208,7 +208,6 @@ class Loop(Evaluation, Position):
                 if acc.sync_gradients and self.nonfinite == "skip" and self.optimizer.step_was_skipped:
                     self.skipped_steps += 1
             if acc.sync_gradients:
-                self._zero_grad = self._zero_grad or zero_grad_of(self.optimizer)
                 self._zero_grad()
             self.stepped = acc.sync_gradients
         if self.stepped:

@@ -26,7 +26,6 @@ def build_run(cfg):
 
     from train.fronts.building import (CLASSIFICATION_LOSSES, build_callbacks, build_loss, build_metrics, build_model,
                                        build_optimizer, build_scheduler, check_pretrained)
-    from train.callbacks.quiet_processes import only_main_prints
     from train.data.loaders import make_loaders
     from train.engine.devices import local_processes
     from train.config.names import resolve
@@ -43,7 +42,6 @@ def build_run(cfg):
     if cfg.pretrained:  # likewise a pretrained folder that is not there (yet)
         check_pretrained(cfg.pretrained, resolve(cfg.model, MODELS, "model"), cfg.model)
     accelerator = accelerator_for(options)
-    only_main_prints(accelerator.is_main_process)  # before the model's library loads it
     set_seed(cfg.seed)  # the model's initial weights
     classification = cfg.loss in CLASSIFICATION_LOSSES
     if cfg.data.num_classes is None and (cfg.model in MODELS or cfg.data.source != "python"):

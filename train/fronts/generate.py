@@ -77,17 +77,12 @@ def load_tokenizer(spec, run_dir: Path, cwd=None, data_args=None):
 def generate(run_dir, prompts, tokenizer=None, max_new_tokens=40, temperature=0.0, top_k=None, seed=0,
              checkpoint=None) -> list[str]:
     """Each prompt continued by the run's model: the continuations (text after the prompt)."""
-    import json
-
     import torch
 
-    from train.fronts.reload import load_model
-    from train.saving.export import ORIGIN
+    from train.fronts.reload import load_model, run_config
 
     run_dir = Path(run_dir).resolve()
-    from train.fronts.reload import run_config
-
-    cfg, _ = run_config(run_dir)
+    cfg, origin = run_config(run_dir)
     if not prompts or any(not p.strip() for p in prompts):
         raise ConfigError("give each prompt some text (an empty prompt gives no tokens)")
     from train.saving.export import quiet_transformers
@@ -101,7 +96,6 @@ def generate(run_dir, prompts, tokenizer=None, max_new_tokens=40, temperature=0.
     if not hasattr(model, "generate") or (callable(can) and not can()):
         raise ConfigError(f"the model of {run_dir} cannot generate text: a transformers causal language model "
                           f"(or a peft model of one) can")
-    origin = json.loads((run_dir / ORIGIN).read_text()) if (run_dir / ORIGIN).is_file() else {}
     tok = load_tokenizer(tokenizer, run_dir, origin.get("cwd"), dict(cfg.data.args))
     config = getattr(model, "config", None)
     eos, pad = getattr(config, "eos_token_id", None), getattr(config, "pad_token_id", None)

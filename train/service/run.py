@@ -19,7 +19,6 @@ import torch
 from train.callbacks.determinism_note import DeterminismNote
 from train.callbacks.early_stopping import EarlyStopping
 from train.callbacks.history_csv import HistoryCSV
-from train.callbacks.quiet_processes import only_main_prints
 from train.callbacks.slow_data import SlowDataWarning
 from train.callbacks.step_log import StepLog
 from train.callbacks.stop_signals import StopSignals
@@ -50,7 +49,6 @@ class Run:
         the model needs beyond the config (written to `run.json` with the working folder)."""
         self.options = o = options or RunOptions()
         self.accelerator = accelerator = accelerator or accelerator_for(o)
-        only_main_prints(accelerator.is_main_process)
         self.loop = Loop(model, optimizer, loss, metrics, accelerator=accelerator, scheduler=scheduler,
                          scheduler_interval=scheduler_interval, max_grad_norm=o.max_grad_norm,
                          nonfinite=o.nonfinite, channels_last=o.channels_last, steps_per_epoch=o.steps_per_epoch)
