@@ -123,7 +123,39 @@ def tutorial(work: Work) -> float:
     return work.samples / (time.perf_counter() - start)
 
 
-def project_fit(work: Work) -> float:
+def floor_graphed(work: Work) -> float:
+    """The floor's step captured whole in one CUDA graph, by hand (torch's whole-network recipe:
+    3 warm-up steps on a side stream, `capturable` Adam, then copy a batch in and replay)."""
+    net = tutorial_net().to(work.device)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01, capturable=True)
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    sync(work.device)
+    start = time.perf_counter()
+    perm = torch.randperm(work.samples, device=work.device)
+    batches = [perm[i:i + 128] for i in range(0, work.samples - 127, 128)]  # whole batches only
+    static_x, static_y = work.x[batches[0]].clone(), work.y[batches[0]].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for idx in batches[:3]:
+            static_x.copy_(work.x[idx]), static_y.copy_(work.y[idx])
+            loss_fn(net(static_x), static_y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss_fn(net(static_x), static_y).backward()
+        opt.step()
+    for idx in batches[3:]:
+        torch.index_select(work.x, 0, idx, out=static_x), torch.index_select(work.y, 0, idx, out=static_y)
+        graph.replay()
+    sync(work.device)
+    return 128 * len(batches) / (time.perf_counter() - start)
+
+
+def project_fit(work: Work, **step_options) -> float:
     """This project's class front: `Model.fit` for one epoch (timed around the whole call)."""
     import contextlib
     import io
@@ -132,7 +164,7 @@ def project_fit(work: Work) -> float:
 
     model = train.Model(tutorial_net())
     model.compile(loss_func=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), lr=0.01),
-                  metrics_dict={"accuracy": train.metrics.accuracy})
+                  metrics_dict={"accuracy": train.metrics.accuracy}, **step_options)
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         model.fit(1, work.loaders.train)
@@ -199,11 +231,15 @@ def lightning_fit(work: Work) -> float:
 
 
 CONTENDERS = {"floor": floor, "tutorial as written": tutorial, "project fit": project_fit,
-              "project script": project_script, "torchkeras": torchkeras_fit, "lightning": lightning_fit}
+              "project script": project_script, "torchkeras": torchkeras_fit, "lightning": lightning_fit,
+              "floor, graphed": floor_graphed, "project fit, graphs": lambda work: project_fit(work, graphs=True)}
 PEERS = {"torchkeras": "torchkeras", "lightning": "lightning"}
+ON_CUDA = ("floor, graphed", "project fit, graphs")  # CUDA graphs: nothing to compare on a CPU
 
 
 def available(name: str) -> bool:
+    if name in ON_CUDA:
+        return torch.cuda.is_available()
     if name not in PEERS:
         return True
     import importlib.util
@@ -313,7 +349,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     wanted = args.only or list(CONTENDERS)
     names = [n for n in wanted if available(n)]
-    skipped = [n for n in wanted if n not in names]  # peers that are not installed
+    skipped = [n for n in wanted if n not in names and n not in ON_CUDA]  # peers that are not installed
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         work = Work(args.samples, device, tmp)

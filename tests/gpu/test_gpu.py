@@ -1,5 +1,6 @@
 """On a CUDA GPU (skipped elsewhere, with the reason): exact resume with the defaults, mixed
-precision, and the in-memory fast path on the device. `bench/gpu.sh` runs these on a GPU machine
+precision, the in-memory fast path on the device, and the step in one CUDA graph (`graphs`: equal
+to an eager loop, resumed bit for bit, with bf16, and eager where a schedule changes its constants). `bench/gpu.sh` runs these on a GPU machine
 (`pytest -m gpu`); on a CPU machine they say why they skip."""
 
 import os
@@ -92,3 +93,88 @@ def test_a_users_tensordataset_is_served_from_the_gpu_through_the_class_front(tm
         out = " ".join(capsys.readouterr().out.split())
         assert "in-memory fast path: your DataLoader's TensorDataset, 2048 samples" in out and "on cuda" in out, out
         assert history["loss"].notna().all() and history["loss"].iloc[-1] < history["loss"].iloc[0], (name, history)
+
+
+# ---------------------------------------------------------------- the step in one CUDA graph
+def test_the_graphed_step_equals_a_hand_written_eager_loop_with_the_same_optimizer(capsys):
+    """102 steps (2 epochs of 50 whole batches and a partial one, which runs eagerly), a BatchNorm
+    conv net, Adam under a one-cycle schedule stepped per batch (its lr changes every step; momentum
+    not cycled, which a graph would hold as a constant):
+    the class front with graphs=True against plain torch, eager, with the same Adam implementation."""
+    import copy
+
+    import train
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 10 * 10, 10)).cuda()
+    reference = copy.deepcopy(net)
+    x, y = torch.randn(50 * 64 + 37, 1, 12, 12, device="cuda"), torch.randint(0, 10, (50 * 64 + 37,), device="cuda")
+    steps = 2 * 51
+
+    def schedule(opt):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=steps, cycle_momentum=False)
+
+    opt = torch.optim.Adam(reference.parameters(), lr=1e-3, capturable=True)
+    sched = schedule(opt)
+    losses = []
+    for _ in range(2):
+        total = 0.0
+        for i in range(0, len(y), 64):
+            loss = torch.nn.functional.cross_entropy(reference(x[i:i + 64]), y[i:i + 64])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            total += loss.item() * len(y[i:i + 64])
+        losses.append(total / len(y))
+
+    model = train.Model(net)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    model.compile(torch.nn.CrossEntropyLoss(), optimizer, lr_scheduler=schedule(optimizer), scheduler_interval="step",
+                  graphs=True)
+    history = model.fit(2, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64))
+    said = " ".join(capsys.readouterr().out.split())
+    assert "note: graphs: on" in said, said
+    for (name, p), q in zip(net.named_parameters(), reference.parameters()):
+        assert (p - q).abs().max().item() <= 1e-6, name
+    for name, b in net.named_buffers():  # BatchNorm's running statistics, updated inside the graph
+        assert torch.allclose(b.float(), dict(reference.named_buffers())[name].float(), atol=1e-6), name
+    assert history["loss"].tolist() == pytest.approx(losses, abs=1e-6)
+
+
+GRAPHED = [*RUN, "graphs=true", "data.train_size=12850", "scheduler.name=onecycle", "scheduler.interval=step",
+           "scheduler.args={cycle_momentum: false}"]
+
+
+def test_a_graphed_run_killed_and_run_again_equals_an_uninterrupted_one_bit_for_bit(tmp_path, rng):
+    reference = tmp_path / "reference"
+    done = main(*GRAPHED, f"output_dir={reference}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "graphs: on" in flat(done.stdout) and "capturable" in flat(done.stdout), done.stdout
+    assert pd.read_csv(reference / "history.csv")["val_accuracy"].iloc[-1] > 0.9
+    step = rng.randint(115, 190)  # in epoch 2 (101 steps an epoch: 100 graphed, the last partial one eager)
+    killed = tmp_path / "killed"
+    first = main(*GRAPHED, f"output_dir={killed}", kill_at=step)
+    assert first.returncode == -9, (first.returncode, first.stderr[-3000:])
+    second = main(*GRAPHED, f"output_dir={killed}")
+    assert second.returncode == 0 and "resuming from" in second.stdout, second.stderr[-3000:]
+    assert_same_run(killed, reference, context=f"(graphs, killed at step {step})")
+
+
+@pytest.mark.parametrize("precision,graphed", [("bf16", True), ("fp16", False)])
+def test_graphs_with_mixed_precision(tmp_path, precision, graphed):
+    done = main(*GRAPHED, "epochs=1", "callbacks=[]", f"mixed_precision={precision}", f"output_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = flat(done.stdout)
+    assert ("graphs: on" in said) == graphed and (graphed or "fp16's loss scaler" in said), done.stdout
+    assert pd.read_csv(tmp_path / "history.csv")["val_accuracy"].iloc[-1] > 0.9
+
+
+def test_a_schedule_that_changes_adams_betas_every_step_goes_on_eagerly_with_one_warning(tmp_path):
+    # OneCycleLR cycles Adam's betas by default: a graph would hold them as constants
+    done = main(*RUN[:-1], "epochs=1", "graphs=true", "scheduler.name=onecycle", "scheduler.interval=step",
+                f"output_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert flat(done.stderr).count("the run goes on eagerly") == 1 and "betas" in done.stderr, done.stderr[-3000:]
+    assert pd.read_csv(tmp_path / "history.csv")["val_accuracy"].iloc[-1] > 0.9

@@ -52,6 +52,7 @@ class RunOptions:
     channels_last: bool = option(False, "channels_last")
     tf32: Optional[bool] = option(None, "tf32")
     deterministic: bool = option(True, "deterministic")  # deterministic kernels on every device
+    graphs: bool = option(False, "graphs")  # the whole step in one CUDA graph (train.engine.step_graph)
     num_classes: Optional[int] = option(None)  # a classification loss: checked against the model's output width
     collective_timeout_s: Optional[float] = option(600.0, "collective_timeout_s")  # a process waiting longer ends it
     # what a person sees

@@ -195,6 +195,9 @@ class Config:
     deterministic: bool = key(True, "deterministic kernels (cuDNN without autotuning): a run and its resume "
                                     "bit-identical on a GPU too; false: cuDNN's autotuned kernels, and a resume "
                                     "continues from the saved state but not bit for bit")
+    graphs: bool = key(False, "capture the whole training step (forward, backward, optimizer) in one CUDA graph "
+                              "and replay it: several times faster for small, launch-bound models on a GPU; one "
+                              "process, batches of one shape (others run eagerly); on a CPU the step runs eagerly")
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

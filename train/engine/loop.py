@@ -13,14 +13,13 @@ its state to whoever saves it (`state_dict` / `load_state_dict`).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Iterable, Mapping, Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
-from train.data.batches import call_model, model_output, split_batch  # noqa: F401 (call_model: re-exported)
+from train.data.batches import call_model, split_batch  # noqa: F401 (call_model: re-exported)
 from train.data.loaders import served_from_memory
 from train.engine.events import CallbackList
 from train.engine.evaluation import Evaluation
@@ -31,14 +30,16 @@ from train.engine.history import History, make_row
 from train.engine.metrics import EpochSums
 from train.config.options import NONFINITE, SCHEDULER_INTERVALS
 from train.engine.rounds import batches_per_epoch, map_rounds, set_epoch, stream_rounds, windows
-from train.engine.step_calls import backward, zero_grad_of
+from train.engine.step_calls import zero_grad_of
+from train.engine.step import Step
+from train.engine.step_graph import StepGraph
 from train.engine.stop_check import StatusCheck
 from train.data.streams import is_stream, prepare_stream, replayable
 from train.engine.targets import loss_scales, target_counter
 from train.engine.timing import EpochTimer, count_flops
 
 
-class Loop(Evaluation, Position):
+class Loop(Evaluation, Position, Step):
     """Trains and evaluates one model with one optimizer under one `Accelerator`.
 
     `metrics` maps a name to `f(y_pred, y_true)` (a tensor or a number; mean over the batch) or to
@@ -56,7 +57,7 @@ class Loop(Evaluation, Position):
                  metrics: Optional[Mapping[str, object]] = None, *, accelerator: Optional[Accelerator] = None,
                  scheduler=None, scheduler_interval: str = "epoch", max_grad_norm: Optional[float] = None,
                  nonfinite: str = "stop", channels_last: bool = False, callbacks: Iterable = (),
-                 steps_per_epoch: Optional[int] = None):
+                 steps_per_epoch: Optional[int] = None, graphs: bool = False):
         check_choice("nonfinite", nonfinite, NONFINITE)
         check_choice("scheduler_interval", scheduler_interval, SCHEDULER_INTERVALS)
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -108,10 +109,19 @@ class Loop(Evaluation, Position):
         self._loaders: dict[int, object] = {}
         self.data_notes: list[str] = []  # how the loaders given to the loop are served (for the plan)
         self._zero_grad = zero_grad_of(self.optimizer) if self.optimizer is not None else None
+        self.step_notes: list[str] = []  # how the step runs (for the plan)
+        self._graph: Optional[StepGraph] = None  # graphs=True where it applies (train.engine.step_graph)
+        if graphs and self.optimizer is not None:
+            self._graph = self._make_graph()
         self._last_batch = None  # this process's last real batch: a shadow round runs it again
         self._consumed = 0  # real batches of a stream this process trained on in this epoch
         self.stream_epoch = False  # whether the epoch being trained reads a stream
         self.saves_mid_epoch = True  # False for a stream that cannot be read again alike (train.streams)
+
+    def load_state_dict(self, state: dict, rng: Optional[dict] = None) -> None:
+        Position.load_state_dict(self, state, rng)
+        if self._graph is not None:  # the optimizer's state tensors were just replaced
+            self._graph.reset()
 
     # ------------------------------------------------------------------ small helpers
     @property
@@ -157,16 +167,6 @@ class Loop(Evaluation, Position):
         """(inputs, targets) of a batch, whatever its form (see `train.data.batches`)."""
         return split_batch(batch, self.model_loss)
 
-    def forward(self, features, labels):
-        """The model on a batch: (predictions, loss), the loss the model's own or the loss function's."""
-        preds, own = model_output(call_model(self.model, self.layout(features)))
-        if self.model_loss:
-            if own is None:
-                raise UserError("loss: model, but the model returned no 'loss'; pass the labels to it (dict samples "
-                                "holding 'labels') or choose a loss function")
-            return preds, own
-        return preds, self.loss_func(preds, labels)
-
     def request_stop(self, signum: int) -> None:
         """Ask every process to stop at the next status check (safe to call from a signal handler)."""
         self.status.requested = signum
@@ -175,46 +175,6 @@ class Loop(Evaluation, Position):
         """Agree across processes now on signals and non-finite losses (a collective: every process
         calls it at the same batch). Raises `NonFiniteLoss` for a bad loss since the last check."""
         self.status.check((self.epoch, self.batch, self.step))
-
-    # --------------------------------------------------------------------- the steps
-    def train_step(self, features, labels, sync: Optional[bool] = None, scale: Optional[torch.Tensor] = None):
-        """The one train step: forward, loss, backward, and at the end of an optimizer step clip,
-        step, schedule. `sync` says whether this batch ends an optimizer step (the epoch loop knows;
-        None: every `gradient_accumulation_steps` batches, as Accelerate counts them). `scale`
-        multiplies the batch's loss before the backward pass: a token-level loss's targets over
-        the global batch's (`train.engine.targets`), 0 for a shadow round. Returns the detached loss and
-        predictions; reads nothing back from the device (except with nonfinite=skip)."""
-        model, acc = self.model, self.accelerator
-        self.stepped = False
-        if sync is None:
-            context = acc.accumulate(model)
-        else:  # what accumulate() does, with the loop saying where an optimizer step ends
-            acc.sync_gradients = sync
-            context = contextlib.nullcontext() if sync else acc.no_sync(model)
-        with context:
-            preds, loss = self.forward(features, labels)
-            # a batch without targets (or a shadow round) adds nothing, not its mean's 0 / 0
-            backward(acc, loss if scale is None else torch.where(scale > 0, loss * scale, loss.new_zeros(())))
-            skip_check = self.nonfinite == "skip" and acc.scaler is None  # fp16's scaler skips by itself
-            norm = None
-            if acc.sync_gradients and (self.max_grad_norm is not None or skip_check):
-                norm = acc.clip_grad_norm_(model.parameters(), self.max_grad_norm or float("inf"))
-            dropped = skip_check and norm is not None and not torch.isfinite(norm)
-            if dropped:
-                # the gradients are already summed over processes, so every process drops this step
-                self.skipped_steps += 1
-            else:
-                self.optimizer.step()  # the prepared optimizer skips the step while accumulating
-                if acc.sync_gradients and self.nonfinite == "skip" and self.optimizer.step_was_skipped:
-                    self.skipped_steps += 1
-            if acc.sync_gradients:
-                self._zero_grad()
-            self.stepped = acc.sync_gradients
-        if self.stepped:
-            self.step += 1
-            if self.scheduler is not None and self.scheduler_interval == "step" and not dropped:
-                self.scheduler.step()
-        return loss.detach(), preds.detach()
 
     def targets_of(self, batch):
         """What a batch's loss is a mean over, when it is not its samples on even batches: a
@@ -234,7 +194,9 @@ class Loop(Evaluation, Position):
         self.epoch, self.batch, self._consumed = epoch, 0, 0
         self.stream_epoch = is_stream(dl.dataset)
         self.saves_mid_epoch = not self.stream_epoch or replayable(dl.dataset)
-        self._sums = EpochSums(self.metrics, self.device)
+        # a captured step adds into the sums' tensors: they are kept and zeroed
+        self._sums = self._sums.reset() if self._graph is not None and self._sums is not None else \
+            EpochSums(self.metrics, self.device)
         self.skipped_steps, self._epoch_lr = 0, self.optimizer.param_groups[0]["lr"]
         source, on_start = self._continue_unfinished(dl)
         events.on_epoch_begin(epoch=epoch)
@@ -255,12 +217,16 @@ class Loop(Evaluation, Position):
                 self.samples_seen += r.rows if self.stream_epoch else len(labels) * self.accelerator.num_processes
                 if not real:  # a shadow round: no weight, and in eval mode (no running statistics updated)
                     self.model.eval()
-                loss, preds = self.train_step(features, labels, sync=r is window[-1],
-                                              scale=scale if real else torch.zeros((), device=self.device))
-                if not real:
-                    self.model.train()
-                if real:
-                    self._add(loss, preds, labels, r.targets if self.count_targets is not None else None)
+                if real and scale is None and r.targets is None and self._graph is not None \
+                        and self._graph.takes(features, labels):
+                    self._graphed_step(features, labels)
+                else:
+                    loss, preds = self.train_step(features, labels, sync=r is window[-1],
+                                                  scale=scale if real else torch.zeros((), device=self.device))
+                    if not real:
+                        self.model.train()
+                    if real:
+                        self._add(loss, preds, labels, r.targets if self.count_targets is not None else None)
                 if self.stepped and self.status.due(self.step, r.last):
                     self.check_status()
                 events.on_train_batch_end(batch=self.batch, step=self.step)

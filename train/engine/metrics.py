@@ -119,14 +119,24 @@ class EpochSums:
             weight: Optional[torch.Tensor] = None, stateful: bool = True) -> None:
         """One batch: `loss` its mean, `preds` and `labels` its real rows. `stateful=False` leaves the
         stateful metrics to `update_stateful` (evaluation updates them with every process's rows)."""
-        n = labels.shape[0]
+        self.count_rows(labels.shape[0], weight)
+        if stateful:
+            self.update_stateful(preds, labels)
+        self.accumulate(loss, preds, labels, weight)
+
+    def count_rows(self, n: int, weight: Optional[torch.Tensor] = None) -> None:
+        """The host's part of `add`: a batch of `n` real rows (and `weight` targets) counted."""
         self.count += n
         if weight is None:
             self.loss_rows += n
         else:
             self.loss_weights += weight
-        if stateful:
-            self.update_stateful(preds, labels)
+
+    def accumulate(self, loss: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor,
+                   weight: Optional[torch.Tensor] = None) -> None:
+        """The device's part of `add` (no host value read or changed, so a CUDA graph can hold it): the
+        loss and the metric functions added to the sums in place."""
+        n = labels.shape[0]
         if weight is not None:  # a batch without targets adds nothing (its mean is 0 / 0)
             loss = torch.where(weight > 0, loss.detach(), loss.new_zeros(()))
         # detached only where they are not: on a GPU each detach() is a dispatched op
@@ -149,6 +159,15 @@ class EpochSums:
             self.sums.add_(stacked, alpha=weight_all)
         else:
             self.sums[idx] += stacked * weight_all
+
+    def reset(self) -> "EpochSums":
+        """Zeroed for a new epoch in place (a captured step keeps adding into the same tensors)."""
+        self.sums.zero_()
+        self.loss_weights.zero_()
+        self.count = self.loss_rows = 0
+        for m in self._stateful:
+            m.reset()
+        return self
 
     def update_stateful(self, preds: torch.Tensor, labels: torch.Tensor) -> None:
         for m in self._stateful:

@@ -33,6 +33,7 @@ def build_run(cfg):
     from train.service.run import Run, accelerator_for
     from train.config.options import options_from
     from train.data.streams import is_stream
+    from train.engine.step_graph import why_not
 
     options = options_from(cfg)
     loss, metrics = build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics)
@@ -57,7 +58,9 @@ def build_run(cfg):
                           f"processes; give data.val_size >= {world}, or data.val_size=0 for no validation")
     in_channels = loaders.train.dataset[0][0].shape[0] if cfg.model in MODELS else None  # built-ins only
     model = build_model(cfg, in_channels)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    graphed = options.graphs and why_not(accelerator, nonfinite=options.nonfinite, compiled=options.compile,
+                                         metrics=metrics) is None
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), accelerator.device, graphed)
     if cfg.steps_per_epoch:
         steps_per_epoch = cfg.steps_per_epoch
     elif stream:

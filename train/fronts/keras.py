@@ -19,7 +19,7 @@ from train.fronts.summary import summary as print_summary
 
 # what compile() takes besides the loss, optimizer, metrics, schedule and callbacks
 STEP_OPTIONS = ("mixed_precision", "gradient_accumulation_steps", "max_grad_norm", "nonfinite", "compile",
-                "channels_last", "tf32", "deterministic")
+                "channels_last", "tf32", "deterministic", "graphs")
 
 
 class Model(nn.Module):
@@ -52,7 +52,8 @@ class Model(nn.Module):
         `f(y_pred, y_true)`. Step options:
         `mixed_precision` (None: the launcher's), `gradient_accumulation_steps`, `max_grad_norm`,
         `nonfinite` ("stop" or "skip"), `compile`, `channels_last`, `tf32`, `deterministic` (True:
-        deterministic kernels, a resume bit-identical on a GPU too; False: cuDNN autotunes)."""
+        deterministic kernels, a resume bit-identical on a GPU too; False: cuDNN autotunes), `graphs`
+        (True: the whole step replayed from one CUDA graph on a GPU; see the README)."""
         if loss_func is not None and not callable(loss_func):
             raise UserError(f"compile(loss_func=...) expects a callable, or None for the model's own loss; got "
                             f"{type(loss_func).__name__}")

@@ -36,6 +36,9 @@ def plan_lines(run, epochs: int, train) -> list[str]:
         lines.append(f"{batches} batches per epoch per process = {math.ceil(batches / accumulation)} optimizer "
                      f"steps; {epochs} epoch(s)")
     lines += [f"data: {note}" for note in [*run.plan_notes, *run.loop.data_notes]]
+    if run.loop.optimizer is not None and acc.device.type == "cuda":
+        lines.append(f"optimizer: {optimizer_note(run.loop.optimizer)}")
+    lines += run.loop.step_notes
     lines += [f"model: {note}" for note in model_notes(acc.unwrap_model(run.loop.model, keep_torch_compile=False))]
     restart = int(os.environ.get("TRAIN_RESTART", "0"))
     if restart:
@@ -78,3 +81,18 @@ def model_notes(model) -> list[str]:
     if checkpointing is not None and checkpointing.fget(model):
         notes.append("gradient checkpointing: activations recomputed in the backward pass (less memory, more compute)")
     return notes
+
+
+def optimizer_note(optimizer) -> str:
+    """Which of torch's implementations the optimizer's step runs on a GPU."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper holds the torch one
+    group = inner.param_groups[0]
+    if group.get("fused"):
+        how = "fused (one kernel for all parameters)"
+    elif group.get("foreach") is False:
+        how = "one kernel per parameter (foreach=false)"
+    else:
+        how = "foreach (a kernel per operation over all parameters)"
+    if group.get("capturable"):
+        how += ", capturable (its step count and hyperparameters on the device, for graphs)"
+    return f"{type(inner).__name__}, {how}"

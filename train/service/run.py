@@ -51,7 +51,8 @@ class Run:
         self.accelerator = accelerator = accelerator or accelerator_for(o)
         self.loop = Loop(model, optimizer, loss, metrics, accelerator=accelerator, scheduler=scheduler,
                          scheduler_interval=scheduler_interval, max_grad_norm=o.max_grad_norm,
-                         nonfinite=o.nonfinite, channels_last=o.channels_last, steps_per_epoch=o.steps_per_epoch)
+                         nonfinite=o.nonfinite, channels_last=o.channels_last, steps_per_epoch=o.steps_per_epoch,
+                         graphs=o.graphs)
         self.loop.output_dir = o.output_dir
         self.callbacks = list(callbacks)
         self.config = config
@@ -86,7 +87,11 @@ class Run:
                 set_seed(o.seed)
             train, val = loop.prepare_loader(train), loop.prepare_loader(val)
             self.check_model_takes(train)
-            if o.output_dir is None:
+            if o.output_dir is None:  # no plan printed: what it would say of the step, if asked for
+                if self.is_main_process and loop.step_notes:
+                    from train.base.text import wrapped
+
+                    print("\n".join(wrapped(f"note: {note}") for note in loop.step_notes), flush=True)
                 return loop.fit(epochs, train, val, [*self._watchers(val is not None), *self.callbacks,
                                                        *callbacks], o.log_step_freq)
             out = Path(o.output_dir)
