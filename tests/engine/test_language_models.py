@@ -93,14 +93,22 @@ def test_a_causal_lm_reports_the_token_level_loss_on_two_processes(tmp_path):
     assert preflight.returncode == 0 and "preflight ok" in preflight.stdout, preflight.stdout
 
 
-def test_two_processes_with_accumulation_take_the_steps_of_one_with_the_whole_batch(tmp_path):
+TWO_WAYS = {  # how two processes take the global batch of 32 that one process takes whole
+    "accumulation": ["batch_size=8", "gradient_accumulation_steps=2"],
+    "sharded (fsdp)": ["batch_size=16", "strategy=fsdp"],  # wrapped by its own layer class, GPT2Block
+}
+
+
+@pytest.mark.parametrize("way", list(TWO_WAYS))
+def test_two_processes_take_the_steps_of_one_with_the_whole_batch(tmp_path, way):
     """Each optimizer step trains on the sum of its token losses over the global batch's target
-    tokens: 2 processes x 8 samples x accumulation 2 step as 1 process with batches of 32."""
+    tokens: 2 processes x 8 samples x accumulation 2, or 2 sharded processes x 16 samples, step as 1
+    process with batches of 32."""
     common = [*LM, "steps_per_epoch=4", "data.val_size=0", "checkpoint.enabled=false"]
     one = subprocess.run([PYTHON, str(MAIN), *common, "batch_size=32", f"output_dir={tmp_path / 'one'}"], cwd=ROOT,
                          env=env(), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr
-    two = cpu2(*common, "batch_size=8", "gradient_accumulation_steps=2", f"output_dir={tmp_path / 'two'}")
+    two = cpu2(*common, *TWO_WAYS[way], f"output_dir={tmp_path / 'two'}")
     assert two.returncode == 0, two.stdout
     from accelerate.utils import set_seed
 
@@ -112,6 +120,13 @@ def test_two_processes_with_accumulation_take_the_steps_of_one_with_the_whole_ba
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-3  # it trained
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert last_row(tmp_path / "one")["loss"] == pytest.approx(last_row(tmp_path / "two")["loss"], rel=1e-6)
+    if "strategy=fsdp" in TWO_WAYS[way]:
+        from transformers import GPT2LMHeadModel
+
+        assert re.search(r"strategy: fsdp \(FSDP2\) over 2 processes, \d+ sharded unit\(s\) \(each GPT2Block; the "
+                         r"rest in the root\)", flat(two.stdout)), two.stdout
+        exported = GPT2LMHeadModel.from_pretrained(tmp_path / "two" / "hf").state_dict()  # the gathered weights
+        assert all(torch.equal(exported[k], b[k]) for k in b)
 
 
 # ------------------------------------------------------------------------------------------ streams

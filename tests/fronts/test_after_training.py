@@ -40,13 +40,22 @@ def test_a_reused_folder_with_other_settings_is_refused_and_a_finished_run_chang
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
 
 
+TRAINED_BY = {  # the run's training: one process, or two sharding the model (its checkpoints hold shards)
+    "one process": ([PYTHON, str(ROOT / "train" / "main.py")], {}),
+    "fsdp on two processes": ([str(ROOT / "launch" / "cpu2.sh"), "strategy=fsdp", "fsdp.min_num_params=1000"],
+                              two_rank_env()),
+}
+
+
 @pytest.mark.slow
-def test_a_run_comes_back_as_a_model_and_predicts_the_same_on_one_and_two_processes(tmp_path):
+@pytest.mark.parametrize("trained_by", list(TRAINED_BY))
+def test_a_run_comes_back_as_a_model_and_predicts_the_same_on_one_and_two_processes(tmp_path, trained_by):
     run = tmp_path / "digits"
-    done = subprocess.run([PYTHON, str(ROOT / "train" / "main.py"), "--config", "examples/digits/config.yaml",
-                           "epochs=3", "progress=false", f"output_dir={run}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr
+    command, environment = TRAINED_BY[trained_by]
+    done = subprocess.run([*command, "--config", "examples/digits/config.yaml", "epochs=3", "progress=false",
+                           f"output_dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=environment or None)
+    assert done.returncode == 0, done.stdout + done.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     # one thread, as each of the two ranks has: convolutions split over two threads round differently
@@ -71,6 +80,8 @@ def test_a_run_comes_back_as_a_model_and_predicts_the_same_on_one_and_two_proces
              "from examples.digits.data import load\n"
              "model = train.load_model(sys.argv[1])\n"
              "best = train.load_model(sys.argv[1], checkpoint='best')  # the pointer followed\n"
+             "last = train.load_model(sys.argv[1], checkpoint='latest').state_dict()  # the last epoch's end\n"
+             "assert all(torch.equal(v, last[k]) for k, v in model.state_dict().items())\n"
              "x = torch.stack([load(val_fraction=0.2, seed=0)[1][i][0] for i in range(359)])\n"
              "with torch.no_grad(): print(repr(model(x).tolist()))\n")
     loaded = subprocess.run([PYTHON, "-c", probe, str(run)], cwd=elsewhere, capture_output=True, text=True,

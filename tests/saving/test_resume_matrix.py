@@ -25,6 +25,7 @@ SETTINGS = {  # name: (overrides, optimizer steps per epoch per process)
     "a stateful user metric": (["metrics=[accuracy, 'tests.helpers.augmented:Seen']"], 16),
     "bf16 autocast on the CPU": (["mixed_precision=bf16"], 16),
     "compile (inductor)": (["compile=true"], 16),
+    "strategy fsdp (sharded DCP checkpoints)": (["strategy=fsdp", "fsdp.min_num_params=1000"], 16),
 }
 
 

@@ -1,4 +1,5 @@
-"""Checkpoint storage: pickles that would run code refused, the same step saved again."""
+"""Checkpoint storage: pickles that would run code refused (torch.save files and sharded DCP folders),
+the same step saved again."""
 
 import json
 import os
@@ -42,3 +43,40 @@ def test_saving_the_same_step_again_keeps_latest_valid(tmp_path):
     assert storage.damage(tmp_path / "step-00000008") is None  # replaced whole: every file its manifest lists
     assert json.loads(first)["files"].keys() == json.loads((tmp_path / "step-00000008" / "manifest.json")
                                                            .read_text())["files"].keys()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP on one process, as meant
+def test_a_sharded_checkpoint_whose_pickles_would_run_code_is_refused_before_torch_reads_them(tmp_path):
+    """torch's DCP reader unpickles `.metadata` with plain pickle and each non-tensor item with
+    weights_only=False: both are checked first, and nothing of them runs."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from train.saving.storage import refuse_unsafe
+
+    marker = tmp_path / "ran"
+    state = {"w": torch.randn(4, 3), "groups": [{"lr": 0.1, "betas": (0.9, 0.999)}], "step": 3}
+    dcp.save(state, checkpoint_id=str(tmp_path / "good" / "model"))  # one process, no group
+    refuse_unsafe(tmp_path / "good")  # DCP's own metadata, tensors and plain items pass
+    dcp.save({**state, "groups": _RunsCode(marker)}, checkpoint_id=str(tmp_path / "item" / "model"))
+    with pytest.raises(UserError, match=r"__0_0.distcp item groups would run code when loaded \(it imports "
+                                        r"posix.system\)"):
+        refuse_unsafe(tmp_path / "item")
+    dcp.save(state, checkpoint_id=str(tmp_path / "meta" / "model"))
+    (tmp_path / "meta" / "model" / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(UserError, match=r"\.metadata would run code when loaded, or is not DCP's \(it imports "
+                                        r"posix.system\)"):
+        refuse_unsafe(tmp_path / "meta")
+    (tmp_path / "meta" / "model" / ".metadata").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match=r"\.metadata would run code when loaded, or is not DCP's"):
+        refuse_unsafe(tmp_path / "meta")
+    assert not marker.exists()

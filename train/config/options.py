@@ -19,6 +19,7 @@ PRECISIONS = ("no", "bf16", "fp16", "auto")
 NONFINITE = ("stop", "skip")
 SCHEDULER_INTERVALS = ("epoch", "step")
 TRACKERS = ("wandb", "tensorboard")
+STRATEGIES = ("ddp", "fsdp")
 
 
 def option(default=None, key: str = "", from_config=None, choices: tuple = ()):
@@ -53,6 +54,8 @@ class RunOptions:
     tf32: Optional[bool] = option(None, "tf32")
     deterministic: bool = option(True, "deterministic")  # deterministic kernels on every device
     graphs: bool = option(False, "graphs")  # the whole step in one CUDA graph (train.engine.step_graph)
+    strategy: str = option("ddp", "strategy", choices=STRATEGIES)  # how the model is spread over processes
+    fsdp: dict = option({}, from_config=lambda cfg: dataclasses.asdict(cfg.fsdp))  # strategy=fsdp's settings
     num_classes: Optional[int] = option(None)  # a classification loss: checked against the model's output width
     collective_timeout_s: Optional[float] = option(600.0, "collective_timeout_s")  # a process waiting longer ends it
     # what a person sees

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from train.config.monitor import MODES as MONITOR_MODES
-from train.config.options import NONFINITE, PRECISIONS, SCHEDULER_INTERVALS
+from train.config.options import NONFINITE, PRECISIONS, SCHEDULER_INTERVALS, STRATEGIES
 
 
 def key(default: Any = None, help: str = "", choices: tuple = ()):
@@ -134,6 +134,18 @@ class SweepConfig:
 
 
 @dataclass
+class FsdpConfig:
+    wrap: list = key(["auto"], "strategy=fsdp: the modules sharded as units of their own: auto (a transformers "
+                               "model's layer classes, else by size), size (modules of more than min_num_params "
+                               "parameters), or class names, e.g. [GPT2Block]")
+    min_num_params: int = key(100_000, "wrap by size: a module with more parameters than this is a unit")
+    reshard_after_forward: bool = key(True, "free gathered parameters after the forward pass (gathered again for "
+                                            "the backward): less memory, one more all-gather per unit")
+    activation_checkpointing: bool = key(False, "recompute each unit's activations in the backward pass")
+    cpu_offload: bool = key(False, "keep the shards and the optimizer state in CPU memory")
+
+
+@dataclass
 class PeftConfig:
     method: str = key("none", "adapters through peft: lora trains low-rank updates of the target modules while the "
                               "model's own weights stay frozen; none trains every weight", ("none", "lora"))
@@ -198,6 +210,9 @@ class Config:
     graphs: bool = key(False, "capture the whole training step (forward, backward, optimizer) in one CUDA graph "
                               "and replay it: several times faster for small, launch-bound models on a GPU; one "
                               "process, batches of one shape (others run eagerly); on a CPU the step runs eagerly")
+    strategy: str = key("ddp", "how the model is spread over processes: ddp (a whole copy each, gradients "
+                               "averaged) or fsdp (FSDP2: parameters, gradients and optimizer state sharded; "
+                               "settings under fsdp)", STRATEGIES)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -206,6 +221,7 @@ class Config:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

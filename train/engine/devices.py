@@ -19,6 +19,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from train.base.errors import ConfigError
 from train.distributed.determinism import set_deterministic
+from train.distributed.strategy import fsdp_plugin, take_fsdp_on_cpu_ranks
 from train.distributed.quiet_processes import only_main_prints
 from train.distributed.upstream import cache_package_lookups
 
@@ -32,14 +33,16 @@ _collective_timeout: list = []  # the timeout the groups of this process were gi
 
 def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulation_steps: int = 1,
                      seed: Optional[int] = None, collective_timeout_s: Optional[float] = None,
-                     deterministic: bool = True, **kwargs) -> Accelerator:
+                     deterministic: bool = True, strategy: str = "ddp", fsdp: Optional[dict] = None,
+                     **kwargs) -> Accelerator:
     """An `Accelerator` set up for the loop. `mixed_precision=None` takes the launcher's choice
     (`accelerate launch --mixed_precision ...`), else fp32. The shuffling order of each epoch is a
     function of `seed` (None: torch's seed when the loader is prepared) and the epoch.
     `collective_timeout_s` bounds how long a process waits for the others in any collective once
     they have all joined (joining may take STARTUP_ALLOWANCE_S); it takes effect with the first
     accelerator of a process, which creates the process group. `deterministic`: deterministic
-    kernels (`train.distributed.determinism`), set before anything reaches the device."""
+    kernels (`train.distributed.determinism`), set before anything reaches the device. `strategy`
+    "fsdp" shards the model over the processes with the `fsdp` settings (`train.distributed.strategy`)."""
     set_deterministic(deterministic)
     cache_package_lookups()
     mixed_precision = resolve_precision(mixed_precision, kwargs.get("cpu", False))
@@ -49,6 +52,9 @@ def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulatio
     if collective_timeout_s is not None:
         joining = max(collective_timeout_s, STARTUP_ALLOWANCE_S)
         handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=joining)))
+    plugin = fsdp_plugin(fsdp) if strategy == "fsdp" else None
+    if plugin is not None:
+        kwargs["fsdp_plugin"] = plugin
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
@@ -59,6 +65,7 @@ def make_accelerator(mixed_precision: Optional[str] = None, gradient_accumulatio
         kwargs_handlers=handlers,
         **kwargs,
     )
+    take_fsdp_on_cpu_ranks(accelerator, plugin)
     if collective_timeout_s is not None and accelerator.num_processes > 1 and not _collective_timeout:
         accelerator.wait_for_everyone()  # all have joined: from here a longer wait is a stall
         torch.distributed.set_timeout(timedelta(seconds=collective_timeout_s))
@@ -283,6 +290,6 @@ def accelerator_for(options):
     out = Path(o.output_dir) if o.output_dir else None
     project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")) if out else None
     return make_accelerator(o.mixed_precision, o.gradient_accumulation_steps, o.seed, o.collective_timeout_s,
-                            o.deterministic,
+                            o.deterministic, o.strategy, o.fsdp,
                             log_with=list(o.trackers) or None, dynamo_backend="inductor" if o.compile else None,
                             project_config=project)

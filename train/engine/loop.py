@@ -31,6 +31,7 @@ from train.engine.metrics import EpochSums
 from train.config.options import NONFINITE, SCHEDULER_INTERVALS
 from train.engine.rounds import batches_per_epoch, map_rounds, set_epoch, stream_rounds, windows
 from train.engine.step_calls import zero_grad_of
+from train.distributed.strategy import choose_units, sharding_note
 from train.engine.step import Step
 from train.engine.step_graph import StepGraph
 from train.engine.stop_check import StatusCheck
@@ -69,6 +70,7 @@ class Loop(Evaluation, Position, Step):
         self.channels_last = channels_last
         if channels_last:  # NHWC weights; 4-d batches are made NHWC in the steps
             model = model.to(memory_format=torch.channels_last)
+        choose_units(self.accelerator, model)  # strategy=fsdp: what becomes a sharded unit
         if optimizer is None:  # evaluate/predict only
             self.model, self.optimizer = self.accelerator.prepare(model), None
         else:
@@ -110,6 +112,9 @@ class Loop(Evaluation, Position, Step):
         self.data_notes: list[str] = []  # how the loaders given to the loop are served (for the plan)
         self._zero_grad = zero_grad_of(self.optimizer) if self.optimizer is not None else None
         self.step_notes: list[str] = []  # how the step runs (for the plan)
+        sharded = sharding_note(self.accelerator, self.model)
+        if sharded:
+            self.step_notes.append(sharded)
         self._graph: Optional[StepGraph] = None  # graphs=True where it applies (train.engine.step_graph)
         if graphs and self.optimizer is not None:
             self._graph = self._make_graph()

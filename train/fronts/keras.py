@@ -19,7 +19,8 @@ from train.fronts.summary import summary as print_summary
 
 # what compile() takes besides the loss, optimizer, metrics, schedule and callbacks
 STEP_OPTIONS = ("mixed_precision", "gradient_accumulation_steps", "max_grad_norm", "nonfinite", "compile",
-                "channels_last", "tf32", "deterministic", "graphs")
+                "channels_last", "tf32", "deterministic", "graphs",
+                "strategy", "fsdp")
 
 
 class Model(nn.Module):
@@ -53,7 +54,8 @@ class Model(nn.Module):
         `mixed_precision` (None: the launcher's), `gradient_accumulation_steps`, `max_grad_norm`,
         `nonfinite` ("stop" or "skip"), `compile`, `channels_last`, `tf32`, `deterministic` (True:
         deterministic kernels, a resume bit-identical on a GPU too; False: cuDNN autotunes), `graphs`
-        (True: the whole step replayed from one CUDA graph on a GPU; see the README)."""
+        (True: the whole step replayed from one CUDA graph on a GPU; see the README), `strategy`
+        ("ddp", or "fsdp": the model sharded over the processes) and `fsdp` (its settings, a dict)."""
         if loss_func is not None and not callable(loss_func):
             raise UserError(f"compile(loss_func=...) expects a callable, or None for the model's own loss; got "
                             f"{type(loss_func).__name__}")

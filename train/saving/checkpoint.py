@@ -38,6 +38,15 @@ class Resumed:
     parts: dict = field(default_factory=dict)
 
 
+def checkpoint_exception() -> type:
+    """What torch's sharded (DCP) save raises when a process's write failed: a `BaseException`, which
+    `except Exception` would let through as a crash to restart instead of a failed save."""
+    import sys
+
+    dcp = sys.modules.get("torch.distributed.checkpoint.api")  # imported by a sharded save, else none raised
+    return dcp.CheckpointException if dcp is not None else Exception
+
+
 def model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
@@ -191,7 +200,7 @@ class Checkpoint(Callback):
                 self._write(tmp, state)
                 if not acc.is_main_process:  # on a shared file system, through this node's client
                     fsync_own_files(tmp, acc.process_index)
-            except Exception as e:  # torch.save and safetensors report a full disk as RuntimeError
+            except (Exception, checkpoint_exception()) as e:  # torch.save, safetensors: a full disk is a RuntimeError
                 error = e
         if not all_ok(acc, error is None):  # every process learns that one of them failed
             reason = why_save_failed(error, tmp)

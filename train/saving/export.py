@@ -23,6 +23,7 @@ from train.base.files import pointer_target
 from train.base.paths import CHECKPOINTS
 
 WEIGHTS, ORIGIN, HF_DIR, MERGED_DIR = "model.safetensors", "run.json", "hf", "hf-merged"
+SHARDED_MODEL = "pytorch_model_fsdp_0"  # where Accelerate saves a sharded model's DCP shards in a checkpoint
 PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DistributedDataParallel's
 
 
@@ -111,28 +112,53 @@ def write_origin(accelerator, out: Path, **facts) -> None:
 
 
 def weights_file(path, checkpoint: Optional[str] = None) -> Path:
-    """The weights file `path` names: a `.safetensors` file, a checkpoint folder, or a run folder
-    (its final `model.safetensors`, or with `checkpoint` one of its checkpoints: `best`, `latest`
-    or `step-00000100`)."""
+    """The weights `path` names: a `.safetensors` file, a checkpoint folder (its `model.safetensors`,
+    or a sharded run's folder of shards), or a run folder (its final `model.safetensors`, or with
+    `checkpoint` one of its checkpoints: `best`, `latest` or `step-00000100`)."""
     path = Path(path)
     if checkpoint is not None:
         folder = path / CHECKPOINTS / checkpoint
         # `latest` and `best` are pointers: one line naming a checkpoint folder
         path = (pointer_target(folder) or folder) if folder.is_file() else folder
     if path.is_dir():
-        path = path / WEIGHTS
-    if not path.is_file():
+        sharded = path / SHARDED_MODEL
+        path = sharded if not (path / WEIGHTS).is_file() and (sharded / ".metadata").is_file() else path / WEIGHTS
+    if not path.exists():
         raise UserError(f"no weights at '{path}'; give a run folder (with {WEIGHTS}), a checkpoint folder or a "
                         f".safetensors file")
     return path
 
 
-def load_weights(module: torch.nn.Module, path, checkpoint: Optional[str] = None) -> torch.nn.Module:
-    """Load a run's weights into `module` (strictly: every key must match) and return it."""
+def read_weights(file: Path) -> dict:
+    """The tensors of a weights file, or the full weights merged from a sharded checkpoint's shards."""
     from safetensors.torch import load_file
 
+    return merged_shards(file) if file.is_dir() else load_file(str(file))
+
+
+def merged_shards(folder: Path) -> dict:
+    """The full weights of a sharded (`strategy=fsdp`) checkpoint, merged on this one process from every
+    process's shards, as Accelerate's `merge_fsdp_weights` reads them (torch's DCP reader, an empty
+    plan, no process group); the checkpoint is verified and checked for pickles that run code first."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner, _load_state_dict
+
+    from train.saving.storage import damage, refuse_unsafe
+
+    reason = damage(folder.parent)
+    if reason:
+        raise UserError(f"checkpoint {folder.parent} is damaged ({reason}); load another checkpoint")
+    refuse_unsafe(folder)
+    state: dict = {}
+    _load_state_dict(state, storage_reader=dcp.FileSystemReader(str(folder)), planner=_EmptyStateDictLoadPlanner(),
+                     no_dist=True)
+    return state["model"] if set(state) == {"model"} else state  # Accelerate saves {"model": state}
+
+
+def load_weights(module: torch.nn.Module, path, checkpoint: Optional[str] = None) -> torch.nn.Module:
+    """Load a run's weights into `module` (strictly: every key must match) and return it."""
     file = weights_file(path, checkpoint)
-    state = plain_names(load_file(str(file)))
+    state = plain_names(read_weights(file))
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         what = "; ".join(p for p in (f"missing {', '.join(missing[:3])}" if missing else "",

@@ -85,6 +85,10 @@ def why_save_failed(error: Optional[BaseException], written: Path) -> str:
     stream positions: when the free space is less than what the save had written, say so."""
     if error is None:
         return "another process failed"
+    failures = getattr(error, "failures", None)  # a sharded (DCP) save: {rank: (exception, stack)}
+    if failures:
+        first = next(iter(failures.values()))
+        error = first[0] if isinstance(first, tuple) else first
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     text = first_line(error)
@@ -189,20 +193,38 @@ def damage(path: Path) -> Optional[str]:
 
 
 def refuse_unsafe(path: Path) -> None:
-    """Stop (exit 2) if any pickled file of the checkpoint would import more than plain data."""
-    from torch.serialization import get_unsafe_globals_in_checkpoint
+    """Stop (exit 2) if any pickled file of the checkpoint would import more than plain data: the
+    `torch.save` files, and a sharded (DCP) folder's `.metadata` and the pickled items of its shards
+    (`train.saving.sharded_safety`)."""
+    from train.saving.sharded_safety import check_dcp_folder
 
     for file in sorted(path.rglob("*")):
-        if file.suffix not in (".pt", ".pkl", ".bin") or not file.is_file():
+        if not file.is_file():
             continue
-        try:
-            unsafe = set(get_unsafe_globals_in_checkpoint(str(file))) - SAFE_GLOBALS
-        except Exception as e:
-            raise UserError(f"checkpoint file {file} is not a file torch.save wrote ({e}); refusing to "
-                            f"load it: resume from another checkpoint") from None
-        if unsafe:
-            raise UserError(f"checkpoint file {file} would run code when loaded (it imports "
-                            f"{', '.join(sorted(unsafe))}); refusing it: resume from a checkpoint you trust")
+        if file.name == ".metadata":
+            try:
+                check_dcp_folder(file, lambda blob, where: _check_saved(blob, f"{file.parent / where}"))
+            except UserError:
+                raise
+            except Exception as e:
+                raise UserError(f"checkpoint file {file} would run code when loaded, or is not DCP's ({e}); "
+                                f"refusing it: resume from a checkpoint you trust") from None
+        elif file.suffix in (".pt", ".pkl", ".bin"):
+            _check_saved(str(file), str(file))
+
+
+def _check_saved(saved, where: str) -> None:
+    """A `torch.save` file (a path or a blob) refused unless it imports only plain data."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    try:
+        unsafe = set(get_unsafe_globals_in_checkpoint(saved)) - SAFE_GLOBALS
+    except Exception as e:
+        raise UserError(f"checkpoint file {where} is not a file torch.save wrote ({e}); refusing to "
+                        f"load it: resume from another checkpoint") from None
+    if unsafe:
+        raise UserError(f"checkpoint file {where} would run code when loaded (it imports "
+                        f"{', '.join(sorted(unsafe))}); refusing it: resume from a checkpoint you trust")
 
 
 def _steps(root: Path) -> list[Path]:

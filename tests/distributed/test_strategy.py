@@ -1,0 +1,137 @@
+"""`strategy: fsdp`: the model sharded over two real gloo ranks (FSDP2 through Accelerate), against
+an unsharded plain-torch reference written here; the one guarded change to Accelerate's state, and
+the errors a model that cannot be sharded gives."""
+
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, flat, launch_two
+
+HELPER = ROOT / "tests" / "helpers" / "fsdp_check.py"
+
+
+def mlp():
+    """tests/helpers/fsdp_check.py's model, built the same way."""
+    return torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 3))
+
+
+def reference(run: dict, global_batch: int = 64, epochs: int = 3):
+    """Plain torch on one process: the same initial weights, Adam lr 0.01 on contiguous global batches
+    in order (what two processes of 32 rows each take per step), the per-sample means of each epoch."""
+    net = mlp()
+    net.load_state_dict(run["initial"])
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    ce = torch.nn.functional.cross_entropy
+    x, y, vx, vy = run["x"], run["y"], run["vx"], run["vy"]
+    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    for _ in range(epochs):
+        net.train()
+        loss_sum, hits = 0.0, 0
+        for start in range(0, len(y), global_batch):
+            xb, yb = x[start:start + global_batch], y[start:start + global_batch]
+            out = net(xb)
+            loss = ce(out, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(yb)
+            hits += int((out.argmax(1) == yb).sum())
+        history["loss"].append(loss_sum / len(y))
+        history["accuracy"].append(hits / len(y))
+        net.eval()
+        with torch.no_grad():
+            out = net(vx)
+        history["val_loss"].append(ce(out.double(), vy).item())
+        history["val_accuracy"].append((out.argmax(1) == vy).double().mean().item())
+    with torch.no_grad():
+        outputs = net.eval()(vx)
+    return net, history, outputs
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp")
+    done = launch_two(HELPER, out, "fsdp", 32)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return out, torch.load(out / "result.pt", weights_only=False), done.stdout
+
+
+@pytest.mark.slow
+def test_two_sharded_processes_train_like_one_unsharded_reference(sharded):
+    out, run, _ = sharded
+    net, expected, outputs = reference(run)
+    saved = load_file(out / "run" / "model.safetensors")  # gathered on the main process, the model's own names
+    assert set(saved) == set(net.state_dict())
+    for name, tensor in net.state_dict().items():
+        torch.testing.assert_close(saved[name], tensor, atol=1e-5, rtol=0, msg=name)
+    for column, values in expected.items():
+        assert run["history"][column] == pytest.approx(values, abs=1e-5), column
+    assert run["scores"]["val_loss"] == pytest.approx(expected["val_loss"][-1], abs=1e-5)
+    assert run["scores"]["val_accuracy"] == pytest.approx(expected["val_accuracy"][-1], abs=1e-12)
+    torch.testing.assert_close(run["preds"], outputs, atol=1e-5, rtol=0)  # every row, in data order
+
+
+@pytest.mark.slow
+def test_each_process_holds_its_half_and_the_plan_says_so(sharded):
+    out, _, stdout = sharded
+    net = mlp()
+    total = sum(p.numel() for p in net.parameters())
+    # FSDP2 splits every parameter along its first dimension: rank 0 holds ceil(rows / 2) rows
+    first = sum((p.shape[0] + 1) // 2 * p[0].numel() for p in net.parameters())
+    line = re.search(r"strategy: fsdp \(FSDP2\) over 2 processes, (\d+) sharded unit\(s\).*?this process holds "
+                     r"([\d,]+) of ([\d,]+) parameters", flat(stdout))
+    assert line, stdout[-3000:]
+    # two layers have over min_num_params=1000: their class, Linear, makes each of the three a unit; the root
+    assert (int(line[1]), int(line[2].replace(",", "")), int(line[3].replace(",", ""))) == (4, first, total)
+    assert "(each Linear, the classes of the modules of more than 1,000 parameters; the rest in the root)" in flat(
+        stdout)
+    held = [torch.load(out / f"held{rank}.pt") for rank in (0, 1)]
+    assert [h["parameters"] for h in held] == [first, total - first]
+    assert [h["optimizer"] for h in held] == [2 * first, 2 * (total - first)]  # Adam's two moments, sharded
+
+
+PROBE = """
+import torch
+from accelerate import Accelerator
+from accelerate.utils import FullyShardedDataParallelPlugin
+acc = Accelerator(cpu=True, fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2))
+print("distributed type:", acc.distributed_type.value)
+"""
+
+
+@pytest.mark.slow
+def test_accelerate_still_drops_fsdp_on_cpu_ranks(tmp_path):
+    """The reason for train.distributed.strategy.take_fsdp_on_cpu_ranks: when this fails, Accelerate
+    takes its FSDP2 path on CPU ranks itself; remove that function and this test."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    done = launch_two(probe)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("distributed type: MULTI_CPU") == 2, done.stdout
+
+
+def test_an_unshardable_model_is_one_error_before_anything_runs():
+    from train.base.errors import ConfigError
+    from train.distributed.strategy import choose_units
+    from train.engine.devices import make_accelerator
+
+    accelerator = make_accelerator(strategy="fsdp", fsdp={"wrap": ["GPT2Block"]}, cpu=True)
+    with pytest.raises(ConfigError, match=r"fsdp.wrap names GPT2Block, which Sequential has no module of; "
+                                          r"its classes: Linear, ReLU, Sequential"):
+        choose_units(accelerator, mlp())
+    frozen = mlp().requires_grad_(False)
+    with pytest.raises(ConfigError, match="has no trainable parameters to shard; use strategy=ddp"):
+        choose_units(accelerator, frozen)
+
+
+def test_an_unknown_fsdp_setting_is_named():
+    from train.base.errors import ConfigError
+    from train.distributed.strategy import fsdp_plugin
+
+    with pytest.raises(ConfigError, match="unknown fsdp setting 'reshard_after_fwd'; did you mean "
+                                          "'reshard_after_forward'"):
+        fsdp_plugin({"reshard_after_fwd": False})
