@@ -15,3 +15,10 @@ def data(train_size: int = SAMPLES):
 def mlp():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+
+
+def load(train_size: int = 2048, val_size: int = 301):
+    """Training and validation sets for a config run (`data.factory=tests.helpers.tiny:load`)."""
+    g = torch.Generator().manual_seed(1)
+    vx = torch.randn(val_size, 32, generator=g)
+    return data(train_size), torch.utils.data.TensorDataset(vx, (vx[:, 0] > 0).long())

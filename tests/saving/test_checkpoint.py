@@ -30,7 +30,7 @@ def test_mid_epoch_resume_needs_the_rng_put_back_after_the_iterator_starts(tmp_p
     ref.fit(2, tiny_loader(), callbacks=[Checkpoint(ref, tmp_path, every_steps=3, keep_last=10)])
     mid_epoch_2 = tmp_path / "step-00000012"  # 8 batches per epoch: batch 4 of epoch 2
     position = json.loads((mid_epoch_2 / "loop.json").read_text())["position"]
-    assert position == dict(epoch=2, batch=4, step=12, processes=1, samples_seen=12 * 8)
+    assert position == dict(epoch=2, batch=4, step=12, processes=1, accumulation=1, samples_seen=12 * 8)
     weights, rows = resumed_weights(mid_epoch_2)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(torch.equal(weights[k], v) for k, v in ref.model.state_dict().items())

@@ -182,6 +182,16 @@ class EpochSums:
         return {"sums": self.sums.cpu(), "count": self.count, "metrics": metrics, "loss_rows": self.loss_rows,
                 "loss_weights": self.loss_weights.cpu()}
 
+    @staticmethod
+    def merged_state(states: list, keep: bool) -> dict:
+        """The saved sums of several processes (`state()`) added into one (`keep`: this process
+        continues them all), or zeroed (another process of a run resumed on a new process count).
+        Stateful metrics cannot be merged: the caller refuses such a resume."""
+        first = states[0]
+        merged = {key: sum(s.get(key, s["count"] if key == "loss_rows" else 0) for s in states) if keep
+                  else first[key] * 0 for key in ("sums", "count", "loss_rows", "loss_weights") if key in first}
+        return {**merged, "metrics": {}}
+
     def load_state(self, state: dict) -> None:
         self.sums.copy_(state["sums"])
         self.count = int(state["count"])

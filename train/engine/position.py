@@ -46,7 +46,9 @@ class Position:
         """Where the loop is. `position` and `history` are the same on every process; `unfinished`
         (this process's share of an epoch not yet in the history: its sums so far) is not."""
         state = {"position": {"epoch": self.epoch, "batch": self.batch, "step": self.step,
-                              "samples_seen": self.samples_seen, "processes": self.accelerator.num_processes},
+                              "samples_seen": self.samples_seen, "processes": self.accelerator.num_processes,
+                              # with `processes` and the batch size, the global batch a resume keeps
+                              "accumulation": self.accelerator.gradient_accumulation_steps},
                  "history": [dict(r) for r in self.history.rows], "unfinished": None}
         if self.epoch > len(self.history) and self._sums is not None:
             state["unfinished"] = {"sums": self._sums.state(), "skipped_steps": self.skipped_steps,

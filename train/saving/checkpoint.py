@@ -24,8 +24,10 @@ from train.engine.devices import all_ok, from_main
 from train.base.errors import ConfigError, WriteError
 from train.base.files import free_space
 from train.data.rng import capture_rng
-from train.saving.storage import (CALLBACKS_FILE, FORMAT, LOOP_FILE, SCHEDULER_FILE, fsync_own_files, why_save_failed, commit, find,
-                      latest)
+from train.saving.elastic import Rescaled, keep_global_batch, unfinished_share
+from train.saving.reshard import load_across_layouts, needs_reshard, written_sharded
+from train.saving.storage import (CALLBACKS_FILE, FORMAT, LOOP_FILE, SCHEDULER_FILE, commit, find, fsync_own_files,
+                                  latest, set_aside_newer, why_save_failed)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Resumed:
     position: dict
     history: list
     parts: dict = field(default_factory=dict)
+    rescaled: Optional[Rescaled] = None  # resumed on another process count (train.saving.elastic)
 
 
 def checkpoint_exception() -> type:
@@ -107,11 +110,18 @@ class Checkpoint(Callback):
         intact and safe by the main process; None to start afresh."""
         return from_main(self.loop.accelerator, lambda: find(resume, self.root.parent, say))
 
+    def set_aside_newer(self, path: Path, say=print) -> None:
+        """After resuming from `path`: checkpoints newer than it (another continuation) moved aside
+        with one line, so that rotation never deletes them unsaid (`storage.set_aside_newer`)."""
+        line = from_main(self.loop.accelerator, lambda: set_aside_newer(self.root, path))
+        if line and self.loop.is_main_process:
+            say(line)
+
     def load(self, path: Path) -> Resumed:
         """Put the run back as the checkpoint at `path` saved it, on every process: weights,
         optimizer, scaler, RNG states, schedule, the loop's position, history and unfinished epoch,
         and every part. Checks first that it was saved from a model of the same shapes and compile
-        setting and, mid-epoch, by as many processes."""
+        setting; on another number of processes, keeps the global batch (`train.saving.elastic`)."""
         loop, acc = self.loop, self.loop.accelerator
         meta = json.loads((path / LOOP_FILE).read_text())
         saved, current = meta["model_shapes"], model_shapes(acc.unwrap_model(loop.model, keep_torch_compile=False))
@@ -125,10 +135,15 @@ class Checkpoint(Callback):
                               f"resume it with the same setting")
         position, history = meta["position"], meta["history"]
         mid_epoch = position["epoch"] > len(history)
-        if mid_epoch and position["processes"] != acc.num_processes:
-            raise ConfigError(f"checkpoint '{path}' was taken mid-epoch by {position['processes']} process(es); "
-                              f"resume it with {position['processes']}, or from an epoch-end checkpoint")
-        if self.adapted:  # the checkpoint holds the adapters; the frozen base is the one built now
+        unfinished = unfinished_share(path, position, acc) if mid_epoch else None  # refused before anything loads
+        rescaled = keep_global_batch(position, acc, path, mid_epoch)  # on another process count
+        across = needs_reshard(acc, path)  # written sharded and resumed whole, or the other way
+        if across and self.adapted:
+            raise ConfigError(f"checkpoint '{path}' of adapters was written {'sharded' if written_sharded(path) else 'whole'}"
+                              f"; resume it with {position['processes']} process(es) and the same strategy")
+        if across:
+            load_across_layouts(acc, loop.model, loop.optimizer, path)
+        elif self.adapted:  # the checkpoint holds the adapters; the frozen base is the one built now
             if meta.get("frozen") != self.frozen():
                 raise ConfigError(f"checkpoint '{path}' was trained on other frozen weights than the model built now "
                                   f"(another pretrained folder or seed); resume with the same pretrained and seed, "
@@ -142,12 +157,11 @@ class Checkpoint(Callback):
         for key, state in parts.items():
             if key in self.parts:
                 self.parts[key].load_state_dict(state)
-        unfinished = torch.load(path / f"rank-{acc.process_index}.pt", weights_only=True) if mid_epoch else None
         # load_state just put back this rank's RNG states as they were at the save; starting the
         # epoch's data iterator draws from them, so the loop puts them back once it has started
         loop.load_state_dict({"position": position, "history": history, "unfinished": unfinished},
                              rng=capture_rng() if mid_epoch else None)
-        return Resumed(path, position, history, parts)
+        return Resumed(path, position, history, parts, rescaled)
 
     def latest(self) -> Optional[Path]:
         return latest(self.root)

@@ -165,6 +165,34 @@ def rotate(root: Path, keep_last: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+LEFT_BEHIND = "left-behind"  # newer checkpoints of another continuation, out of rotation's way
+
+
+def set_aside_newer(root: Path, resumed: Path) -> Optional[str]:
+    """Resuming from a checkpoint older than others in `root`: move the newer ones (another
+    continuation of the run) into `root/left-behind/`, where rotation and `resume=auto` leave them,
+    and point `latest` at the resumed one. Returns the line that says so, or None."""
+    resumed = Path(resumed).resolve()
+    if resumed.parent != Path(root).resolve():
+        return None  # another folder's checkpoint: this folder's own are not of its line
+    newer = sorted(p for p in Path(root).glob("step-*") if p.is_dir() and p.name > resumed.name)
+    if not newer:
+        return None
+    aside = Path(root) / LEFT_BEHIND
+    aside.mkdir(exist_ok=True)
+    best = pointer_target(Path(root) / BEST)
+    for folder in newer:
+        shutil.rmtree(aside / folder.name, ignore_errors=True)
+        os.replace(folder, aside / folder.name)
+    atomic_write_text(Path(root) / LATEST, resumed.name + "\n")
+    lost_best = best is not None and best.name in {p.name for p in newer}
+    if lost_best:
+        (Path(root) / BEST).unlink()
+    return (f"resuming from {resumed.name} leaves behind the newer {', '.join(p.name for p in newer)} (another "
+            f"continuation): moved to {aside}/, which rotation and resume=auto leave alone"
+            + ("; best was among them and is set again by this run's next better epoch" if lost_best else ""))
+
+
 def latest(root: Path) -> Optional[Path]:
     """The checkpoint `latest` names in the checkpoints folder `root`, or None."""
     return pointer_target(Path(root) / LATEST)

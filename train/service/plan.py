@@ -14,8 +14,9 @@ WIDTH = 100
 
 def plan_lines(run, epochs: int, train) -> list[str]:
     o, acc = run.options, run.accelerator
-    world, accumulation = acc.num_processes, o.gradient_accumulation_steps
-    batch = getattr(train, "batch_size", None) or getattr(getattr(train, "base_dataloader", None), "batch_size", None)
+    world, accumulation = acc.num_processes, acc.gradient_accumulation_steps  # a resume may have changed it
+    batch = (getattr(train, "batch_size", None) or getattr(getattr(train, "base_dataloader", None), "batch_size", None)
+             or getattr(getattr(train, "batch_sampler", None), "batch_size", None))  # a prepared loader's: per process
     batches = batches_per_epoch(train, o.steps_per_epoch, accumulation)  # per process; None: a stream's end
     lines = [f"plan: {run.name} on {processes_in_words(acc)}"]
     slow = precision_note(acc.mixed_precision, acc.device.type)
@@ -49,6 +50,8 @@ def plan_lines(run, epochs: int, train) -> list[str]:
                  if pos["epoch"] > done
                  else f"the end of epoch {done}")
         lines.append(f"resuming from {run.resumed.path} ({where}, step {pos['step']}); training to epoch {epochs}")
+        if run.resumed.rescaled is not None:
+            lines.append(run.resumed.rescaled.note(batch))
     if run.checkpoint is not None:
         every = f"every {o.checkpoint_every} optimizer steps and " if o.checkpoint_every else ""
         lines.append(f"checkpoints: {every}at each epoch end to {run.checkpoint.root}/ (keep {o.keep_last} + "

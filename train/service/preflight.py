@@ -105,7 +105,7 @@ def preflight(run, loaders) -> dict:
 
     per_train = train_times[-1]  # the first batch pays for warm-up
     per_val = val_times[-1] if val_times else 0.0
-    batches = batches_per_epoch(train_dl, run.options.steps_per_epoch, run.options.gradient_accumulation_steps)
+    batches = batches_per_epoch(train_dl, run.options.steps_per_epoch, run.accelerator.gradient_accumulation_steps)
     validation = 0 if val_dl is None or is_stream(val_dl.dataset) else len(val_dl)
     epoch_s = per_train * batches + per_val * validation if batches is not None else None
     if run.device.type == "cuda":

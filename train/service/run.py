@@ -110,6 +110,8 @@ class Run:
             if self._finished(epochs, out):
                 record_exit(0, "finished", **self._where())
                 return loop.history
+            if path is not None:  # newer checkpoints of another continuation: out of rotation's way, said
+                manager.set_aside_newer(path, say=lambda line: print(line, flush=True))
             self._start_trackers(out)
             self._announce(epochs, train)
             history = loop.fit(epochs, train, val, everyone, o.log_step_freq)
