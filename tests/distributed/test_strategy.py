@@ -3,12 +3,13 @@ an unsharded plain-torch reference written here; the one guarded change to Accel
 the errors a model that cannot be sharded gives."""
 
 import re
+import subprocess
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, flat, launch_two
+from conftest import ROOT, flat, launch_two, two_rank_env
 
 HELPER = ROOT / "tests" / "helpers" / "fsdp_check.py"
 
@@ -135,3 +136,28 @@ def test_an_unknown_fsdp_setting_is_named():
     with pytest.raises(ConfigError, match="unknown fsdp setting 'reshard_after_fwd'; did you mean "
                                           "'reshard_after_forward'"):
         fsdp_plugin({"reshard_after_fwd": False})
+
+
+@pytest.mark.slow
+def test_early_stopping_restores_the_best_weights_of_a_sharded_model_as_of_a_whole_one(tmp_path):
+    """restore_best keeps the best epoch's weights gathered on the main process and puts them back
+    into the shards: the same weights as a `ddp` run's."""
+    common = ["model=tests.helpers.tiny:mlp", "data.source=python", "data.factory=tests.helpers.tiny:load",
+              "data.num_classes=2", "batch_size=32", "epochs=3", "progress=false", "optimizer.lr=0.01",
+              # the worst validation loss is the best here: an early epoch's weights come back
+              "early_stopping.monitor=val_loss", "early_stopping.mode=max", "early_stopping.patience=5",
+              "early_stopping.restore_best=true"]
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        done = subprocess.run([str(ROOT / "launch" / "cpu2.sh"), *common, f"strategy={strategy}",
+                               "fsdp.min_num_params=100", f"output_dir={out}"], cwd=ROOT, env=two_rank_env(),
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert re.search(r"restored the weights of epoch [12] \(val_loss", done.stdout), done.stdout
+        runs[strategy] = load_file(out / "model.safetensors")
+        latest = (out / "checkpoints" / "latest").read_text().strip()  # what a resume puts back: whole tensors
+        saved = torch.load(out / "checkpoints" / latest / "callbacks.pt", weights_only=True)["early_stopping"]
+        assert {k: v.shape for k, v in saved["best_weights"].items()} == {k: v.shape for k, v in runs[strategy].items()}
+    for name, tensor in runs["ddp"].items():
+        torch.testing.assert_close(runs["fsdp"][name], tensor, atol=1e-5, rtol=0, msg=name)

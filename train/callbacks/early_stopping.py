@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from train.config.monitor import Monitor
+from train.distributed.strategy import put_whole_weights, whole_weights
 from train.engine.events import Callback
 
 
@@ -41,7 +42,7 @@ class EarlyStopping(Callback):
         if self.rule.improved(value, self.best):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
-                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+                self.best_weights = whole_weights(run.model)  # a sharded model's gathered on the main process
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -54,7 +55,8 @@ class EarlyStopping(Callback):
     def on_train_end(self, run):
         last = run.history.rows[-1]["epoch"] if len(run.history) else 0
         if self.restore_best and self.best_weights is not None and self.best_epoch != last:
-            run.model.load_state_dict(self.best_weights)
+            # the main process's copy (gathered at the save, or from callbacks.pt on a resume) sent to the others
+            put_whole_weights(run.model, self.best_weights)
             if run.is_main_process:
                 self.print(f"restored the weights of epoch {self.best_epoch} ({self.monitor} {self.best:.6g})",
                            flush=True)

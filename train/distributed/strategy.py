@@ -166,3 +166,30 @@ def sharding_note(accelerator, model: torch.nn.Module) -> Optional[str]:
 
 def _in_words(nbytes: int) -> str:
     return f"{nbytes / 2**20:.1f} MB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KB"
+
+
+def whole_weights(model: torch.nn.Module) -> dict:
+    """The model's weights as whole tensors on the CPU, for a copy kept aside (early stopping's best):
+    a sharded model's gathered on the main process (collective: every process calls it; the others
+    get {}), else its own `state_dict`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not any(isinstance(m, FSDPModule) for m in model.modules()):
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def put_whole_weights(model: torch.nn.Module, weights: dict, from_main: bool = True) -> None:
+    """Load `whole_weights`' copy back (collective for a sharded model: the main process's copy is
+    sent to the others where `from_main`, else every process holds it)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not any(isinstance(m, FSDPModule) for m in model.modules()):
+        model.load_state_dict(weights)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_main))
+
