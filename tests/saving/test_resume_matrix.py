@@ -26,6 +26,9 @@ SETTINGS = {  # name: (overrides, optimizer steps per epoch per process)
     "bf16 autocast on the CPU": (["mixed_precision=bf16"], 16),
     "compile (inductor)": (["compile=true"], 16),
     "strategy fsdp (sharded DCP checkpoints)": (["strategy=fsdp", "fsdp.min_num_params=1000"], 16),
+    "checkpoints written in the background": (["checkpoint.async_save=true"], 16),
+    "fsdp, written in the background": (["strategy=fsdp", "fsdp.min_num_params=1000", "checkpoint.async_save=true"],
+                                        16),
 }
 
 

@@ -40,6 +40,7 @@ class RunOptions:
     checkpoint: bool = option(True, "checkpoint.enabled")  # checkpoints in <output_dir>/checkpoints (to resume)
     checkpoint_every: Optional[int] = option(None, "checkpoint.every_steps")  # also every N optimizer steps
     keep_last: int = option(2, "checkpoint.keep_last")
+    checkpoint_async: bool = option(False, "checkpoint.async_save")  # written in the background (train.saving.background)
     checkpoint_monitor: Optional[str] = option(None, "checkpoint.monitor")  # picks `best`; None: val_loss, else loss
     checkpoint_mode: str = option("auto", "checkpoint.mode", choices=MODES)  # auto: by the column's name
     # the computation

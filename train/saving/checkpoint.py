@@ -9,6 +9,7 @@ their checks are `train.saving.storage`'s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from train.engine.devices import all_ok, from_main
 from train.base.errors import ConfigError, WriteError
 from train.base.files import free_space
 from train.data.rng import capture_rng
+from train.saving.background import BackgroundWrite, quick_serialization, remove_stale, staging_folder
 from train.saving.elastic import Rescaled, keep_global_batch, unfinished_share
 from train.saving.reshard import load_across_layouts, needs_reshard, written_sharded
 from train.saving.storage import (CALLBACKS_FILE, FORMAT, LOOP_FILE, SCHEDULER_FILE, commit, find, fsync_own_files,
@@ -68,8 +70,11 @@ class Checkpoint(Callback):
     state_key = "checkpoint"
 
     def __init__(self, loop, root: str | Path, every_steps: Optional[int] = None, keep_last: int = 2,
-                 monitor: Optional[str] = None, mode: str = "auto", parts: Iterable = ()):
+                 monitor: Optional[str] = None, mode: str = "auto", parts: Iterable = (), background: bool = False,
+                 timeout_s: float = 600.0):
         self.loop = loop  # the manager saves the loop's state: it alone reads the loop's insides
+        self.background, self.timeout_s = background, timeout_s  # written in the background (train.saving.background)
+        self._pending: Optional[BackgroundWrite] = None
         self.root = Path(root)
         self.every_steps = every_steps
         self.keep_last = keep_last
@@ -171,6 +176,8 @@ class Checkpoint(Callback):
         if self.loop.is_main_process and self.root.is_dir():
             for stale in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:  # a process killed while saving
                 shutil.rmtree(stale, ignore_errors=True)
+        if self.loop.accelerator.is_local_main_process:
+            remove_stale(self.root)  # a killed run's staged copies in this node's memory
         self.loop.accelerator.wait_for_everyone()
 
     def on_train_batch_end(self, batch):
@@ -188,40 +195,57 @@ class Checkpoint(Callback):
         self.save(best=better)
 
     def on_interrupt(self, epoch, batch):
-        if self.last_saved is not None and self.last_saved.name == f"step-{self.loop.step:08d}":
-            return  # this very step was just saved
-        if self.loop.saves_mid_epoch:  # else the last epoch end stays `latest`
-            self.save()
+        just_saved = self.last_saved is not None and self.last_saved.name == f"step-{self.loop.step:08d}"
+        if not just_saved and self.loop.saves_mid_epoch:  # else the last epoch end stays `latest`
+            self.save(background=False)
+        self.wait_for_write()  # the process ends next: its checkpoint complete
+
+    def on_train_end(self):
+        self.wait_for_write()  # a run's final files are complete when it ends
 
     # saving
-    def save(self, best: bool = False) -> Path:
+    def save(self, best: bool = False, background: Optional[bool] = None) -> Path:
         """Write a checkpoint of the loop as it is now (every process calls this at the same
-        batch). Returns its path."""
+        batch). Returns its path. `background` (default: the manager's setting): return once the
+        state is staged in memory, the write finishing in the background (`train.saving.background`)."""
+        self.wait_for_write()  # at most one write in flight
         loop, acc = self.loop, self.loop.accelerator
         loop.check_status()  # a non-finite loss raises here: the last good checkpoint stays `latest`
         state = loop.state_dict()
         name = f"step-{loop.step:08d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
+        staged = staging_folder(self.root, name) if (self.background if background is None else background) else None
         error = None
         try:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
+            if staged is not None and acc.is_local_main_process:
+                shutil.rmtree(staged, ignore_errors=True)
+                staged.mkdir(parents=True)
         except OSError as e:
             error = e
         if all_ok(acc, error is None):
             try:
-                self._write(tmp, state)
-                if not acc.is_main_process:  # on a shared file system, through this node's client
+                with quick_serialization() if staged is not None else contextlib.nullcontext():
+                    self._write(staged or tmp, state)
+                if staged is None and not acc.is_main_process:  # on a shared file system, through this node's client
                     fsync_own_files(tmp, acc.process_index)
             except (Exception, checkpoint_exception()) as e:  # torch.save, safetensors: a full disk is a RuntimeError
                 error = e
         if not all_ok(acc, error is None):  # every process learns that one of them failed
-            reason = why_save_failed(error, tmp)
-            if acc.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
+            reason = why_save_failed(error, staged or tmp)
+            for folder in (tmp if acc.is_main_process else None, staged):
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
             raise WriteError(f"could not save checkpoint {name} to {self.root}/ ({reason}); "
                              f"{free_space(self.root)}; make room and run the same command again to resume")
+        if staged is not None:
+            self._pending = BackgroundWrite(staged, tmp, acc.process_index, acc.num_processes, acc.is_main_process,
+                                            lambda: commit(self.root, tmp, final, best, self.keep_last), self.timeout_s)
+            self._pending.name = name
+            self.last_saved = final
+            return final
         try:
             if acc.is_main_process:
                 commit(self.root, tmp, final, best, self.keep_last)
@@ -233,6 +257,24 @@ class Checkpoint(Callback):
                              f"{free_space(self.root)}; make room and run the same command again to resume")
         self.last_saved = final
         return final
+
+    def wait_for_write(self) -> None:
+        """Until the checkpoint being written in the background is on disk and `latest` (every
+        process calls it at the same batch); a failed write ends the run as a failed save does."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        acc = self.loop.accelerator
+        error = pending.wait()
+        ok = all_ok(acc, error is None)  # every process's copy has finished
+        if acc.is_local_main_process:
+            shutil.rmtree(pending.staged, ignore_errors=True)
+        if not ok:
+            if acc.is_main_process:
+                shutil.rmtree(pending.tmp, ignore_errors=True)
+            raise WriteError(f"could not save checkpoint {pending.name} to {self.root}/ ("
+                             f"{error or 'another process could not write its part'}); {free_space(self.root)}; "
+                             f"make room and run the same command again to resume")
 
     def _write(self, tmp: Path, state: dict) -> None:
         """Every process writes its files into `tmp`."""

@@ -109,15 +109,20 @@ def _fsync_tree(folder: Path) -> None:
     _fsync_dir(folder)
 
 
-def fsync_own_files(folder: Path, index: int) -> None:
-    """fsync the files process `index` writes into a checkpoint (its RNG states, its epoch sums,
-    its shards: `random_states_1.pkl`, `rank-1.pt`, `__1_0.distcp`); the main process fsyncs the
-    whole folder before it renames it."""
+def owner_of(name: str) -> Optional[int]:
+    """The process that writes a checkpoint file of this name (its RNG states, its epoch sums, its
+    shards: `random_states_1.pkl`, `rank-1.pt`, `__1_0.distcp`), or None: the main process's."""
     import re
 
-    own = re.compile(rf"(_{index}\.|-{index}\.|__{index}_)")
+    found = re.search(r"(?:random_states_|rank-)(\d+)\.|^__(\d+)_\d+\.distcp$", name)
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+def fsync_own_files(folder: Path, index: int) -> None:
+    """fsync the files process `index` writes into a checkpoint (`owner_of`); the main process
+    fsyncs the whole folder before it renames it."""
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and own.search(p.name):
+        if p.is_file() and owner_of(p.name) == index:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
 

@@ -251,7 +251,8 @@ class Run:
         monitor = o.checkpoint_monitor or ("val_loss" if validation else "loss")
         manager = Checkpoint(self.loop, out / "checkpoints", o.checkpoint_every, o.keep_last,
                              check_column(monitor, columns, "checkpoint_monitor"), o.checkpoint_mode,
-                             parts=[*service, self.tracker])
+                             parts=[*service, self.tracker], background=o.checkpoint_async,
+                             timeout_s=o.collective_timeout_s or 600.0)
         self.checkpoint = manager if o.checkpoint else None
         return [*service, *([manager] if o.checkpoint else [])], manager
 
