@@ -15,6 +15,9 @@ def test_defaults_and_overrides():
     assert cfg.data.train_size == 2048 and cfg.optimizer.lr == 0.02 and cfg.max_grad_norm == 1.0
     assert load_config(MNIST_YAML, ["data.train_size=null"]).data.train_size is None
     assert load_config(MNIST_YAML, ["optimizer.lr=1e-3"]).optimizer.lr == 0.001  # YAML 1.1 reads 1e-3 as text
+    assert load_config(MNIST_YAML, ["mixed_precision=no"]).mixed_precision == "no"  # and `no` as False
+    with pytest.raises(ConfigError, match="'strategy' must be one of ddp, fsdp; got 'no'"):
+        load_config(MNIST_YAML, ["strategy=off"])
 
 
 def test_unknown_key_suggests_the_closest():

@@ -56,3 +56,18 @@ class KerasStyle:
 
     def on_epoch_end(self, epoch, logs=None):
         train.print(f"keras-style epoch {epoch}: loss {logs['loss']:.4f}")
+
+
+class Probe(train.Callback):
+    """Runs on every process (a sharded model's forward is a collective): the run's model on fixed
+    inputs at each epoch end; the main process saves the outputs as `probe<epoch>.pt` in the run's
+    folder (tests.helpers.tiny's 32 features)."""
+
+    def on_epoch_end(self, epoch, logs, run):
+        import torch
+
+        inputs = torch.randn(8, 32, generator=torch.Generator().manual_seed(7))  # CPU runs
+        with torch.no_grad():
+            outputs = run.model(inputs).cpu()
+        if run.is_main_process:
+            torch.save(outputs, run.output_dir / f"probe{epoch}.pt")

@@ -65,6 +65,8 @@ def _coerce(key: str, value: Any, kind) -> Any:
             return float(value)
         except ValueError:
             pass
+    if kind is str and isinstance(value, bool):  # YAML 1.1 reads no/off/false as False: `mixed_precision=no`
+        value = "yes" if value else "no"
     if kind is list and isinstance(value, str):
         value = [v for v in value.split(",") if v]
     if kind is dict and value is None:
