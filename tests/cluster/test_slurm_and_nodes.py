@@ -142,6 +142,26 @@ def test_sbatch_preemption_requeues_resumes_and_matches(slurm, uninterrupted, tm
     pd.testing.assert_frame_equal(rows.drop(columns=timing), history(uninterrupted[0]).drop(columns=timing))
 
 
+def test_a_sharded_job_preempted_on_slurm_is_requeued_and_resumes_exactly(slurm, tmp_path):
+    """strategy=fsdp inside sbatch (2 gloo ranks): its sharded checkpoint taken at USR1, the job
+    requeued and resumed, the final weights those of an uninterrupted sharded job, bit for bit."""
+    for folder in ("uninterrupted", "preempted"):  # where the jobs' logs go: they must exist
+        (tmp_path / folder).mkdir()
+    done = sbatch(slurm, tmp_path / "uninterrupted", "strategy=fsdp", "fsdp.min_num_params=1000")
+    _, stderr = done.communicate(timeout=600)
+    assert done.returncode == 0, stderr + job_log(tmp_path / "uninterrupted")
+    out = tmp_path / "preempted"
+    job = sbatch(slurm, out, "strategy=fsdp", "fsdp.min_num_params=1000")
+    preempt_after_first_checkpoint(slurm, job, out)
+    _, stderr = job.communicate(timeout=600)
+    log = job_log(out)
+    assert job.returncode == 0, stderr + log
+    assert "strategy: fsdp (FSDP2) over 2 processes" in " ".join(log.split()) and "SLURM_RESTART_COUNT=1: resuming" in log
+    assert (out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "pytorch_model_fsdp_0").is_dir()
+    reference, mine = (load_file(str(folder / "model.safetensors")) for folder in (tmp_path / "uninterrupted", out))
+    assert all(torch.equal(reference[k], mine[k]) for k in reference)
+
+
 def test_the_batch_shells_relay_is_what_reaches_the_training(slurm, tmp_path):
     """A time limit's USR1 reaches only the batch shell: without slurm/train.sh's line that passes
     it on to the job's steps, the training never hears it, saves nothing and is not requeued."""

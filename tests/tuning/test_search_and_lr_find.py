@@ -281,3 +281,21 @@ def _collect(record, found: dict) -> None:
     elif isinstance(record, list):
         for item in record:
             _collect(item, found)
+
+
+def test_a_search_runs_its_trials_sharded_on_two_processes(tmp_path):
+    """`--launch launch/cpu2.sh strategy=fsdp`: every trial a sharded two-process run; its value is
+    its history's best val_loss, and the best trial's model loads back."""
+    folder = tmp_path / "search"
+    done = sweep(folder, "--launch", "launch/cpu2.sh", "strategy=fsdp", *SHORT, trials=2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    frame = trials(folder)
+    assert len(frame) == 2 and (frame["state"] == "COMPLETE").all(), frame
+    for number, value in zip(frame["number"], objective(frame)):
+        trial = folder / f"trial-{number:04d}"
+        assert "strategy: fsdp (FSDP2) over 2 processes" in " ".join((trial / "trial.log").read_text().split())
+        assert value == pytest.approx(pd.read_csv(trial / "history.csv")["val_loss"].min(), rel=1e-9)
+    import train
+
+    best = frame.loc[objective(frame).idxmin(), "number"]
+    assert train.load_model(folder / f"trial-{best:04d}") is not None
