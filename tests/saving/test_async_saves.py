@@ -89,3 +89,27 @@ def test_a_full_disk_during_a_background_write_ends_74_with_latest_intact(small_
     assert again.returncode == 0, again.stderr
     assert f"resuming from {out}/checkpoints/{latest}" in flat(again.stdout)
     assert_same_run(out, reference)
+
+
+def test_a_staging_place_without_room_writes_directly_and_says_so(tmp_path, reference):
+    """A container's /dev/shm is often small: where it has less room than the last checkpoint, saves
+    are written directly, with one note (here TRAIN_STAGING_DIR on a 600 KB file system: a checkpoint
+    of the tutorial CNN and its Adam state is about 700 KB)."""
+    from conftest import required
+
+    room = tmp_path / "shm"
+    room.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(room)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        required(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}", "REQUIRE_ROOT")
+    try:
+        done = run_main(tmp_path / "out", ASYNC, env=dict(os.environ, TRAIN_STAGING_DIR=str(room)))
+    finally:
+        subprocess.run(["umount", str(room)], check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert flat(done.stdout).count("note: checkpoint.async_save:") == 1
+    assert re.search(rf"note: checkpoint.async_save: \d+ MB free in {room} on some node, less than a checkpoint "
+                     rf"\(\d+ MB\): writing checkpoints directly", flat(done.stdout)), done.stdout
+    assert set(verified(tmp_path / "out" / "checkpoints").values()) == {None}
+    assert_same_run(tmp_path / "out", reference)

@@ -109,3 +109,13 @@ def test_resuming_from_an_older_checkpoint_on_one_process_sets_the_newer_aside_a
     assert sorted(p.name for p in (checkpoints / "left-behind").iterdir()) == newer
     assert "accumulation 2 keeps the global batch of 64 samples" in flat(log), log
     assert_close_run(tmp_path, reference["ddp"], "(resumed from the end of epoch 1 on one process)")
+
+
+def test_a_run_may_change_its_strategy_when_it_resumes(tmp_path, reference, rng):
+    """A ddp run killed mid-epoch 2 and resumed sharded (its whole checkpoint put into the shards)
+    ends with the uninterrupted ddp run's weights."""
+    killed_midway(2, tmp_path, rng.randint(34, 58))
+    code, log = finished(2, tmp_path, *STRATEGIES["fsdp"])
+    assert code == 0, log
+    assert "strategy: fsdp (FSDP2) over 2 processes" in flat(log) and "resuming from" in flat(log), log
+    assert_close_run(tmp_path, reference["ddp"], "(ddp, resumed as fsdp)")

@@ -80,3 +80,46 @@ def test_a_sharded_checkpoint_whose_pickles_would_run_code_is_refused_before_tor
     with pytest.raises(UserError, match=r"\.metadata would run code when loaded, or is not DCP's"):
         refuse_unsafe(tmp_path / "meta")
     assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_what_the_check_cannot_see_into_is_refused(tmp_path):
+    """The ways around the pickle check a review found: a `.metadata` that is not DCP's (torch then
+    falls back to `__0.metadata`, unpickled unchecked), a per-process metadata file, shards without
+    their `.metadata`, and a symbolic link to a folder the walk does not enter."""
+    import pickle
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    from train.saving.storage import refuse_unsafe
+
+    good = tmp_path / "good"
+    dcp.save({"w": torch.randn(4, 3)}, checkpoint_id=str(good / "model"))
+    refuse_unsafe(good)
+
+    def variant(name):
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        return folder
+
+    none = variant("none")
+    (none / "model" / ".metadata").write_bytes(pickle.dumps(None))
+    with pytest.raises(UserError, match=r"\.metadata would run code when loaded, or is not DCP's \(it holds a "
+                                        r"NoneType, not DCP's Metadata"):
+        refuse_unsafe(none)
+    fallback = variant("fallback")
+    (fallback / "model" / "__0.metadata").write_bytes(pickle.dumps(_RunsCode(tmp_path / "ran")))
+    with pytest.raises(UserError, match=r"holds a per-process DCP metadata file \(model/__0.metadata\), which cannot "
+                                        r"be checked"):
+        refuse_unsafe(fallback)
+    bare = variant("bare")
+    (bare / "model" / ".metadata").unlink()
+    with pytest.raises(UserError, match=r"holds shards without their .metadata \(model\)"):
+        refuse_unsafe(bare)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "model").symlink_to(fallback / "model")
+    with pytest.raises(UserError, match=r"holds a symbolic link \(model\)"):
+        refuse_unsafe(linked)
+    assert not (tmp_path / "ran").exists()

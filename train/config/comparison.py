@@ -11,11 +11,13 @@ from train.config.loading import all_keys, build_config
 from train.config.schema import Config
 
 # Keys a resumed run may change: how long it trains, how it is watched and tracked, how the data is
-# fed and where it lies. Any other difference means another run (model, data, optimizer, loss, ...).
+# fed and where it lies, how the model is spread over the processes and how checkpoints are written
+# (the same steps either way: train.saving.reshard). Any other difference means another run (model,
+# data, optimizer, loss, ...).
 RESUMABLE_CHANGES = ("epochs", "output_dir", "resume", "preflight", "progress", "log_step_freq", "log_every_s",
                      "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps", "callbacks",
                      "sweep.", "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
-                     "peft.merged_export")
+                     "peft.merged_export", "strategy", "fsdp.", "checkpoint.async_save")
 
 
 def dotted(config: dict) -> dict:

@@ -125,6 +125,11 @@ class Loop(Evaluation, Position, Step):
 
     def load_state_dict(self, state: dict, rng: Optional[dict] = None) -> None:
         Position.load_state_dict(self, state, rng)
+        if self._graph is not None and self.accelerator.gradient_accumulation_steps > 1:
+            # resumed on fewer processes: the global batch kept by accumulation, which a graphed step does not do
+            self._graph = None
+            self.step_notes.append("graphs: off after resuming with gradient accumulation (on another process "
+                                   "count): the step runs eagerly")
         if self._graph is not None:  # the optimizer's state tensors were just replaced
             self._graph.reset()
 

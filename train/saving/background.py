@@ -6,8 +6,9 @@ shards included, and the loop's files) into node-local memory (`/dev/shm`, else 
 folder): one code path and one format for both ways of saving. A thread of each process then copies
 the files that process wrote (the same ownership as `fsync_own_files`: the main process the shared
 files, each process its RNG states, sums and shards) into the checkpoint's `.tmp-` folder on disk,
-fsyncs them and leaves a marker; the main process's thread waits for every process's marker, and
-only then writes the manifest, renames the folder into place and moves `latest` (`commit`). A kill
+fsyncs them, reads each back against the CRC-32 of the staged bytes, and leaves a marker holding
+those; the main process's thread waits for every process's marker, and only then writes the
+manifest from them, renames the folder into place and moves `latest` (`commit`). A kill
 or a full disk during the write leaves the previous `latest`. Written by hand because no library
 stages and commits a checkpoint of files this way (DCP's `async_save` covers its own shards only).
 
@@ -19,6 +20,7 @@ one checkpoint per node.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -33,6 +35,9 @@ DONE, FAILED = ".done-", ".failed-"  # a process's marker in the checkpoint's .t
 
 
 def staging_root() -> Path:
+    """Where checkpoints are staged: `TRAIN_STAGING_DIR` (e.g. a node-local NVMe), else /dev/shm."""
+    if os.environ.get("TRAIN_STAGING_DIR"):
+        return Path(os.environ["TRAIN_STAGING_DIR"])
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
@@ -76,7 +81,7 @@ class BackgroundWrite:
     """One checkpoint on its way from memory to disk (see the module docstring)."""
 
     def __init__(self, staged: Path, tmp: Path, index: int, processes: int, main: bool,
-                 commit: Callable[[], None], timeout_s: float):
+                 commit: Callable[[dict], None], timeout_s: float):
         self.staged, self.tmp, self.index, self.processes, self.main = staged, tmp, index, processes, main
         self.commit, self.timeout_s = commit, timeout_s
         self.error: Optional[str] = None
@@ -97,14 +102,28 @@ class BackgroundWrite:
                 shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _copy(self) -> None:
+        """Each of this process's staged files to disk, fsynced and read back: its CRC-32 on disk must
+        be the staged bytes' (torch.save's own CRC was left out while staging); the sizes and CRCs go
+        in the marker, for the manifest."""
+        from train.saving.storage import file_crc32
+
+        checked = {}
         for source in own_files(self.staged, self.index, self.main):
-            target = self.tmp / source.relative_to(self.staged)
+            name = source.relative_to(self.staged).as_posix()
+            target = self.tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-            with open(target, "rb") as f:
-                os.fsync(f.fileno())
+            crc = 0
+            with open(source, "rb") as src, open(target, "wb") as dst:
+                while block := src.read(1 << 20):
+                    crc = zlib.crc32(block, crc)
+                    dst.write(block)
+                dst.flush()
+                os.fsync(dst.fileno())
+            if file_crc32(target) != crc:
+                raise OSError(f"{name} reads back other bytes than were written")
+            checked[name] = {"size": target.stat().st_size, "crc32": crc}
             source.unlink()  # memory given back file by file (the folder goes at the next wait)
-        _mark(self.tmp / f"{DONE}{self.index}", "")
+        _mark(self.tmp / f"{DONE}{self.index}", json.dumps(checked))
 
     def _wait_and_commit(self) -> None:
         deadline = time.monotonic() + self.timeout_s
@@ -117,9 +136,11 @@ class BackgroundWrite:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the other processes did not finish writing within {self.timeout_s:.0f} s")
             time.sleep(0.01)
+        checked = {}
         for marker in self.tmp.glob(f"{DONE}*"):
+            checked.update(json.loads(marker.read_text() or "{}"))
             marker.unlink()
-        self.commit()
+        self.commit(checked)
 
     def wait(self) -> Optional[str]:
         """Block until this write has finished; its error (this process's), or None."""

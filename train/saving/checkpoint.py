@@ -75,6 +75,7 @@ class Checkpoint(Callback):
         self.loop = loop  # the manager saves the loop's state: it alone reads the loop's insides
         self.background, self.timeout_s = background, timeout_s  # written in the background (train.saving.background)
         self._pending: Optional[BackgroundWrite] = None
+        self._said_no_room = False  # the note that memory had no room for a staged checkpoint, said once
         self.root = Path(root)
         self.every_steps = every_steps
         self.keep_last = keep_last
@@ -214,7 +215,8 @@ class Checkpoint(Callback):
         state = loop.state_dict()
         name = f"step-{loop.step:08d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
-        staged = staging_folder(self.root, name) if (self.background if background is None else background) else None
+        background = self.background if background is None else background
+        staged = staging_folder(self.root, name) if background and self._room_to_stage() else None
         error = None
         try:
             if acc.is_main_process:
@@ -225,7 +227,8 @@ class Checkpoint(Callback):
                 staged.mkdir(parents=True)
         except OSError as e:
             error = e
-        if all_ok(acc, error is None):
+        made = all_ok(acc, error is None)  # the folders; then every process's files
+        if made:
             try:
                 with quick_serialization() if staged is not None else contextlib.nullcontext():
                     self._write(staged or tmp, state)
@@ -238,11 +241,14 @@ class Checkpoint(Callback):
             for folder in (tmp if acc.is_main_process else None, staged):
                 if folder is not None:
                     shutil.rmtree(folder, ignore_errors=True)
-            raise WriteError(f"could not save checkpoint {name} to {self.root}/ ({reason}); "
-                             f"{free_space(self.root)}; make room and run the same command again to resume")
+            if staged is not None and made:  # the staging in memory failed, not the checkpoints folder
+                raise WriteError(f"could not stage checkpoint {name} in memory ({staged}: {reason}); "
+                                 f"{free_space(staged.parent)} there; give it more room, or checkpoint.async_save=false")
+            raise self._failed("save", name, reason)
         if staged is not None:
             self._pending = BackgroundWrite(staged, tmp, acc.process_index, acc.num_processes, acc.is_main_process,
-                                            lambda: commit(self.root, tmp, final, best, self.keep_last), self.timeout_s)
+                                            lambda checked: commit(self.root, tmp, final, best, self.keep_last, checked),
+                                            self.timeout_s)
             self._pending.name = name
             self.last_saved = final
             return final
@@ -253,10 +259,18 @@ class Checkpoint(Callback):
             error = e
             shutil.rmtree(tmp, ignore_errors=True)
         if not all_ok(acc, error is None):  # nobody reads or moves on before the checkpoint is complete
-            raise WriteError(f"could not complete checkpoint {name} in {self.root}/ ({why_save_failed(error, tmp)}); "
-                             f"{free_space(self.root)}; make room and run the same command again to resume")
+            raise self._failed("complete", name, why_save_failed(error, tmp))
         self.last_saved = final
         return final
+
+    def settle(self, timeout_s: float = 30.0) -> None:
+        """On an error's way out: a write in flight gets a bounded time to finish (no collective: the
+        other processes may be gone), and this node's staged copy is removed from memory."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.thread.join(timeout_s)
+            if self.loop.accelerator.is_local_main_process:
+                shutil.rmtree(pending.staged, ignore_errors=True)
 
     def wait_for_write(self) -> None:
         """Until the checkpoint being written in the background is on disk and `latest` (every
@@ -272,9 +286,31 @@ class Checkpoint(Callback):
         if not ok:
             if acc.is_main_process:
                 shutil.rmtree(pending.tmp, ignore_errors=True)
-            raise WriteError(f"could not save checkpoint {pending.name} to {self.root}/ ("
-                             f"{error or 'another process could not write its part'}); {free_space(self.root)}; "
-                             f"make room and run the same command again to resume")
+            raise self._failed("save", pending.name, error or "another process could not write its part")
+
+    def _failed(self, what: str, name: str, reason: str) -> WriteError:
+        return WriteError(f"could not {what} checkpoint {name} {'to' if what == 'save' else 'in'} {self.root}/ "
+                          f"({reason}); {free_space(self.root)}; make room and run the same command again to resume")
+
+    def _room_to_stage(self) -> bool:
+        """Whether every node's memory has room for a staged copy (as big as the last checkpoint, or
+        before the first, the weights and two moments of Adam); if not, this save is written directly
+        (a container's /dev/shm is often 64 MB), said once."""
+        acc = self.loop.accelerator
+        last = self.last_saved if self.last_saved is not None and self.last_saved.is_dir() else None
+        if last is not None:
+            size = sum(p.stat().st_size for p in last.rglob("*") if p.is_file())
+        else:  # the whole model's: a sharded model's parts are DTensors of the whole shape
+            size = 3 * sum(p.numel() * p.element_size() for p in self.loop.model.parameters())
+        free = shutil.disk_usage(staging_folder(self.root, "x").parent).free
+        room = all_ok(acc, free > 1.2 * size)
+        if not room and not self._said_no_room and acc.is_main_process:
+            print(f"note: checkpoint.async_save: {free / 2**20:.0f} MB free in {staging_folder(self.root, 'x').parent} "
+                  f"on some node, less than a checkpoint ({size / 2**20:.0f} MB): writing checkpoints directly",
+                  flush=True)
+        if not room:
+            self._said_no_room = True
+        return room
 
     def _write(self, tmp: Path, state: dict) -> None:
         """Every process writes its files into `tmp`."""

@@ -20,10 +20,9 @@ import torch
 
 from train.base.errors import UserError
 from train.base.files import pointer_target
-from train.base.paths import CHECKPOINTS
+from train.base.paths import CHECKPOINTS, SHARDED_MODEL, WEIGHTS
 
-WEIGHTS, ORIGIN, HF_DIR, MERGED_DIR = "model.safetensors", "run.json", "hf", "hf-merged"
-SHARDED_MODEL = "pytorch_model_fsdp_0"  # where Accelerate saves a sharded model's DCP shards in a checkpoint
+ORIGIN, HF_DIR, MERGED_DIR = "run.json", "hf", "hf-merged"
 PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DistributedDataParallel's
 
 
@@ -138,21 +137,16 @@ def read_weights(file: Path) -> dict:
 
 def merged_shards(folder: Path) -> dict:
     """The full weights of a sharded (`strategy=fsdp`) checkpoint, merged on this one process from every
-    process's shards, as Accelerate's `merge_fsdp_weights` reads them (torch's DCP reader, an empty
-    plan, no process group); the checkpoint is verified and checked for pickles that run code first."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner, _load_state_dict
-
+    process's shards (`train.saving.reshard.read_dcp`); the checkpoint is verified and checked for
+    pickles that run code first."""
+    from train.saving.reshard import read_dcp
     from train.saving.storage import damage, refuse_unsafe
 
     reason = damage(folder.parent)
     if reason:
         raise UserError(f"checkpoint {folder.parent} is damaged ({reason}); load another checkpoint")
-    refuse_unsafe(folder)
-    state: dict = {}
-    _load_state_dict(state, storage_reader=dcp.FileSystemReader(str(folder)), planner=_EmptyStateDictLoadPlanner(),
-                     no_dist=True)
-    return state["model"] if set(state) == {"model"} else state  # Accelerate saves {"model": state}
+    refuse_unsafe(folder.parent)
+    return read_dcp(folder)["model"]  # Accelerate saves {"model": state}
 
 
 def load_weights(module: torch.nn.Module, path, checkpoint: Optional[str] = None) -> torch.nn.Module:

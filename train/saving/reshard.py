@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
+from train.base.errors import ConfigError
+from train.base.paths import OPTIMIZER_FILE, SHARDED_MODEL, SHARDED_OPTIMIZER, WEIGHTS
 from train.distributed.strategy import is_sharded
-from train.saving.export import SHARDED_MODEL, WEIGHTS
-
-SHARDED_OPTIMIZER, OPTIMIZER = "optimizer_0", "optimizer.bin"  # Accelerate's names in a checkpoint
 
 
 def written_sharded(path: Path) -> bool:
@@ -34,7 +33,8 @@ def needs_reshard(accelerator, path: Path) -> bool:
 
 def read_dcp(folder: Path) -> dict:
     """A DCP folder read whole on this process (no process group: every shard merged), as Accelerate's
-    `merge_fsdp_weights` reads one."""
+    `merge_fsdp_weights` reads one. Check the checkpoint first (`storage.refuse_unsafe`): torch
+    unpickles its `.metadata`."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner, _load_state_dict
 
@@ -54,20 +54,29 @@ def load_across_layouts(accelerator, model, optimizer, path: Path) -> None:
     inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper holds the torch optimizer
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
     name_of = {id(p): name for name, p in plain.named_parameters()}
-    order = [name_of[id(p)] for group in inner.param_groups for p in group["params"]]  # as the optimizer numbers them
-    if written_sharded(path):
+    params = [p for group in inner.param_groups for p in group["params"]]
+    if any(id(p) not in name_of for p in params):
+        raise ConfigError(f"checkpoint '{path}' was written {'sharded' if written_sharded(path) else 'whole'} and "
+                          f"the optimizer holds parameters outside the model, which cannot be matched by name; "
+                          f"resume it with the strategy and number of processes it was written with")
+    order = [name_of[id(p)] for p in params]  # the names of the parameters as the optimizer numbers them
+    sharded_now = is_sharded(accelerator)
+    reads = not sharded_now or accelerator.is_main_process  # into shards: the main process reads, and sends
+    weights, optim = {}, {}
+    if reads and written_sharded(path):
         weights = read_dcp(path / SHARDED_MODEL)["model"]
         optim = read_dcp(path / SHARDED_OPTIMIZER)["optimizer"]
-    else:
+    elif reads:
         weights = load_file(str(path / WEIGHTS))
-        saved = torch.load(path / OPTIMIZER, weights_only=True, map_location="cpu")
+        saved = torch.load(path / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
         optim = {"state": {order[i]: s for i, s in saved["state"].items()},
                  "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]]}
-    if is_sharded(accelerator):
+    if sharded_now:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
-        whole = StateDictOptions(full_state_dict=True)  # every process holds the whole state: sharded here
+        # the main process's whole state, sent unit by unit and sharded on arrival: one copy in host memory
+        whole = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         set_model_state_dict(model, weights, options=whole)
         set_optimizer_state_dict(model, inner, optim, options=whole)
     else:

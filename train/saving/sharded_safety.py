@@ -84,10 +84,14 @@ def check_dcp_folder(metadata_file: Path, check_saved: Callable[[io.BytesIO, str
     if unsafe:
         raise ValueError(f"it imports {', '.join(unsafe)}")
     metadata = _MetadataUnpickler(io.BytesIO(data)).load()
-    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
-    kinds = getattr(metadata, "state_dict_metadata", {})
-    for index, info in (getattr(metadata, "storage_data", None) or {}).items():
+    # anything else makes torch's reader fail over to files that were not checked (`__0.metadata`)
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict) \
+            or not isinstance(metadata.storage_data, dict):
+        raise ValueError(f"it holds a {type(metadata).__name__}, not DCP's Metadata with its items")
+    kinds = metadata.state_dict_metadata
+    for index, info in metadata.storage_data.items():
         if not isinstance(kinds.get(index.fqn), BytesStorageMetadata):
             continue  # a tensor: torch loads those with weights_only=True
         if getattr(info, "transform_descriptors", None):

@@ -68,15 +68,18 @@ def file_crc32(path: Path) -> int:
     return crc
 
 
-def write_manifest(folder: Path) -> None:
-    """`manifest.json`: each file's size and CRC-32. Also gives every file the umask's mode
-    (safetensors writes 0600, which a team sharing the folder cannot read)."""
+def write_manifest(folder: Path, checked: Optional[dict] = None) -> None:
+    """`manifest.json`: each file's size and CRC-32 (those in `checked` as its writer read them
+    back, the others read here). Also gives every file the umask's mode (safetensors writes 0600,
+    which a team sharing the folder cannot read)."""
     mode = file_mode()
     for p in folder.rglob("*"):
         if p.is_file():
             os.chmod(p, mode)
-    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "crc32": file_crc32(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    checked = checked or {}
+    files = {name: checked.get(name) or {"size": p.stat().st_size, "crc32": file_crc32(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
+             for name in [p.relative_to(folder).as_posix()]}
     (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
 
 
@@ -135,12 +138,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def commit(root: Path, tmp: Path, final: Path, best: bool, keep_last: int) -> None:
-    """Main process: the manifest, then the folder renamed into place, then `latest` (and
-    `best`) moved to it. The same step saved again (a resumed epoch that ended where the
-    interrupted one had saved) replaces the old folder only once the new one is in place, so
-    that `latest` never names a missing folder."""
-    write_manifest(tmp)
+def commit(root: Path, tmp: Path, final: Path, best: bool, keep_last: int, checked: Optional[dict] = None) -> None:
+    """Main process: the manifest (`checked`: files already verified by their writers), then the
+    folder renamed into place, then `latest` (and `best`) moved to it. The same step saved again (a
+    resumed epoch that ended where the interrupted one had saved) replaces the old folder only
+    once the new one is in place, so that `latest` never names a missing folder."""
+    write_manifest(tmp, checked)
     _fsync_tree(tmp)
     old = final.with_name(f".old-{final.name}") if final.exists() else None
     if old is not None:
@@ -187,8 +190,10 @@ def set_aside_newer(root: Path, resumed: Path) -> Optional[str]:
     aside.mkdir(exist_ok=True)
     best = pointer_target(Path(root) / BEST)
     for folder in newer:
-        shutil.rmtree(aside / folder.name, ignore_errors=True)
-        os.replace(folder, aside / folder.name)
+        target, n = aside / folder.name, 1
+        while target.exists():  # set aside before by another resume: both kept
+            target, n = aside / f"{folder.name}.{n}", n + 1
+        os.replace(folder, target)
     atomic_write_text(Path(root) / LATEST, resumed.name + "\n")
     lost_best = best is not None and best.name in {p.name for p in newer}
     if lost_best:
@@ -228,12 +233,24 @@ def damage(path: Path) -> Optional[str]:
 def refuse_unsafe(path: Path) -> None:
     """Stop (exit 2) if any pickled file of the checkpoint would import more than plain data: the
     `torch.save` files, and a sharded (DCP) folder's `.metadata` and the pickled items of its shards
-    (`train.saving.sharded_safety`)."""
+    (`train.saving.sharded_safety`). What cannot be checked is refused too: a symbolic link (the walk
+    would not see where it leads, the loaders would), DCP's per-process `__N.metadata` (torch falls
+    back to it, unpickled as it is), and a folder of shards without its `.metadata`."""
     from train.saving.sharded_safety import check_dcp_folder
 
-    for file in sorted(path.rglob("*")):
-        if not file.is_file():
-            continue
+    def refuse(what: str):
+        raise UserError(f"checkpoint {path} holds {what}, which cannot be checked before loading; refusing it: "
+                        f"resume from a checkpoint you trust")
+
+    files = []
+    for folder, subfolders, names in os.walk(path):  # os.walk does not follow links: each is refused
+        for name in [*subfolders, *names]:
+            if os.path.islink(os.path.join(folder, name)):
+                refuse(f"a symbolic link ({Path(folder, name).relative_to(path)})")
+        files += [Path(folder, name) for name in names]
+        if any(name.endswith(".distcp") for name in names) and ".metadata" not in names:
+            refuse(f"shards without their .metadata ({Path(folder).relative_to(path)})")
+    for file in sorted(files):
         if file.name == ".metadata":
             try:
                 check_dcp_folder(file, lambda blob, where: _check_saved(blob, f"{file.parent / where}"))
@@ -242,6 +259,8 @@ def refuse_unsafe(path: Path) -> None:
             except Exception as e:
                 raise UserError(f"checkpoint file {file} would run code when loaded, or is not DCP's ({e}); "
                                 f"refusing it: resume from a checkpoint you trust") from None
+        elif file.name.endswith(".metadata"):
+            refuse(f"a per-process DCP metadata file ({file.relative_to(path)})")
         elif file.suffix in (".pt", ".pkl", ".bin"):
             _check_saved(str(file), str(file))
 

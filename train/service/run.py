@@ -1,13 +1,12 @@
 """A training run from start to finish: the object every front builds and drives.
 
-`Run(model, optimizer, loss, metrics, options=RunOptions(...))` owns the accelerator and the
-loop; `run.fit(epochs, train, val)` trains. With `options.output_dir` it also owns everything
-around the loop: the folder's lock, finding and verifying a checkpoint to resume from (`resume`),
-the plan printout, `config.yaml` (where a config was given), `history.csv`, `history.png`,
-checkpoints, trackers, the final `model.safetensors`, and the endings on purpose: SIGUSR1/SIGTERM
-save and end the process with exit 75, Ctrl-C saves and ends it with exit 130 (each after one
-line, without a traceback). Without an output folder nothing is written and no signal is caught.
-"""
+`Run(model, optimizer, loss, metrics, options=RunOptions(...))` owns the accelerator and the loop;
+`run.fit(epochs, train, val)` trains. With `options.output_dir` it also owns everything around the
+loop: the folder's lock, finding and verifying a checkpoint to resume from (`resume`), the plan,
+`config.yaml` (where a config was given), `history.csv`, `history.png`, checkpoints, trackers, the
+final `model.safetensors`, and the endings on purpose: SIGUSR1/SIGTERM save and end the process with
+exit 75, Ctrl-C saves and ends it with exit 130 (each after one line, without a traceback). Without
+an output folder nothing is written and no signal is caught."""
 
 from __future__ import annotations
 
@@ -29,6 +28,7 @@ from train.engine.devices import accelerator_for, from_main, local_processes  # 
 from train.base.errors import NonFiniteLoss, Preempted, RunError, UserError, WriteError, describe, first_line
 from train.engine.history import check_column, metric_columns
 from train.engine.loop import Loop
+from train.config.comparison import refuse_other_run
 from train.config.options import RunOptions
 from train.supervision.reports import record_exit, record_start
 
@@ -101,8 +101,6 @@ class Run:
             path = manager.find(o.resume, say=lambda line: print(line, flush=True))
             if path is not None:
                 if self.config is not None:  # a folder whose run has other settings is refused
-                    from train.config.comparison import refuse_other_run
-
                     refuse_other_run(out, self.config)
                 self.resumed = manager.load(path)  # the one moment a run is put back: every part
                 if path.resolve().parent != (out / "checkpoints").resolve():
@@ -126,11 +124,15 @@ class Run:
             record_exit(e.exit_code, str(e), final=True, **self._where())
             raise SystemExit(e.exit_code) from None
         except RunError as e:
-            if isinstance(e, (NonFiniteLoss, WriteError)) and self.checkpoint is not None:
-                e.args = (f"{e}; {self._where_to_resume(preempted=False)}",)
+            if self.checkpoint is not None:  # a write in flight: finished if it can be, before naming `latest`
+                self.checkpoint.settle()
+                if isinstance(e, (NonFiniteLoss, WriteError)):
+                    e.args = (f"{e}; {self._where_to_resume(preempted=False)}",)
             record_exit(e.exit_code, str(e), final=True, **self._where())
             raise
         except BaseException as e:
+            if self.checkpoint is not None:
+                self.checkpoint.settle()
             contact = lost_contact(e)
             record_exit(1, contact or describe(e), kind="lost contact" if contact else "exception", **self._where())
             if contact:  # not a bug here: one line, and the supervisor (if any) restarts the job
