@@ -96,7 +96,7 @@ def test_each_process_holds_its_half_and_the_plan_says_so(sharded):
     assert [h["optimizer"] for h in held] == [2 * first, 2 * (total - first)]  # Adam's two moments, sharded
 
 
-PROBE = """
+PROBE = r"""
 import torch
 from accelerate import Accelerator
 from accelerate.utils import FullyShardedDataParallelPlugin
