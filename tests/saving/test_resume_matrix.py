@@ -25,8 +25,7 @@ SETTINGS = {  # name: (overrides, optimizer steps per epoch per process)
     "a stateful user metric": (["metrics=[accuracy, 'tests.helpers.augmented:Seen']"], 16),
     "bf16 autocast on the CPU": (["mixed_precision=bf16"], 16),
     "compile (inductor)": (["compile=true"], 16),
-    "strategy fsdp (sharded DCP checkpoints)": (["strategy=fsdp", "fsdp.min_num_params=1000"], 16),
-    "checkpoints written in the background": (["checkpoint.async_save=true"], 16),
+    # sharded DCP checkpoints written in the background (each alone: test_sharded_checkpoints, test_async_saves)
     "fsdp, written in the background": (["strategy=fsdp", "fsdp.min_num_params=1000", "checkpoint.async_save=true"],
                                         16),
 }
