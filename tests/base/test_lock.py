@@ -21,3 +21,26 @@ def test_a_lock_from_another_host_blocks_while_its_heartbeat_is_fresh(tmp_path):
         OutputLock(tmp_path).acquire()
     lock.release()
     assert not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.slow  # starts a process
+def test_a_killed_holders_forked_child_delays_the_lock_but_does_not_keep_it(tmp_path):
+    """A killed rank's data-loader worker shares the lock's open file (fork) until it sees its parent
+    gone: the restarted run waits for it instead of stopping with "in use" (a CI failure)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from train.base.lock import OutputLock
+
+    script = (f"import os, sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom train.base.lock import OutputLock\n"
+              "OutputLock(sys.argv[1]).acquire()\n"
+              "if os.fork() == 0:  # the worker: the lock's file open, for 3 s\n"
+              "    time.sleep(3)\n    os._exit(0)\n"
+              "os._exit(0)  # the holder gone at once\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=60)
+    start = time.monotonic()
+    lock = OutputLock(tmp_path)
+    lock.acquire()  # refused with "in use" before
+    assert time.monotonic() - start > 1  # it did wait for the child
+    lock.release()

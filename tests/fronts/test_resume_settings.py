@@ -70,19 +70,26 @@ def cpu2(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_mid_epoch_checkpoint_on_another_process_count_is_refused_and_an_epoch_end_one_resumes(tmp_path):
+def test_a_process_count_that_cannot_keep_the_global_batch_is_refused_and_one_that_can_resumes(tmp_path):
+    """A run's global batch is what a resume on another process count keeps (train.saving.elastic)."""
     one = tmp_path / "one"
-    assert main([*RUN, "epochs=1", f"output_dir={one}"]) == 0  # checkpoints at steps 2 (mid-epoch) and 4 (its end)
+    assert main([*RUN, "epochs=1", f"output_dir={one}"]) == 0  # 1 process x batch 64: a global batch of 64
     mid = one / "checkpoints" / "step-00000002"
     refused = cpu2(*RUN, f"resume={mid}", f"output_dir={tmp_path / 'two'}")
     said = [line for line in (refused.stdout + refused.stderr).splitlines() if line.strip()]
     assert refused.returncode == 2, said
-    assert said == [f"error: checkpoint '{mid}' was taken mid-epoch by 1 process(es); resume it with 1, or from an "
-                    f"epoch-end checkpoint", "supervisor: exit 2 (bad input): the job ended on purpose; not restarting"
+    assert said == [f"error: checkpoint '{mid}' was written by 1 process(es) x accumulation 1: a global batch of 1 x "
+                    f"batch_size, which 2 processes cannot share evenly; resume on a number of processes that divides 1",
+                    "supervisor: exit 2 (bad input): the job ended on purpose; not restarting"
                     ], said  # one line for the job, not one a process, and no launcher's traceback
     assert not (tmp_path / "two" / "checkpoints").exists()
-    on_two = cpu2(*RUN, f"output_dir={one}")  # latest: the end of epoch 1
+    # one process with accumulation 2 takes two processes' batches in each step: its run resumes on two
+    accumulated = tmp_path / "accumulated"
+    assert main([*RUN, "epochs=1", "gradient_accumulation_steps=2", f"output_dir={accumulated}"]) == 0
+    on_two = cpu2(*RUN, "gradient_accumulation_steps=2", f"output_dir={accumulated}")
     assert on_two.returncode == 0, on_two.stdout + on_two.stderr
-    assert f"resuming from {one}/checkpoints/step-00000004" in " ".join(on_two.stdout.split())
-    history = pd.read_csv(one / "history.csv")
+    said = " ".join(on_two.stdout.split())
+    assert f"resuming from {accumulated}/checkpoints/step-00000002" in said, said
+    assert "accumulation 1 keeps the global batch of 128 samples" in said, said
+    history = pd.read_csv(accumulated / "history.csv")
     assert history["epoch"].tolist() == [1, 2] and history["loss"].notna().all()

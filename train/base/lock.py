@@ -25,6 +25,20 @@ from train.base.errors import UserError
 LOCK_FILE = ".lock"
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
+ORPHAN_WAIT_S = 30.0
+
+
+def _dead_here(holder: dict) -> bool:
+    """Whether the lock's recorded holder is a process of this host that no longer runs."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class FolderInUse(UserError):
@@ -60,14 +74,22 @@ class OutputLock:
         threading.Thread(target=self._heartbeat, name="output-lock-heartbeat", daemon=True).start()
 
     def _open_locked(self) -> int:
-        """The lock file, opened and flocked (FolderInUse if a live process here holds it)."""
+        """The lock file, opened and flocked (FolderInUse if a live process here holds it). A holder
+        that is dead while its lock is still held left a child with the lock's file open (a fork
+        shares it: a killed rank's data-loader worker, which ends within seconds once it sees its
+        parent gone): waited for, up to `ORPHAN_WAIT_S`."""
+        deadline = time.monotonic() + ORPHAN_WAIT_S
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for any file
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise FolderInUse(self._in_use(self._holder())) from None
+                holder = self._holder()
+                if _dead_here(holder) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise FolderInUse(self._in_use(holder)) from None
             try:
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     return fd  # still the file at that path (its holder did not remove it meanwhile)
