@@ -56,6 +56,10 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
+# sbatch --wait polls after 2 s, then 4x longer while under MinJobAge/2, up to 32 s: with the default
+# (300 s) a 15-s job is seen ended at 42 s. Keeping an ended job's record 16 s makes it poll every 8 s,
+# still twice within the record's life.
+MinJobAge=16
 KillWait=10
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
