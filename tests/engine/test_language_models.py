@@ -85,9 +85,22 @@ def test_a_causal_lm_reports_the_token_level_loss_on_two_processes(tmp_path):
         assert [r["target"] for r in rows] == [" ".join(map(str, s["input_ids"][1:].tolist())) for s in samples]
 
     plain = tmp_path / "plain"  # no grouping, no metric: nothing is gathered at all
-    done = cpu2(*LM, f"output_dir={plain}")
+    done = cpu2(*LM, "device.peak_tflops=0.05", f"output_dir={plain}")
     assert done.returncode == 0, done.stdout
-    assert last_row(plain)["val_loss"] == pytest.approx(token_loss(model_from(plain), samples), abs=1e-6)
+    row = last_row(plain)
+    assert row["val_loss"] == pytest.approx(token_loss(model_from(plain), samples), abs=1e-6)
+    # throughput in real tokens (padding excluded): the training samples' own lengths, counted here
+    from tests.helpers.lm import load
+
+    train_tokens = sum(len(sample["input_ids"]) for sample in load(512, 101, 0)[0])
+    assert row["tokens_per_s"] * row["epoch_s"] == pytest.approx(train_tokens, rel=1e-9)
+    assert row["mfu"] == pytest.approx(row["flops_per_s"] / (0.05e12 * 2), rel=1e-12)  # 2 processes' devices
+    assert "mfu: the history's flops_per_s over the peak of every process's device: 0.05 TFLOP/s each" in flat(done.stdout)
+    # each process's peak resident set: at least a process that only imported torch and transformers holds
+    imported = subprocess.run([PYTHON, "-c", "import resource, torch, transformers; "
+                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
+                              capture_output=True, text=True, check=True)
+    assert float(imported.stdout) < row["max_memory_mb"] < 8192
 
     preflight = cpu2(*LM, "preflight=true", f"output_dir={tmp_path / 'preflight'}")
     assert preflight.returncode == 0 and "preflight ok" in preflight.stdout, preflight.stdout

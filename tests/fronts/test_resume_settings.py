@@ -12,6 +12,7 @@ import pytest
 from tests.helpers.small_runs import blobs, small_model
 
 from conftest import MNIST, ROOT
+from train.engine.history import TIMING_COLUMNS
 from train.fronts.script import main
 
 RUN = ["epochs=2", "scheduler.name=none", "data.train_size=256", "data.val_size=64", "batch_size=64", f"data.path={MNIST}", "checkpoint.every_steps=2",
@@ -57,7 +58,7 @@ def test_resume_from_a_named_checkpoint_continues_exactly_from_it(tmp_path, caps
     assert main([*RUN, f"resume={older}", f"output_dir={tmp_path / 'again'}"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert f"resuming from {older} (epoch 1, batch 2" in said, said
-    timing = ["epoch_s", "data_s", "compute_s", "samples_per_s", "flops_per_s"]
+    timing = TIMING_COLUMNS
     history = pd.read_csv(tmp_path / "again" / "history.csv")
     history = history.drop(columns=[c for c in timing if c in history])
     expected = pd.read_csv(reference / "history.csv")[history.columns]

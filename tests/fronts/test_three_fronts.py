@@ -46,7 +46,8 @@ def test_three_fronts_one_history(tmp_path, capsys):
     by_class, model, loaders = class_front(cfg)
     by_function = function_front(cfg)
 
-    assert list(script.columns) == COLUMNS + ["epoch_s", "data_s", "compute_s", "samples_per_s", "flops_per_s"]
+    assert list(script.columns) == COLUMNS + ["epoch_s", "data_s", "compute_s", "samples_per_s", "flops_per_s",
+                                              "max_memory_mb"]
     assert list(by_class.columns) == list(script.columns) == list(by_function.columns)
     assert script["val_accuracy"].iloc[-1] > 0.6  # chance is 0.1
     pd.testing.assert_frame_equal(script[COLUMNS], by_class[COLUMNS], check_exact=False, rtol=1e-6)

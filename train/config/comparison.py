@@ -17,7 +17,8 @@ from train.config.schema import Config
 RESUMABLE_CHANGES = ("epochs", "output_dir", "resume", "preflight", "progress", "log_step_freq", "log_every_s",
                      "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps", "callbacks",
                      "sweep.", "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
-                     "peft.merged_export", "strategy", "fsdp.", "checkpoint.async_save")
+                     "peft.merged_export", "strategy", "fsdp.", "checkpoint.async_save",
+                     "device.")
 
 
 def dotted(config: dict) -> dict:

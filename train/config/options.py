@@ -59,6 +59,7 @@ class RunOptions:
     fsdp: dict = option({}, from_config=lambda cfg: dataclasses.asdict(cfg.fsdp))  # strategy=fsdp's settings
     num_classes: Optional[int] = option(None)  # a classification loss: checked against the model's output width
     collective_timeout_s: Optional[float] = option(600.0, "collective_timeout_s")  # a process waiting longer ends it
+    peak_tflops: Optional[float] = option(None, "device.peak_tflops")  # one device's peak, for mfu (train.engine.peak_flops)
     # what a person sees
     trackers: tuple = option((), from_config=lambda cfg: tuple(
         name for name in TRACKERS if getattr(cfg.tracking, name)))  # "wandb", "tensorboard"
@@ -91,7 +92,7 @@ class RunOptions:
         for name in ("gradient_accumulation_steps", "keep_last", "log_every_s"):
             _positive(name, getattr(self, name))
         for name in ("checkpoint_every", "max_grad_norm", "log_step_freq", "collective_timeout_s", "num_classes",
-                     "steps_per_epoch"):
+                     "steps_per_epoch", "peak_tflops"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:

@@ -84,6 +84,13 @@ class SchedulerConfig:
 
 
 @dataclass
+class DeviceConfig:
+    peak_tflops: Optional[float] = key(None, "one device's peak TFLOP/s, for the history's mfu (flops_per_s over "
+                                             "the peak of every process's device); null: a table of NVIDIA GPUs "
+                                             "by the run's precision, none for a CPU")
+
+
+@dataclass
 class TrackingConfig:
     wandb: bool = key(False, "Weights & Biases (WANDB_MODE=offline works without network)")
     tensorboard: bool = key(False, "TensorBoard event files in <output_dir>/tensorboard")
@@ -224,6 +231,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -15,7 +15,8 @@ from train.base.files import atomic_write
 # bookkeeping: not quantities to plot
 COUNT_COLUMNS = ("epoch", "lr", "skipped_steps")
 # columns that differ between two runs of the same computation
-TIMING_COLUMNS = ("epoch_s", "data_s", "compute_s", "samples_per_s", "flops_per_s")
+TIMING_COLUMNS = ("epoch_s", "data_s", "compute_s", "samples_per_s", "tokens_per_s", "flops_per_s", "mfu",
+                  "max_memory_mb")
 
 
 def make_row(epoch: int, train: dict, val: dict, lr: float, skipped_steps: Optional[int], timing: dict) -> dict:

@@ -37,6 +37,7 @@ from train.engine.step_graph import StepGraph
 from train.engine.stop_check import StatusCheck
 from train.data.streams import is_stream, prepare_stream, replayable
 from train.engine.targets import loss_scales, target_counter
+from train.engine.peak_flops import peak_flops
 from train.engine.timing import EpochTimer, count_flops
 
 
@@ -58,7 +59,7 @@ class Loop(Evaluation, Position, Step):
                  metrics: Optional[Mapping[str, object]] = None, *, accelerator: Optional[Accelerator] = None,
                  scheduler=None, scheduler_interval: str = "epoch", max_grad_norm: Optional[float] = None,
                  nonfinite: str = "stop", channels_last: bool = False, callbacks: Iterable = (),
-                 steps_per_epoch: Optional[int] = None, graphs: bool = False):
+                 steps_per_epoch: Optional[int] = None, graphs: bool = False, peak_tflops: Optional[float] = None):
         check_choice("nonfinite", nonfinite, NONFINITE)
         check_choice("scheduler_interval", scheduler_interval, SCHEDULER_INTERVALS)
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -105,6 +106,8 @@ class Loop(Evaluation, Position, Step):
         self.last_round = False  # whether the current batch is the epoch's last
         self.skipped_steps = 0  # optimizer steps of this epoch dropped for a non-finite loss
         self.flops_per_sample: Optional[float] = None  # counted after the first epoch
+        # one device's peak FLOP/s, for the history's mfu (None: unknown, no mfu column)
+        self.peak_flops, peak_source = peak_flops(self.accelerator, peak_tflops)
         self._sums: Optional[EpochSums] = None
         self._epoch_lr = 0.0
         self._unfinished: Optional[dict] = None  # a checkpointed epoch to continue (load_state_dict)
@@ -115,6 +118,8 @@ class Loop(Evaluation, Position, Step):
         sharded = sharding_note(self.accelerator, self.model)
         if sharded:
             self.step_notes.append(sharded)
+        if self.peak_flops or self.device.type == "cuda":  # a CPU without a figure given: nothing to say
+            self.step_notes.append(f"mfu: {peak_source}")
         self._graph: Optional[StepGraph] = None  # graphs=True where it applies (train.engine.step_graph)
         if graphs and self.optimizer is not None:
             self._graph = self._make_graph()
@@ -210,7 +215,7 @@ class Loop(Evaluation, Position, Step):
         self.skipped_steps, self._epoch_lr = 0, self.optimizer.param_groups[0]["lr"]
         source, on_start = self._continue_unfinished(dl)
         events.on_epoch_begin(epoch=epoch)
-        timer = EpochTimer()
+        timer = EpochTimer(self.device)
         accumulation = self.accelerator.gradient_accumulation_steps
         rounds = self.rounds(dl, timer.batches(source, on_start, self.split), self.batches_per_epoch, self.batch)
         for window in windows(rounds, accumulation, self.batch):
@@ -257,7 +262,7 @@ class Loop(Evaluation, Position, Step):
         if self.flops_per_sample is None and timer.first_sample is not None:
             model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
             self.flops_per_sample = count_flops(model, call_model, timer.first_sample, self.accelerator.autocast)
-        return {**self._sums.result(self.accelerator), **timer.row(self.accelerator, self.flops_per_sample)}
+        return {**self._sums.result(self.accelerator), **timer.row(self.accelerator, self.flops_per_sample, self.peak_flops)}
 
     def _add(self, loss, preds, labels, weight) -> None:
         """A trained batch into the epoch's sums (and the non-finite watch); `weight`: its targets,

@@ -20,7 +20,7 @@ from train.fronts.summary import summary as print_summary
 # what compile() takes besides the loss, optimizer, metrics, schedule and callbacks
 STEP_OPTIONS = ("mixed_precision", "gradient_accumulation_steps", "max_grad_norm", "nonfinite", "compile",
                 "channels_last", "tf32", "deterministic", "graphs",
-                "strategy", "fsdp")
+                "strategy", "fsdp", "peak_tflops")
 
 
 class Model(nn.Module):
@@ -55,7 +55,8 @@ class Model(nn.Module):
         `nonfinite` ("stop" or "skip"), `compile`, `channels_last`, `tf32`, `deterministic` (True:
         deterministic kernels, a resume bit-identical on a GPU too; False: cuDNN autotunes), `graphs`
         (True: the whole step replayed from one CUDA graph on a GPU; see the README), `strategy`
-        ("ddp", or "fsdp": the model sharded over the processes) and `fsdp` (its settings, a dict)."""
+        ("ddp", or "fsdp": the model sharded over the processes), `fsdp` (its settings, a dict) and
+        `peak_tflops` (one device's peak, for the history's `mfu`; known NVIDIA GPUs need none)."""
         if loss_func is not None and not callable(loss_func):
             raise UserError(f"compile(loss_func=...) expects a callable, or None for the model's own loss; got "
                             f"{type(loss_func).__name__}")

@@ -10,7 +10,6 @@ well; otherwise exit 1 with one line that names the stage and the reason. Nothin
 from __future__ import annotations
 
 import math
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from train.base.errors import PreflightError, UserError, describe
 from train.data.streams import is_stream
 from train.engine.rounds import batches_per_epoch
 from train.engine.metrics import EpochSums
+from train.engine.timing import peak_memory_mb
 
 
 def _stage(name: str, fn):
@@ -108,12 +108,8 @@ def preflight(run, loaders) -> dict:
     batches = batches_per_epoch(train_dl, run.options.steps_per_epoch, run.accelerator.gradient_accumulation_steps)
     validation = 0 if val_dl is None or is_stream(val_dl.dataset) else len(val_dl)
     epoch_s = per_train * batches + per_val * validation if batches is not None else None
-    if run.device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(run.device) / 2**20
-        where = "GPU memory"
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        where = "RSS"
+    peak_mb = peak_memory_mb(run.device)
+    where = "GPU memory" if run.device.type == "cuda" else "RSS"
     report = dict(processes=acc.num_processes, metric_keys=keys, estimated_epoch_s=epoch_s, peak_mb=peak_mb)
     if acc.is_main_process:
         print(f"preflight ok: 2 training and {len(val_times)} validation batches on {acc.num_processes} "

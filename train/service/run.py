@@ -52,7 +52,7 @@ class Run:
         self.loop = Loop(model, optimizer, loss, metrics, accelerator=accelerator, scheduler=scheduler,
                          scheduler_interval=scheduler_interval, max_grad_norm=o.max_grad_norm,
                          nonfinite=o.nonfinite, channels_last=o.channels_last, steps_per_epoch=o.steps_per_epoch,
-                         graphs=o.graphs)
+                         graphs=o.graphs, peak_tflops=o.peak_tflops)
         self.loop.output_dir = o.output_dir
         self.callbacks = list(callbacks)
         self.config = config
