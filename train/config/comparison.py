@@ -18,7 +18,7 @@ RESUMABLE_CHANGES = ("epochs", "output_dir", "resume", "preflight", "progress", 
                      "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps", "callbacks",
                      "sweep.", "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
                      "peft.merged_export", "strategy", "fsdp.", "checkpoint.async_save",
-                     "device.")
+                     "device.", "profile.")
 
 
 def dotted(config: dict) -> dict:

@@ -20,6 +20,8 @@ NONFINITE = ("stop", "skip")
 SCHEDULER_INTERVALS = ("epoch", "step")
 TRACKERS = ("wandb", "tensorboard")
 STRATEGIES = ("ddp", "fsdp")
+PROFILE_KEYS = ("steps", "start_step", "activities", "memory", "record_shapes")
+PROFILE_ACTIVITIES = ("cpu", "cuda")
 
 
 def option(default=None, key: str = "", from_config=None, choices: tuple = ()):
@@ -60,6 +62,7 @@ class RunOptions:
     num_classes: Optional[int] = option(None)  # a classification loss: checked against the model's output width
     collective_timeout_s: Optional[float] = option(600.0, "collective_timeout_s")  # a process waiting longer ends it
     peak_tflops: Optional[float] = option(None, "device.peak_tflops")  # one device's peak, for mfu (train.engine.peak_flops)
+    profile: dict = option({}, from_config=lambda cfg: dataclasses.asdict(cfg.profile))  # {} or steps 0: off
     # what a person sees
     trackers: tuple = option((), from_config=lambda cfg: tuple(
         name for name in TRACKERS if getattr(cfg.tracking, name)))  # "wandb", "tensorboard"
@@ -97,6 +100,25 @@ class RunOptions:
                 _positive(name, getattr(self, name))
         if self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:
             raise UserError("early_stopping_patience and early_stopping_min_delta must be >= 0")
+        self.profile = checked_profile(self.profile or {})
+
+
+def checked_profile(profile: dict) -> dict:
+    """The profiler's settings with their defaults (train.callbacks.profiler), or one line on what is wrong."""
+    unknown = [k for k in profile if k not in PROFILE_KEYS]
+    if unknown:
+        raise UserError(f"profile has no key '{unknown[0]}'; "
+                        + did_you_mean(unknown[0], PROFILE_KEYS, otherwise=f"its keys: {', '.join(PROFILE_KEYS)}"))
+    profile = {"steps": 0, "start_step": 3, "activities": [], "memory": False, "record_shapes": False, **profile}
+    for name, least in (("steps", 0), ("start_step", 1)):
+        value = profile[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UserError(f"profile.{name} must be a whole number >= {least}; got {value!r}")
+    activities = profile["activities"] or []
+    if isinstance(activities, str) or any(a not in PROFILE_ACTIVITIES for a in activities):
+        raise UserError(f"profile.activities must be a list of {', '.join(PROFILE_ACTIVITIES)}; got {activities!r}")
+    profile["activities"] = list(activities)
+    return profile
 
 
 def normalised_resume(value) -> str:

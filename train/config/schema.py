@@ -84,6 +84,17 @@ class SchedulerConfig:
 
 
 @dataclass
+class ProfileConfig:
+    steps: int = key(0, "profile this many training batches with torch's profiler (0: off): a trace per process in "
+                        "profile/rank<N>.json and the top operations printed")
+    start_step: int = key(3, "the first profiled batch, counted from 1 in this run (the batch before warms up)")
+    activities: list = key([], "cpu and/or cuda; empty: cpu, and cuda on a GPU")
+    memory: bool = key(False, "record allocations too; on a GPU also keep the allocator's history and dump it to "
+                              "profile/oom-rank<N>.pickle on an out-of-memory error")
+    record_shapes: bool = key(False, "record the operators' input shapes (the table then tells calls apart by shape)")
+
+
+@dataclass
 class DeviceConfig:
     peak_tflops: Optional[float] = key(None, "one device's peak TFLOP/s, for the history's mfu (flops_per_s over "
                                              "the peak of every process's device); null: a table of NVIDIA GPUs "
@@ -232,6 +243,7 @@ class Config:
     peft: PeftConfig = field(default_factory=PeftConfig)
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -40,6 +40,11 @@ def plan_lines(run, epochs: int, train) -> list[str]:
     if run.loop.optimizer is not None and acc.device.type == "cuda":
         lines.append(f"optimizer: {optimizer_note(run.loop.optimizer)}")
     lines += run.loop.step_notes
+    if o.profile["steps"]:
+        first, steps = o.profile["start_step"], o.profile["steps"]
+        where = f"a trace per process in {o.output_dir}/profile/" if o.output_dir else "no trace (no output folder)"
+        lines.append(f"profile: batches {first}-{first + steps - 1} of each process through torch's profiler: {where}, "
+                     f"the top operations printed after them")
     lines += [f"model: {note}" for note in model_notes(acc.unwrap_model(run.loop.model, keep_torch_compile=False))]
     restart = int(os.environ.get("TRAIN_RESTART", "0"))
     if restart:

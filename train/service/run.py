@@ -20,11 +20,13 @@ from train.callbacks.early_stopping import EarlyStopping
 from train.callbacks.history_csv import HistoryCSV
 from train.callbacks.slow_data import SlowDataWarning
 from train.callbacks.step_log import StepLog
+from train.callbacks.profiler import profilers
 from train.callbacks.stop_signals import StopSignals
 from train.callbacks.table import EpochTable
 from train.saving.checkpoint import Checkpoint, Resumed
 from train.data.loaders import spare_cpus
 from train.engine.devices import accelerator_for, from_main, local_processes  # noqa: F401 (accelerator_for: re-exported)
+from train.base.text import wrapped
 from train.base.errors import NonFiniteLoss, Preempted, RunError, UserError, WriteError, describe, first_line
 from train.engine.history import check_column, metric_columns
 from train.engine.loop import Loop
@@ -89,8 +91,6 @@ class Run:
             self.check_model_takes(train)
             if o.output_dir is None:  # no plan printed: what it would say of the step, if asked for
                 if self.is_main_process and loop.step_notes:
-                    from train.base.text import wrapped
-
                     print("\n".join(wrapped(f"note: {note}") for note in loop.step_notes), flush=True)
                 return loop.fit(epochs, train, val, [*self._watchers(val is not None), *self.callbacks,
                                                        *callbacks], o.log_step_freq)
@@ -118,8 +118,6 @@ class Run:
             return history
         except Preempted as e:  # Interrupted too: a checkpoint was saved; end the process quietly
             if self.is_main_process and e.label == "preempted":
-                from train.base.text import wrapped
-
                 self._say_stderr(wrapped(f"preempted: {e}; {self._where_to_resume(preempted=True)}"))
             record_exit(e.exit_code, str(e), final=True, **self._where())
             raise SystemExit(e.exit_code) from None
@@ -227,8 +225,6 @@ class Run:
             self._write_weights(out)
             return True
         if self.is_main_process:
-            from train.base.text import wrapped
-
             how = f"stopped early at epoch {stopped}" if stopped else f"of {len(r.history)} epoch(s)"
             print(wrapped(f"{self.options.output_dir} holds a finished run {how}: nothing to train for "
                           f"epochs={epochs}, no file changed; raise epochs to train on, or use another output_dir"),
@@ -270,7 +266,7 @@ class Run:
         o = self.options
         columns = columns or [*metric_columns(self.loop.metrics, validation), "lr"]
         watchers = [EpochTable(), *([StepLog()] if o.step_lines and o.log_step_freq else []),
-                    *([DeterminismNote()] if o.deterministic else [])]
+                    *([DeterminismNote()] if o.deterministic else []), *profilers(o.profile)]
         if o.early_stopping:
             watchers.append(EarlyStopping(check_column(o.early_stopping, columns, "early_stopping"),
                                           o.early_stopping_mode, o.early_stopping_patience,
@@ -302,8 +298,6 @@ class Run:
 
         weights = write_weights(self.accelerator, self.loop.model, out, self.options.export_merged)
         if self.is_main_process:
-            from train.base.text import wrapped
-
             files = ", ".join(["history.csv, history.png", *weights, *(["config.yaml, run.json"] if self.config else [])])
             line = f"wrote {self.options.output_dir}/: {files}" + (", checkpoints/" if self.checkpoint else "")
             print(wrapped(line), flush=True)
