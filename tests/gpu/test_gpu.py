@@ -178,3 +178,31 @@ def test_a_schedule_that_changes_adams_betas_every_step_goes_on_eagerly_with_one
     assert done.returncode == 0, done.stderr[-3000:]
     assert flat(done.stderr).count("the run goes on eagerly") == 1 and "betas" in done.stderr, done.stderr[-3000:]
     assert pd.read_csv(tmp_path / "history.csv")["val_accuracy"].iloc[-1] > 0.9
+
+
+def test_an_out_of_memory_error_leaves_the_allocators_history_and_the_history_has_mfu_and_memory(tmp_path):
+    """profile.memory=true on a GPU: an out-of-memory error in training leaves profile/oom-rank0.pickle;
+    a run's history has mfu (an H100/H200 is in the table) and CUDA's peak allocated memory."""
+    import train
+    from tests.helpers.small_runs import blobs
+
+    train.seed_everything(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    model = train.Model(net)
+    model.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(net.parameters(), lr=0.01))
+    row = model.fit(1, blobs(), output_dir=str(tmp_path / "plain"), progress=False).iloc[-1]
+    assert 0 < row["max_memory_mb"] < torch.cuda.get_device_properties(0).total_memory / 2**20
+    if any(name in torch.cuda.get_device_name(0) for name in ("H100", "H200", "A100")):
+        assert 0 < row["mfu"] < 1
+
+    class Exhaust(train.Callback):
+        def on_train_batch_end(self, batch):
+            if batch == 4:
+                torch.empty(1 << 50, dtype=torch.uint8, device="cuda")  # a petabyte
+
+    model = train.Model(net)  # a fresh front: fit's epochs are a total
+    model.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(net.parameters(), lr=0.01),
+                  profile={"steps": 2, "memory": True})
+    with pytest.raises((torch.OutOfMemoryError, SystemExit)):
+        model.fit(1, blobs(), output_dir=str(tmp_path / "oom"), progress=False, callbacks=[Exhaust()])
+    assert (tmp_path / "oom" / "profile" / "oom-rank0.pickle").stat().st_size > 0
