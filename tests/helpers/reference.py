@@ -128,14 +128,14 @@ def settings_of(args) -> dict:
     return settings
 
 
-def scores_of_run(args, out: Path) -> dict:
+def scores_of_run(args, out: Path, weights: str = "model.safetensors") -> dict:
     """The validation scores of the run folder `out`'s final weights, in plain torch: the config's
-    own model and data factory (user code), the weights from `model.safetensors`."""
+    own model and data factory (user code), the weights from `weights` (default `model.safetensors`)."""
     from safetensors.torch import load_file
 
     s = settings_of(args)
     model = _named(s["model"])(**s.get("model_args", {}))
-    model.load_state_dict(load_file(str(Path(out) / "model.safetensors")))
+    model.load_state_dict(load_file(str(Path(out) / weights)))
     made = _named(s["factory"])(**s.get("args", {}))
     val = made["val"] if isinstance(made, dict) else made[1]
     if isinstance(val, torch.utils.data.TensorDataset):

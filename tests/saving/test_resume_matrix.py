@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from conftest import TEST_SEED, MNIST, ROOT, assert_same_run, flat, latest_step, rank_processes, start_process, wait_for
 
@@ -25,6 +26,7 @@ SETTINGS = {  # name: (overrides, optimizer steps per epoch per process)
     "a stateful user metric": (["metrics=[accuracy, 'tests.helpers.augmented:Seen']"], 16),
     "bf16 autocast on the CPU": (["mixed_precision=bf16"], 16),
     "compile (inductor)": (["compile=true"], 16),
+    "weight averaging (ema), both validated": (["ema.decay=0.9", "ema.validate=both"], 16),
     # sharded DCP checkpoints written in the background (each alone: test_sharded_checkpoints, test_async_saves)
     "fsdp, written in the background": (["strategy=fsdp", "fsdp.min_num_params=1000", "checkpoint.async_save=true"],
                                         16),
@@ -52,3 +54,8 @@ def test_a_killed_rank_resumes_exactly(setting, tmp_path, rng):
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0 and "(restart 1 of 3)" in flat(log), f"{where}\n{log}"
     assert_same_run(out, tmp_path / "reference", context=where)
+    if "ema" in setting:  # model.safetensors holds the averages: the trained weights too, bit for bit
+        from safetensors.torch import load_file
+
+        mine, theirs = (load_file(str(f / "model_raw.safetensors")) for f in (out, tmp_path / "reference"))
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), where

@@ -9,6 +9,7 @@ DEFAULT_CONFIG = CONFIGS / "mnist.yaml"
 SHIPPED_MNIST = ROOT / "data" / "mnist"
 CHECKPOINTS, LATEST, BEST = "checkpoints", "latest", "best"  # <output_dir>/checkpoints/{latest,best}: pointers
 WEIGHTS = "model.safetensors"  # a run's final weights, and a checkpoint's whole model
+RAW_WEIGHTS = "model_raw.safetensors"  # with ema: the trained weights, beside the averaged ones in WEIGHTS
 # inside a checkpoint, as Accelerate's save_state names them: a sharded model's and optimizer's DCP
 # folders (strategy=fsdp on several processes), else a whole optimizer's file
 SHARDED_MODEL, SHARDED_OPTIMIZER, OPTIMIZER_FILE = "pytorch_model_fsdp_0", "optimizer_0", "optimizer.bin"

@@ -22,6 +22,8 @@ TRACKERS = ("wandb", "tensorboard")
 STRATEGIES = ("ddp", "fsdp")
 PROFILE_KEYS = ("steps", "start_step", "activities", "memory", "record_shapes")
 PROFILE_ACTIVITIES = ("cpu", "cuda")
+EMA_KEYS = ("decay", "every_n_steps", "start_step", "warmup", "validate")
+EMA_VALIDATE = ("averaged", "both")
 
 
 def option(default=None, key: str = "", from_config=None, choices: tuple = ()):
@@ -63,6 +65,7 @@ class RunOptions:
     collective_timeout_s: Optional[float] = option(600.0, "collective_timeout_s")  # a process waiting longer ends it
     peak_tflops: Optional[float] = option(None, "device.peak_tflops")  # one device's peak, for mfu (train.engine.peak_flops)
     profile: dict = option({}, from_config=lambda cfg: dataclasses.asdict(cfg.profile))  # {} or steps 0: off
+    ema: dict = option({}, from_config=lambda cfg: dataclasses.asdict(cfg.ema))  # weight averaging; {} or no decay: off
     # what a person sees
     trackers: tuple = option((), from_config=lambda cfg: tuple(
         name for name in TRACKERS if getattr(cfg.tracking, name)))  # "wandb", "tensorboard"
@@ -101,6 +104,29 @@ class RunOptions:
         if self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:
             raise UserError("early_stopping_patience and early_stopping_min_delta must be >= 0")
         self.profile = checked_profile(self.profile or {})
+        self.ema = checked_ema(self.ema or {})
+        if self.ema["decay"] and self.strategy == "fsdp":
+            raise UserError("ema does not average sharded weights yet; use strategy=ddp with ema")
+        if self.ema["decay"] and self.early_stopping_restore_best:
+            raise UserError("early_stopping.restore_best does not put back averaged weights (ema) yet; leave it false "
+                            "and load the best checkpoint's averages with train.load_model(run, checkpoint='best')")
+
+
+def checked_ema(ema: dict) -> dict:
+    """Weight averaging's settings with their defaults (train.engine.averaging), or one line on what is wrong."""
+    unknown = [k for k in ema if k not in EMA_KEYS]
+    if unknown:
+        raise UserError(f"ema has no key '{unknown[0]}'; "
+                        + did_you_mean(unknown[0], EMA_KEYS, otherwise=f"its keys: {', '.join(EMA_KEYS)}"))
+    ema = {"decay": None, "every_n_steps": 1, "start_step": 0, "warmup": False, "validate": "averaged", **ema}
+    if ema["decay"] is not None and (isinstance(ema["decay"], bool) or not isinstance(ema["decay"], (int, float))
+                                     or not 0 < ema["decay"] < 1):
+        raise UserError(f"ema.decay must be between 0 and 1 (e.g. 0.999), or null for no averaging; got {ema['decay']!r}")
+    for name, least in (("every_n_steps", 1), ("start_step", 0)):
+        if isinstance(ema[name], bool) or not isinstance(ema[name], int) or ema[name] < least:
+            raise UserError(f"ema.{name} must be a whole number >= {least}; got {ema[name]!r}")
+    check_choice("ema.validate", ema["validate"], EMA_VALIDATE)
+    return ema
 
 
 def checked_profile(profile: dict) -> dict:

@@ -84,6 +84,18 @@ class SchedulerConfig:
 
 
 @dataclass
+class EmaConfig:
+    decay: Optional[float] = key(None, "average the weights: after each optimizer step average = decay x average + "
+                                       "(1 - decay) x weights, e.g. 0.999; null: off")
+    every_n_steps: int = key(1, "update the average every N optimizer steps")
+    start_step: int = key(0, "before this optimizer step the average follows the weights")
+    warmup: bool = key(False, "grow the decay as timm's ModelEmaV3 does: min(decay, 1 - (1 + n)^(-2/3)) after n updates")
+    validate: str = key("averaged", "averaged: validation (val_*), the best checkpoint, model.safetensors and predict "
+                                    "use the averages; both: also raw_val_* columns for the trained weights",
+                        ("averaged", "both"))
+
+
+@dataclass
 class ProfileConfig:
     steps: int = key(0, "profile this many training batches with torch's profiler (0: off): a trace per process in "
                         "profile/rank<N>.json and the top operations printed")
@@ -244,6 +256,7 @@ class Config:
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,6 +13,8 @@ its state to whoever saves it (`state_dict` / `load_state_dict`).
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Iterable, Mapping, Optional
 
 import torch
@@ -37,6 +39,7 @@ from train.engine.step_graph import StepGraph
 from train.engine.stop_check import StatusCheck
 from train.data.streams import is_stream, prepare_stream, replayable
 from train.engine.targets import loss_scales, target_counter
+from train.engine.averaging import weight_average
 from train.engine.peak_flops import peak_flops
 from train.engine.timing import EpochTimer, count_flops
 
@@ -59,7 +62,8 @@ class Loop(Evaluation, Position, Step):
                  metrics: Optional[Mapping[str, object]] = None, *, accelerator: Optional[Accelerator] = None,
                  scheduler=None, scheduler_interval: str = "epoch", max_grad_norm: Optional[float] = None,
                  nonfinite: str = "stop", channels_last: bool = False, callbacks: Iterable = (),
-                 steps_per_epoch: Optional[int] = None, graphs: bool = False, peak_tflops: Optional[float] = None):
+                 steps_per_epoch: Optional[int] = None, graphs: bool = False, peak_tflops: Optional[float] = None,
+                 ema: Optional[dict] = None):
         check_choice("nonfinite", nonfinite, NONFINITE)
         check_choice("scheduler_interval", scheduler_interval, SCHEDULER_INTERVALS)
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -120,6 +124,10 @@ class Loop(Evaluation, Position, Step):
             self.step_notes.append(sharded)
         if self.peak_flops or self.device.type == "cuda":  # a CPU without a figure given: nothing to say
             self.step_notes.append(f"mfu: {peak_source}")
+        # ema: the weights' running average, kept beside the model (train.engine.averaging)
+        self.average = weight_average(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), ema)
+        if self.average is not None:
+            self.step_notes.append(self.average.note())
         self._graph: Optional[StepGraph] = None  # graphs=True where it applies (train.engine.step_graph)
         if graphs and self.optimizer is not None:
             self._graph = self._make_graph()
@@ -299,7 +307,7 @@ class Loop(Evaluation, Position, Step):
             set_epoch(dl_train, epoch - 1)  # reshuffle: the order is a function of (seed, epoch)
             train = self.train_epoch(dl_train, epoch, events, log_step_freq)
             quantities = {k: train.pop(k) for k in ("loss", *self.metrics)}
-            val = self.evaluate(dl_val) if dl_val is not None else {}
+            val = self.validate(dl_val) if dl_val is not None else {}
             skipped = self.skipped_steps if self.nonfinite == "skip" else None
             row = make_row(epoch, quantities, val, self._epoch_lr, skipped, train)
             if self.scheduler is not None and self.scheduler_interval == "epoch":
@@ -308,6 +316,19 @@ class Loop(Evaluation, Position, Step):
             events.on_epoch_end(epoch=epoch, logs=row, row=row, step=self.step)
         events.on_train_end(logs=self.history.rows[-1] if len(self.history) else {})
         return self.history
+
+    def averaged(self):
+        """A block in which the model holds its averaged weights, where the run averages them."""
+        return self.average.swapped_in() if self.average is not None else contextlib.nullcontext()
+
+    def validate(self, dl) -> dict:
+        """The epoch's validation: of the averaged weights where the run averages them (and, with
+        ema.validate=both, of the trained ones too, as raw_val_*)."""
+        with self.averaged():
+            val = self.evaluate(dl)
+        if self.average is not None and self.average.validate == "both":
+            val.update(self.evaluate(dl, prefix="raw_val_"))
+        return val
 
     def close(self) -> None:
         """Release the prepared objects and the process group (see `shutdown`)."""

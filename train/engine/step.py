@@ -95,6 +95,8 @@ class Step:
             self.step += 1
             if self.scheduler is not None and self.scheduler_interval == "step" and not dropped:
                 self.scheduler.step()
+            if self.average is not None and not dropped:
+                self.average.after_step(self.step)
 
     def _graphed_body(self, features, labels) -> torch.Tensor:
         """What `StepGraph` runs and captures: a whole optimizer step and the epoch's sums (the

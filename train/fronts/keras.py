@@ -20,7 +20,7 @@ from train.fronts.summary import summary as print_summary
 # what compile() takes besides the loss, optimizer, metrics, schedule and callbacks
 STEP_OPTIONS = ("mixed_precision", "gradient_accumulation_steps", "max_grad_norm", "nonfinite", "compile",
                 "channels_last", "tf32", "deterministic", "graphs",
-                "strategy", "fsdp", "peak_tflops", "profile")
+                "strategy", "fsdp", "peak_tflops", "profile", "ema")
 
 
 class Model(nn.Module):
@@ -57,7 +57,8 @@ class Model(nn.Module):
         (True: the whole step replayed from one CUDA graph on a GPU; see the README), `strategy`
         ("ddp", or "fsdp": the model sharded over the processes), `fsdp` (its settings, a dict) and
         `peak_tflops` (one device's peak, for the history's `mfu`; known NVIDIA GPUs need none) and
-        `profile` (e.g. {"steps": 5}: torch's profiler over 5 batches; see the README)."""
+        `profile` (e.g. {"steps": 5}: torch's profiler over 5 batches; see the README) and `ema`
+        (e.g. {"decay": 0.999}: weights averaged after each optimizer step; see the README)."""
         if loss_func is not None and not callable(loss_func):
             raise UserError(f"compile(loss_func=...) expects a callable, or None for the model's own loss; got "
                             f"{type(loss_func).__name__}")

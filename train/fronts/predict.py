@@ -30,11 +30,14 @@ def parse_args(argv):
     parser.add_argument("--checkpoint", help="best, latest or step-NNNNNNNN instead of the final weights")
     parser.add_argument("--out", default=None, help="the CSV to write (default: RUN_DIR/predictions.csv)")
     parser.add_argument("--batch-size", type=int, default=None, help="per process (default: the run's)")
+    parser.add_argument("--raw", action="store_true", help="a run that averaged its weights (ema): the trained "
+                                                           "weights instead of the averages")
     return parser.parse_args(argv)
 
 
-def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=None) -> dict:
-    """Predictions of a run over its validation data (see the module docstring); returns the metrics."""
+def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=None, averaged: bool = True) -> dict:
+    """Predictions of a run over its validation data (see the module docstring); returns the metrics.
+    A run that averaged its weights (`ema`) predicts with the averages unless `averaged=False`."""
     from train.fronts.building import build_loss, build_metrics
     from train.data.loaders import make_loaders
     from train.engine.devices import local_processes, make_accelerator
@@ -53,7 +56,7 @@ def predict(run_dir, data_overrides=(), checkpoint=None, out=None, batch_size=No
     if loaders.val is None:
         raise ConfigError("the run's data has no validation split to predict on; name one with --data "
                           "(e.g. val_split=test)")
-    model = load_model(run_dir, checkpoint)
+    model = load_model(run_dir, checkpoint, averaged)
     shifted = loss_shifts_labels(model)
     run = Run(model, None, build_loss(cfg.loss, cfg.loss_args), build_metrics(cfg.metrics), accelerator=accelerator)
     metrics = run.evaluate(loaders.val)
@@ -113,7 +116,7 @@ def write_rows(path: Path, outputs, targets, shifted: bool = False) -> None:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        predict(args.run_dir, args.data, args.checkpoint, args.out, args.batch_size)
+        predict(args.run_dir, args.data, args.checkpoint, args.out, args.batch_size, averaged=not args.raw)
     except RunError as e:
         return ended_by(e)
     return 0

@@ -52,14 +52,26 @@ def run_config(run_dir, overrides=()):
     return cfg, origin
 
 
-def load_model(run_dir, checkpoint: Optional[str] = None) -> torch.nn.Module:
+def load_model(run_dir, checkpoint: Optional[str] = None, averaged: bool = True) -> torch.nn.Module:
     """The trained model of a config run (`python train/main.py` or a wrapper), from any working
     folder: rebuilt from its `config.yaml` (imported from the folder the run started in), with the
     weights of `model.safetensors` or of a named checkpoint (`best`, `latest`, `step-...`). In
-    eval mode, on the CPU."""
+    eval mode, on the CPU. A run that averaged its weights (`ema`) gives its averages (said in one
+    line); `averaged=False` the trained weights (`model_raw.safetensors`, or the checkpoint's own)."""
+    from train.base.paths import RAW_WEIGHTS
     from train.fronts.building import build_model
+    from train.saving.export import averaged_weights
 
     cfg, origin = run_config(run_dir)
     with working_folder(origin.get("cwd")):
         model = build_model(cfg, origin.get("in_channels"))
-    return load_weights(model, Path(run_dir).resolve(), checkpoint).eval()
+    run_dir = Path(run_dir).resolve()
+    if not cfg.ema.decay:
+        return load_weights(model, run_dir, checkpoint).eval()
+    if not averaged:
+        return load_weights(model, run_dir / RAW_WEIGHTS if checkpoint is None else run_dir, checkpoint).eval()
+    load_weights(model, run_dir, checkpoint)  # every weight, then the averaged ones over them
+    model.load_state_dict(averaged_weights(run_dir, checkpoint), strict=False)
+    print(f"load_model: the averaged weights (ema) of {run_dir}{f' ({checkpoint})' if checkpoint else ''}; "
+          f"averaged=False (predict: --raw) for the trained ones", flush=True)
+    return model.eval()

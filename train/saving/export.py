@@ -20,7 +20,7 @@ import torch
 
 from train.base.errors import UserError
 from train.base.files import pointer_target
-from train.base.paths import CHECKPOINTS, SHARDED_MODEL, WEIGHTS
+from train.base.paths import CHECKPOINTS, RAW_WEIGHTS, SHARDED_MODEL, WEIGHTS
 
 ORIGIN, HF_DIR, MERGED_DIR = "run.json", "hf", "hf-merged"
 PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DistributedDataParallel's
@@ -46,11 +46,12 @@ def exported_folders(plain, merged: bool = False) -> list[str]:
     return [f"{HF_DIR}/"] + ([f"{MERGED_DIR}/"] if merged and is_adapted(plain) else [])
 
 
-def write_weights(accelerator, model, out: Path, merged: bool = False) -> list[str]:
-    """`model.safetensors` (and `hf/` for a model with `save_pretrained`: a `transformers` model, or
-    a `peft` model's adapter; with `merged`, `hf-merged/` too: the adapters merged into the weights)
-    in `out`, written by the main process atomically; every process takes part in collecting the
-    state (sharded models gather it). Returns the names written."""
+def write_weights(accelerator, model, out: Path, merged: bool = False, name: str = WEIGHTS,
+                  folders: bool = True) -> list[str]:
+    """`model.safetensors` (or `name`; and with `folders`, `hf/` for a model with `save_pretrained`: a
+    `transformers` model, or a `peft` model's adapter; with `merged`, `hf-merged/` too: the adapters
+    merged into the weights) in `out`, written by the main process atomically; every process takes
+    part in collecting the state (sharded models gather it). Returns the names written."""
     from safetensors.torch import save_file
 
     from train.engine.adapters import is_adapted, merged_copy
@@ -58,12 +59,12 @@ def write_weights(accelerator, model, out: Path, merged: bool = False) -> list[s
     from train.base.files import atomic_write
 
     state = accelerator.get_state_dict(model)
-    write_on_main(accelerator, lambda: atomic_write(out / WEIGHTS, lambda tmp: save_file(plain_names(state), tmp)),
-                  out / WEIGHTS)
-    written = [WEIGHTS]
+    write_on_main(accelerator, lambda: atomic_write(out / name, lambda tmp: save_file(plain_names(state), tmp)),
+                  out / name)
+    written = [name]
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
     adapted = is_adapted(plain)
-    if exported_folders(plain):
+    if folders and exported_folders(plain):
         def export(folder: str, save):
             import shutil
             import tempfile
@@ -83,6 +84,17 @@ def write_weights(accelerator, model, out: Path, merged: bool = False) -> list[s
                 tmp, safe_serialization=True)), out / MERGED_DIR)
             written.append(f"{MERGED_DIR}/")
     return written
+
+
+def write_final_weights(accelerator, loop, out: Path, merged: bool = False) -> list[str]:
+    """A run's final weights (`write_weights`). With weight averaging (`ema`), the averages are the
+    model: `model.safetensors` and `hf/` hold them, since they are what was validated and chosen,
+    and `model_raw.safetensors` keeps the trained weights beside them (to train on elsewhere)."""
+    raw = []
+    if loop.average is not None:
+        raw = write_weights(accelerator, loop.model, out, name=RAW_WEIGHTS, folders=False)
+    with loop.averaged():
+        return write_weights(accelerator, loop.model, out, merged) + raw
 
 
 @contextmanager
@@ -114,11 +126,7 @@ def weights_file(path, checkpoint: Optional[str] = None) -> Path:
     """The weights `path` names: a `.safetensors` file, a checkpoint folder (its `model.safetensors`,
     or a sharded run's folder of shards), or a run folder (its final `model.safetensors`, or with
     `checkpoint` one of its checkpoints: `best`, `latest` or `step-00000100`)."""
-    path = Path(path)
-    if checkpoint is not None:
-        folder = path / CHECKPOINTS / checkpoint
-        # `latest` and `best` are pointers: one line naming a checkpoint folder
-        path = (pointer_target(folder) or folder) if folder.is_file() else folder
+    path = Path(path) if checkpoint is None else checkpoint_folder(path, checkpoint)
     if path.is_dir():
         sharded = path / SHARDED_MODEL
         path = sharded if not (path / WEIGHTS).is_file() and (sharded / ".metadata").is_file() else path / WEIGHTS
@@ -126,6 +134,27 @@ def weights_file(path, checkpoint: Optional[str] = None) -> Path:
         raise UserError(f"no weights at '{path}'; give a run folder (with {WEIGHTS}), a checkpoint folder or a "
                         f".safetensors file")
     return path
+
+
+def checkpoint_folder(run_dir, checkpoint: str) -> Path:
+    """The folder of a run's checkpoint `best`, `latest` or `step-00000100` (the first two are pointers:
+    one line naming a checkpoint folder)."""
+    folder = Path(run_dir) / CHECKPOINTS / checkpoint
+    return (pointer_target(folder) or folder) if folder.is_file() else folder
+
+
+def averaged_weights(run_dir, checkpoint: Optional[str] = None) -> dict:
+    """A run's weights averaged by `ema`: its model.safetensors, or those a checkpoint holds (beside
+    its trained weights, in the parts' file)."""
+    from train.saving.storage import CALLBACKS_FILE
+
+    if checkpoint is None:
+        return read_weights(weights_file(run_dir))
+    parts = checkpoint_folder(run_dir, checkpoint) / CALLBACKS_FILE
+    saved = torch.load(parts, weights_only=True) if parts.is_file() else {}
+    if "ema" not in saved:
+        raise UserError(f"checkpoint {checkpoint} of '{run_dir}' holds no averaged weights; load it with averaged=False")
+    return saved["ema"]["weights"]
 
 
 def read_weights(file: Path) -> dict:

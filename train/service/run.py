@@ -54,7 +54,7 @@ class Run:
         self.loop = Loop(model, optimizer, loss, metrics, accelerator=accelerator, scheduler=scheduler,
                          scheduler_interval=scheduler_interval, max_grad_norm=o.max_grad_norm,
                          nonfinite=o.nonfinite, channels_last=o.channels_last, steps_per_epoch=o.steps_per_epoch,
-                         graphs=o.graphs, peak_tflops=o.peak_tflops)
+                         graphs=o.graphs, peak_tflops=o.peak_tflops, ema=o.ema)
         self.loop.output_dir = o.output_dir
         self.callbacks = list(callbacks)
         self.config = config
@@ -146,10 +146,12 @@ class Run:
             self._close_lock()
 
     def evaluate(self, data, prefix: str = "val_") -> dict:
-        return self.loop.evaluate(data, prefix)
+        with self.loop.averaged():
+            return self.loop.evaluate(data, prefix)
 
     def predict(self, data, with_targets: bool = False):
-        return self.loop.predict(data, with_targets)
+        with self.loop.averaged():
+            return self.loop.predict(data, with_targets)
 
     # ------------------------------------------------ one batch at a time (functions, preflight)
     metrics = property(lambda self: self.loop.metrics)
@@ -249,7 +251,8 @@ class Run:
         monitor = o.checkpoint_monitor or ("val_loss" if validation else "loss")
         manager = Checkpoint(self.loop, out / "checkpoints", o.checkpoint_every, o.keep_last,
                              check_column(monitor, columns, "checkpoint_monitor"), o.checkpoint_mode,
-                             parts=[*service, self.tracker], background=o.checkpoint_async,
+                             parts=[*service, self.tracker, *filter(None, [self.loop.average])],
+                             background=o.checkpoint_async,
                              timeout_s=o.collective_timeout_s or 600.0)
         self.checkpoint = manager if o.checkpoint else None
         return [*service, *([manager] if o.checkpoint else [])], manager
@@ -294,9 +297,9 @@ class Run:
     # ------------------------------------------------------------------- after training
     def _write_weights(self, out: Path) -> None:
         """Final weights (see `train.saving.export`), then one line naming what the folder holds."""
-        from train.saving.export import write_weights
+        from train.saving.export import write_final_weights
 
-        weights = write_weights(self.accelerator, self.loop.model, out, self.options.export_merged)
+        weights = write_final_weights(self.accelerator, self.loop, out, self.options.export_merged)
         if self.is_main_process:
             files = ", ".join(["history.csv, history.png", *weights, *(["config.yaml, run.json"] if self.config else [])])
             line = f"wrote {self.options.output_dir}/: {files}" + (", checkpoints/" if self.checkpoint else "")
