@@ -104,6 +104,36 @@ def test_tensorboard_scalars_equal_history_csv(tmp_path):
     assert [step for step, _ in scalars["train/loss"]] == [4, 8, 12, 16]  # every log_step_freq batches
 
 
+def test_an_mlflow_run_read_back_equals_history_csv_and_a_resume_continues_it(tmp_path):
+    """tracking.mlflow on two processes: one MLflow run in <output_dir>/mlruns, read back with MLflow's own
+    client: every epoch's metrics as history.csv, the config as parameters; a rerun with more epochs
+    continues the same run."""
+    from conftest import launch_two, need_module
+
+    need_module("mlflow")
+    import mlflow
+
+    out = tmp_path / "run"
+    first = launch_two(MAIN, "tracking.mlflow=true", "epochs=1", f"output_dir={out}", *SMALL)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    store = f"sqlite:///{(out / 'mlruns' / 'mlflow.db').resolve()}"
+    assert f"tracking: mlflow -> {store}" in " ".join(first.stdout.split())
+    again = run_main("tracking.mlflow=true", "epochs=2", f"output_dir={out}", *SMALL)
+    assert again.returncode == 0 and "resuming from" in again.stdout, again.stderr[-2000:]
+    assert (out / "mlflow_run_id").read_text().strip() == run_id
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.run_id for r in runs] == [run_id]  # one run for 2 processes and the resume
+    history = pd.read_csv(out / "history.csv")
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_s", "max_memory_mb"):
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, column))
+        assert [step for step, _ in logged] == [4, 8], column  # each epoch's last optimizer step, once
+        assert [value for _, value in logged] == pytest.approx(history[column].tolist(), rel=1e-12), column
+    params = runs[0].data.params
+    assert params["optimizer.lr"] == "0.01" and params["epochs"] == "1"  # as first logged: MLflow keeps them
+
+
 def test_log_file_of_a_full_epoch_is_plain_and_small(tmp_path):
     """stdout to a file (not a terminal): no carriage returns, a line every log_every_s."""
     log = tmp_path / "log.txt"

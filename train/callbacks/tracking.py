@@ -1,9 +1,11 @@
-"""Experiment tracking through Accelerate's trackers: Weights & Biases and TensorBoard.
+"""Experiment tracking through Accelerate's trackers: Weights & Biases, TensorBoard and MLflow.
 
 The resolved config is logged once, running metrics every `log_step_freq` batches and each epoch's
 history row, all by the global main process only (Accelerate hands other processes a dummy
 tracker, which this module never touches). The W&B run id is kept in `<output_dir>/wandb_run_id`
-so that a rerun in the same output folder continues the same run instead of starting a new one.
+and the MLflow run id in `<output_dir>/mlflow_run_id`, so that a rerun in the same output folder
+continues the same run instead of starting a new one. MLflow writes to `MLFLOW_TRACKING_URI`, or
+else to a local store, `<output_dir>/mlruns/mlflow.db` (SQLite).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from train.base.text import flatten
 from train.engine.events import Callback
 
 RUN_ID_FILE = "wandb_run_id"
+MLFLOW_RUN_ID_FILE = "mlflow_run_id"
 
 
 def wandb_run_id(output_dir: Path, from_checkpoint: str | None = None) -> str:
@@ -55,11 +58,53 @@ def start_trackers(accelerator, options, output_dir: Path, run_id: str | None = 
         where["wandb"] = f"{output_dir}/wandb (run id {run_id}; offline: wandb sync {output_dir}/wandb/offline-run-*)"
     if "tensorboard" in names:
         where["tensorboard"] = f"{output_dir}/tensorboard/{options.tracking_project}"
+    if "mlflow" in names:
+        init_kwargs["mlflow"], where["mlflow"] = _mlflow_run(accelerator, options, output_dir)
     import dataclasses
 
-    logged = config.to_dict() if config is not None else dataclasses.asdict(options)
-    accelerator.init_trackers(options.tracking_project, config=_flat(logged), init_kwargs=init_kwargs)
+    logged = _flat(config.to_dict() if config is not None else dataclasses.asdict(options))
+    accelerator.init_trackers(options.tracking_project, init_kwargs=init_kwargs)
+    for tracker in accelerator.trackers:  # the config once; MLflow's parameters cannot change on a resume
+        if tracker.name == "mlflow" and accelerator.is_main_process:
+            _log_mlflow_params(tracker, logged, output_dir)
+        else:
+            tracker.store_init_configuration(logged)
     return where, run_id
+
+
+def _mlflow_run(accelerator, options, output_dir: Path) -> tuple[dict, str]:
+    """MLflow's tracker settings (continuing the run this folder started, if any) and the plan's words."""
+    import os
+
+    store = Path(output_dir).resolve() / "mlruns"
+    # MLflow 3 keeps its file store for old data only: the local store is a SQLite file
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store / 'mlflow.db'}"
+    path = Path(output_dir) / MLFLOW_RUN_ID_FILE
+    run_id = path.read_text().strip() if path.is_file() else None
+    if accelerator.is_main_process:
+        import logging
+
+        import mlflow
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines on creating the store's tables
+        store.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+    kwargs = dict(run_id=run_id, run_name=options.tracking_run_name, logging_dir=(store / "artifacts").as_uri(),
+                  tags={f"tag.{t}": "true" for t in options.tracking_tags} or None)
+    return kwargs, f"{uri} (experiment {options.tracking_project}{f', run {run_id}' if run_id else ''})"
+
+
+def _log_mlflow_params(tracker, logged: dict, output_dir: Path) -> None:
+    """The config as the MLflow run's parameters: on a continued run, only those it does not have yet
+    (MLflow refuses to change a parameter; a resume may change e.g. `epochs`). Records the run's id."""
+    import mlflow
+
+    from train.base.files import atomic_write_text
+
+    run = tracker.tracker
+    atomic_write_text(Path(output_dir) / MLFLOW_RUN_ID_FILE, run.info.run_id + "\n")
+    have = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    tracker.store_init_configuration({k: v for k, v in logged.items() if k not in have})
 
 
 def _flat(tree: dict) -> dict:

@@ -18,7 +18,7 @@ from train.base.errors import UserError, check_choice
 PRECISIONS = ("no", "bf16", "fp16", "auto")
 NONFINITE = ("stop", "skip")
 SCHEDULER_INTERVALS = ("epoch", "step")
-TRACKERS = ("wandb", "tensorboard")
+TRACKERS = ("wandb", "tensorboard", "mlflow")
 STRATEGIES = ("ddp", "fsdp")
 PROFILE_KEYS = ("steps", "start_step", "activities", "memory", "record_shapes")
 PROFILE_ACTIVITIES = ("cpu", "cuda")
@@ -68,7 +68,7 @@ class RunOptions:
     ema: dict = option({}, from_config=lambda cfg: dataclasses.asdict(cfg.ema))  # weight averaging; {} or no decay: off
     # what a person sees
     trackers: tuple = option((), from_config=lambda cfg: tuple(
-        name for name in TRACKERS if getattr(cfg.tracking, name)))  # "wandb", "tensorboard"
+        name for name in TRACKERS if getattr(cfg.tracking, name)))  # "wandb", "tensorboard", "mlflow"
     tracking_project: str = option("train", "tracking.project")
     tracking_entity: Optional[str] = option(None, "tracking.entity")
     tracking_run_name: Optional[str] = option(None, "tracking.run_name")

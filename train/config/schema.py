@@ -117,6 +117,8 @@ class DeviceConfig:
 class TrackingConfig:
     wandb: bool = key(False, "Weights & Biases (WANDB_MODE=offline works without network)")
     tensorboard: bool = key(False, "TensorBoard event files in <output_dir>/tensorboard")
+    mlflow: bool = key(False, "MLflow, through Accelerate: to MLFLOW_TRACKING_URI, else a local store, "
+                              "<output_dir>/mlruns/mlflow.db; a rerun in the folder continues the same MLflow run")
     project: str = key("train", "the trackers' project name")
     entity: Optional[str] = key(None, "W&B entity (team or user)")
     run_name: Optional[str] = key(None, "the run's name in the trackers")

@@ -284,6 +284,12 @@ def accelerator_for(options):
     from accelerate.utils import ProjectConfiguration
 
     o = options
+    if "mlflow" in o.trackers:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("tracking.mlflow needs MLflow's client: pip install mlflow-skinny (or the full mlflow "
+                              "for its UI), or set tracking.mlflow=false")
     set_tf32(o.tf32)
     from pathlib import Path
 

@@ -108,7 +108,7 @@ class Model(nn.Module):
         checkpoint when run again (`resume="auto"`, or `"none"`, or a checkpoint path), saves and
         ends the process with exit 75 on SIGUSR1/SIGTERM and 130 on Ctrl-C. Other options, as in
         `train.RunOptions`: `checkpoint_every` (optimizer steps), `keep_last`, `seed`, `trackers`
-        (("wandb", "tensorboard")), `early_stopping` (a column), `progress`, `collective_timeout_s`, ...
+        (("wandb", "tensorboard", "mlflow")), `early_stopping` (a column), `progress`, `collective_timeout_s`, ...
 
         Errors: with `output_dir` the run owns its process, as the script does: a bad input ends it
         with one `error: ...` line and exit 2 (a NaN loss 3, a full disk 74; see the README's
