@@ -227,12 +227,14 @@ def test_lr_find_on_two_processes_suggests_a_rate_that_trains(tmp_path):
 
 def test_two_commands_on_one_search_share_its_trials(tmp_path):
     """A second command on the same folder joins as another worker (and --workers 2 runs two trials at
-    a time): four trials in all, each run once, none asked for twice."""
+    a time, each with its own GPUs: the first command sees four, CUDA_VISIBLE_DEVICES=0,1,2,3): four
+    trials in all, each run once, none asked for twice."""
     folder = tmp_path / "search"
     cmd = [PYTHON, "-m", "train.sweep", "--config", DIGITS, "--space", SPACE, "--trials", "4", "--dir", str(folder),
-           "epochs=1", "progress=false"]
+           "epochs=1", "progress=false", "callbacks=[tests.helpers.record_env:RecordEnv]"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    first = start_process([*cmd, "--workers", "2"], env)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    first = start_process([*cmd, "--workers", "2"], dict(env, CUDA_VISIBLE_DEVICES="0,1,2,3"))
     wait_for(lambda: (folder / "trial-0000").exists(), first, "the first trial", timeout=120)
     second = start_process(cmd, env)
     logs = [p.communicate(timeout=600)[0] for p in (first, second)]
@@ -246,6 +248,10 @@ def test_two_commands_on_one_search_share_its_trials(tmp_path):
     for number in range(4):
         log = flat((folder / f"trial-{number:04d}" / "trial.log").read_text())
         assert log.count("plan: ") == 1 and "resuming from" not in log
+    assert "trials in slot 0: cores 0, GPU 0,1; trials in slot 1: cores 1, GPU 2,3" in flat(logs[0])
+    given = {int(n): (folder / f"trial-{int(n):04d}" / "cuda_visible_devices").read_text() for n in started[0]}
+    assert set(given.values()) <= {"0,1", "2,3"} and len(set(given.values())) == min(2, len(given)), given
+    assert all((folder / f"trial-{int(n):04d}" / "cuda_visible_devices").read_text() == "(unset)" for n in started[1])
 
 
 def test_with_tracking_each_trial_is_a_wandb_run_in_the_search_group(tmp_path):

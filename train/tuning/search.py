@@ -35,6 +35,7 @@ from train.supervision.reports import ended_by
 from train.tuning.claims import WAIT, Claims
 from train.tuning.results import Results, say
 from train.tuning.settings import SearchSettings
+from train.tuning.shares import shares, visible_gpus
 from train.tuning.trial import Trials
 
 
@@ -80,7 +81,7 @@ class Search:
         except OSError:
             pass
 
-    def worker(self, slot: int, cpus) -> None:
+    def worker(self, slot: int, share) -> None:
         from train.tuning import study
 
         s = study.load(self.settings.folder, self.settings.pruner, self.settings.pruner_args)
@@ -93,7 +94,7 @@ class Search:
                 continue
             number, values, owner, adopted = claimed
             try:
-                code = self.trials.run_trial(number, values, adopted, cpus)
+                code = self.trials.run_trial(number, values, adopted, share)
                 with self.claims.exclusive():
                     self.trials.settle(s, number, code)
                     self.results.write_results(s)
@@ -110,15 +111,18 @@ class Search:
             f"{c.workers} at a time; in {c.folder}")
         errors: list[BaseException] = []
 
-        def guarded(slot, cpus):
+        def guarded(slot, share):
             try:
-                self.worker(slot, cpus)
+                self.worker(slot, share)
             except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
                 errors.append(e)
                 self.stop(getattr(e, "exit_code", 1))
 
-        threads = [threading.Thread(target=guarded, args=(i, cpus), name=f"sweep-worker-{i}", daemon=True)
-                   for i, cpus in enumerate(_cpu_shares(self.settings.workers))]
+        slots = shares(c.workers, visible_gpus() if c.workers > 1 else [])
+        if c.workers > 1:
+            say("; ".join(f"trials in slot {i}: {share.words()}" for i, share in enumerate(slots)))
+        threads = [threading.Thread(target=guarded, args=(i, share), name=f"sweep-worker-{i}", daemon=True)
+                   for i, share in enumerate(slots)]
         for t in threads:
             t.start()
         for t in threads:
@@ -132,17 +136,6 @@ class Search:
         self.results.summary(s)
         return 0
 
-def _cpu_shares(workers: int) -> list:
-    """Each of `workers` trials at a time gets its own share of this process's cores (none to pin
-    with one worker)."""
-    if workers == 1:
-        return [None]
-    cpus = sorted(os.sched_getaffinity(0))
-    if workers >= len(cpus):
-        return [[cpus[i % len(cpus)]] for i in range(workers)]
-    per = len(cpus) // workers
-    return [cpus[i * per:(i + 1) * per] for i in range(workers)]
-
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m train.sweep", description=__doc__.split("\n\n")[0])
@@ -152,7 +145,8 @@ def parse_args(argv):
     parser.add_argument("--trials", type=int, help="trials to finish (default: sweep.trials)")
     parser.add_argument("--dir", help="the search's folder (default: sweep.dir, else <output_dir>-sweep)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="trials at a time on this machine, each with its share of the cores (default 1)")
+                        help="trials at a time on this machine, each with its share of the cores and GPUs "
+                             "(CUDA_VISIBLE_DEVICES per trial; default 1)")
     parser.add_argument("--launch", default=str(ROOT / "launch" / "one.sh"),
                         help="the wrapper each trial runs under (default launch/one.sh)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every trial")

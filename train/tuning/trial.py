@@ -32,7 +32,7 @@ class Trials:
         self.folder = settings.folder
         self.running: dict[int, subprocess.Popen] = {}
 
-    def command(self, number: int, values: dict, cpus: list[int] | None) -> list[str]:
+    def command(self, number: int, values: dict, cpus: list[int] | None = None) -> list[str]:
         from train.tuning.space import override
 
         report_to = {"name": "train.tuning.pruning:ReportToStudy",
@@ -46,7 +46,8 @@ class Trials:
         return [*pin, *self.settings.launch, "--config", self.settings.config, *self.settings.overrides,
                 *(override(k, v) for k, v in values.items()), *extra]
 
-    def run_trial(self, number: int, values: dict, adopted: bool, cpus) -> int:
+    def run_trial(self, number: int, values: dict, adopted: bool, share) -> int:
+        """Run one trial to its end in its worker's `share` of the machine (train.tuning.shares); its exit code."""
         folder = self.settings.trial_folder(number)
         shown = " ".join(f"{k}={short(v)}" for k, v in values.items())
         if (folder / PRUNED).exists():
@@ -58,12 +59,12 @@ class Trials:
             say(f"trial {number}: {shown} ({folder})")
         # the trial runs in the search's environment (its interpreter's accelerate, as if activated)
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        env = dict(os.environ, PATH=path, PYTHONUNBUFFERED="1", TRAIN_STOP_WITH_PARENT=str(os.getpid()))
+        env = dict(os.environ, PATH=path, PYTHONUNBUFFERED="1", TRAIN_STOP_WITH_PARENT=str(os.getpid()), **share.env())
         with open(folder / "trial.log", "a") as log:
             with self.search.guard:
                 if self.search.stopped_by:
                     return self.search.stopped_by_code()
-                proc = subprocess.Popen(self.command(number, values, cpus), stdout=log, stderr=subprocess.STDOUT,
+                proc = subprocess.Popen(self.command(number, values, share.cpus), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
                 self.running[number] = proc
             if self.search.stopped_by > 0 and self.search.forward_signals:  # a signal came while it was starting
