@@ -54,6 +54,13 @@ def _closest(key: str, known) -> str:
 def _coerce(key: str, value: Any, kind) -> Any:
     """Check `value` against the annotated type of `key`; ints are accepted where floats are."""
     optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+    if kind == typing.Union[int, str]:  # a number, or a word for "work it out" (batch_size: auto)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"config key '{key}' expects int, got {type(value).__name__} {value!r} (or a word: "
+                              f"auto)")
+        return value
     if optional:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
@@ -164,6 +171,10 @@ def validate(cfg: Config) -> None:
         if k["choices"] and k["value"] not in k["choices"] and not (k["value"] is None and name == "mixed_precision"):
             raise ConfigError(f"config key '{name}' must be one of {', '.join(k['choices'])}; got {k['value']!r}")
     flat = {name: k["value"] for name, k in keys.items()}
+    if isinstance(cfg.batch_size, str) and cfg.batch_size != "auto":
+        raise ConfigError(f"config key 'batch_size' must be a number > 0 or auto; got {cfg.batch_size!r}")
+    if cfg.batch_size == "auto":
+        flat["batch_size"] = 1
     for name in ("batch_size", "gradient_accumulation_steps", "log_step_freq",
                  "log_every_s", "collective_timeout_s", "optimizer.lr", "data.in_memory_limit_mb", "sweep.trials"):
         if flat[name] <= 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from train.config.monitor import MODES as MONITOR_MODES
 from train.config.options import NONFINITE, PRECISIONS, SCHEDULER_INTERVALS, STRATEGIES
@@ -81,6 +81,17 @@ class SchedulerConfig:
     step_size: int = key(1, "step: decay every step_size intervals")
     gamma: float = key(0.1, "step: the decay factor")
     args: dict = key({}, "more keyword arguments of the schedule")
+
+
+@dataclass
+class BatchFindConfig:
+    max: Optional[int] = key(None, "batch_size: auto: the largest micro-batch tried; null: the training set's share "
+                                   "of one process")
+    global_batch: Optional[int] = key(None, "batch_size: auto: keep this many samples per optimizer step (over all "
+                                            "processes) through gradient accumulation; null: the accumulation given")
+    steps: int = key(2, "batch_size: auto: training steps per size tried")
+    memory_fraction: float = key(0.8, "batch_size: auto on a CPU: a size whose peak resident set passes this share of "
+                                      "the node's available memory (per process) counts as out of memory")
 
 
 @dataclass
@@ -205,7 +216,8 @@ class Config:
                                               "them: less memory, about a third more compute (models with "
                                               "gradient_checkpointing_enable, as transformers models have)")
     epochs: int = key(3, "the run's total number of epochs (a resumed run trains the rest)")
-    batch_size: int = key(128, "per process")
+    batch_size: Union[int, str] = key(128, "per process; auto: the largest that trains without running out of memory "
+                                           "on every process (see batch_find)")
     steps_per_epoch: Optional[int] = key(None, "optimizer steps per epoch: needed for a stream without a length "
                                                "(else an epoch ends when the stream does); null: the whole data set")
     seed: int = key(42, "seeds the initial weights, the data order and every random op of training")
@@ -259,6 +271,7 @@ class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    batch_find: BatchFindConfig = field(default_factory=BatchFindConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

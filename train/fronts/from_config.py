@@ -43,10 +43,15 @@ def build_run(cfg):
     if cfg.pretrained:  # likewise a pretrained folder that is not there (yet)
         check_pretrained(cfg.pretrained, resolve(cfg.model, MODELS, "model"), cfg.model)
     accelerator = accelerator_for(options)
-    set_seed(cfg.seed)  # the model's initial weights
     classification = cfg.loss in CLASSIFICATION_LOSSES
     if cfg.data.num_classes is None and (cfg.model in MODELS or cfg.data.source != "python"):
         cfg.data.num_classes = 10  # MNIST's, as it always was (config.yaml records it)
+    found = None
+    if cfg.batch_size == "auto":  # a search on a throwaway copy; everything is built afresh below
+        from train.fronts.batch_auto import resolve_batch_size
+
+        found = resolve_batch_size(cfg, accelerator, options, cfg.data.num_classes if classification else None)
+    set_seed(cfg.seed)  # the model's initial weights
     loaders = make_loaders(cfg, accelerator.device, local_processes(accelerator), seed=cfg.seed,
                            num_classes=cfg.data.num_classes if classification else None,
                            processes=accelerator.num_processes)
@@ -70,6 +75,6 @@ def build_run(cfg):
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch)
     run = Run(model, optimizer, loss, metrics, scheduler=scheduler,
               scheduler_interval=cfg.scheduler.interval, options=options, accelerator=accelerator, config=cfg,
-              plan_notes=loaders.notes, origin={"in_channels": in_channels} if in_channels else {},
+              plan_notes=[*([found] if found else []), *loaders.notes], origin={"in_channels": in_channels} if in_channels else {},
               callbacks=callbacks)
     return run, loaders
