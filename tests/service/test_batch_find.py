@@ -60,3 +60,30 @@ def test_the_search_doubles_then_bisects_to_the_largest_size_that_fits(limit, ca
     sizes = [size for size, _ in found.tried]
     assert len(sizes) == len(set(sizes)) and max(sizes) <= cap  # none tried twice, none over the cap
     assert all(ok == (size <= limit) for size, ok in found.tried)
+
+
+def test_the_class_front_finds_the_size_and_trains_as_a_run_given_it_by_hand(tmp_path, capsys):
+    """fit(batch_size="auto") on one process (the model's limit there: 48): 48 x accumulation 4 keeps
+    batch_find.global_batch 192; the weights equal a fit given a DataLoader of 48 and accumulation 4."""
+    import train
+    from tests.helpers.oom import Net
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(960, 1, 28, 28, generator=g), torch.randint(0, 10, (960,), generator=g)
+
+    def fitted(loader_batch, **options):
+        train.seed_everything(1)
+        net = Net()
+        model = train.Model(net)
+        model.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(net.parameters(), lr=0.01),
+                      gradient_accumulation_steps=options.pop("accumulation", 1))
+        data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=loader_batch, shuffle=True,
+                                           generator=torch.Generator().manual_seed(2))
+        model.fit(2, data, **options)
+        return {k: v.clone() for k, v in net.state_dict().items()}
+
+    auto = fitted(8, batch_size="auto", batch_find={"global_batch": 192})
+    said = flat(capsys.readouterr().out)
+    assert "largest micro-batch that fits 48 per process" in said and "48 per process x accumulation 4" in said
+    by_hand = fitted(48, accumulation=4)
+    assert all(torch.equal(auto[k], by_hand[k]) for k in by_hand)

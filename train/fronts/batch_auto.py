@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -47,7 +46,8 @@ def resolve_batch_size(cfg, accelerator, options, num_classes: Optional[int]) ->
 
 
 def _search(cfg, accelerator, world: int, num_classes: Optional[int]) -> tuple[tuple[int, int], str]:
-    import torch
+    import dataclasses
+
     from accelerate.utils import set_seed
 
     from train.data.loaders import make_loaders
@@ -56,12 +56,8 @@ def _search(cfg, accelerator, world: int, num_classes: Optional[int]) -> tuple[t
     from train.engine.loop import Loop
     from train.fronts.building import build_loss, build_model, build_optimizer
     from train.fronts.models import MODELS
-    from train.service.batch_find import cpu_memory_limit_mb, search, trial
+    from train.service.batch_find import find_micro_batch
 
-    find = cfg.batch_find
-    whole = find.global_batch
-    if whole is not None and (whole <= 0 or whole % world):
-        raise ConfigError(f"batch_find.global_batch must be a multiple of the {world} process(es); got {whole}")
     probe_cfg = copy.deepcopy(cfg)
     probe_cfg.batch_size = 1
     set_seed(cfg.seed)
@@ -70,43 +66,26 @@ def _search(cfg, accelerator, world: int, num_classes: Optional[int]) -> tuple[t
     data = loaders.train.dataset
     if is_stream(data):
         raise ConfigError("batch_size: auto needs a training set with a length (a stream has none); give batch_size")
-    cap = find.max or math.ceil(len(data) / world)
-    if whole is not None:
-        cap = min(cap, whole // world)
     in_channels = data[0][0].shape[0] if cfg.model in MODELS else None
     model = build_model(cfg, in_channels)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), accelerator.device, False)
     loop = Loop(model, optimizer, build_loss(cfg.loss, cfg.loss_args), {}, accelerator=accelerator)
-    inner = getattr(loop.optimizer, "optimizer", loop.optimizer)  # the torch optimizer: it steps whatever the sync
-    collate = loaders.train.collate_fn
-
-    def steps(size: int) -> None:
-        batch = next(iter(torch.utils.data.DataLoader(data, batch_size=size, collate_fn=collate)))
-        features, labels = loop.to_device(*loop.split(batch))
-        for _ in range(find.steps):
-            with accelerator.no_sync(loop.model):  # no collective a failed process would leave waiting
-                _, loss = loop.forward(features, labels)
-                loss.backward()
-            inner.step()
-            inner.zero_grad(set_to_none=True)
-
-    limit = None if accelerator.device.type == "cuda" else \
-        cpu_memory_limit_mb(find.memory_fraction, local_processes(accelerator))
-    found = search(lambda size: trial(steps, size, accelerator.device, limit), accelerator, cap)
-    del loop, model, optimizer, inner, loaders, data
-    accelerator.free_memory()
+    micro, accumulation, line = find_micro_batch(loop, data, loaders.train.collate_fn,
+                                                 dataclasses.asdict(cfg.batch_find), cfg.gradient_accumulation_steps)
+    del loop, model, optimizer, loaders, data
+    accelerator.free_memory()  # the probe's model and optimizer out of the accelerator's lists
     gc.collect()
-    if found.size == 0:
-        raise ConfigError("batch_size: auto: not even a batch of 1 sample trains within memory; use a smaller model, "
-                          "mixed_precision, gradient_checkpointing or strategy=fsdp")
-    found.limit = (f"at most {cap}" + (f" (batch_find.global_batch {whole} over {world} process(es))" if whole else "")
-                   + (f"; on a CPU, a peak over {limit:,.0f} MB counts as out of memory" if limit else ""))
-    micro, accumulation = found.size, cfg.gradient_accumulation_steps
-    if whole is not None:  # the largest micro-batch that divides each process's share of the global batch
-        share = whole // world
-        micro = max(d for d in range(1, found.size + 1) if share % d == 0)
-        accumulation = share // micro
-    line = f"batch_size: auto: {found.words()}: {micro} per process x accumulation {accumulation}"
-    if whole is not None:
-        line += f" keeps the global batch of {whole}"
     return (micro, accumulation), line
+
+
+def loader_at(dl, batch_size: int):
+    """A user's DataLoader served again with `batch_size` samples a batch: the same data set, sampler
+    (so the same order from the same generator), collate function, workers and memory pinning."""
+    from torch.utils.data import DataLoader
+
+    if dl.batch_size is None:
+        raise ConfigError("batch_size='auto' needs a DataLoader made with a batch_size (not a batch_sampler)")
+    extra = dict(prefetch_factor=dl.prefetch_factor, persistent_workers=dl.persistent_workers) if dl.num_workers else {}
+    return DataLoader(dl.dataset, batch_size=batch_size, sampler=dl.sampler, collate_fn=dl.collate_fn,
+                      num_workers=dl.num_workers, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
+                      worker_init_fn=dl.worker_init_fn, generator=dl.generator, **extra)

@@ -97,7 +97,8 @@ class Model(nn.Module):
         return run
 
     def fit(self, epochs: int, dl_train, dl_val=None, log_step_freq: Optional[int] = None,
-            callbacks: Iterable = (), *, output_dir: Optional[str] = None, **options):
+            callbacks: Iterable = (), *, output_dir: Optional[str] = None, batch_size: Optional[str] = None,
+            batch_find: Optional[dict] = None, **options):
         """Train until epoch `epochs` (a total: epochs trained by an earlier fit, or restored from a
         checkpoint, count); print the tutorial's step lines every `log_step_freq` batches and one
         table row per epoch. Returns the history DataFrame (`epoch, loss, <metric>, val_loss,
@@ -110,6 +111,11 @@ class Model(nn.Module):
         `train.RunOptions`: `checkpoint_every` (optimizer steps), `keep_last`, `seed`, `trackers`
         (("wandb", "tensorboard", "mlflow")), `early_stopping` (a column), `progress`, `collective_timeout_s`, ...
 
+        `batch_size="auto"`: `dl_train` served again at the largest micro-batch that fits on every
+        process (`batch_find`: `max`, `global_batch` kept through gradient accumulation, `steps`,
+        `memory_fraction`; see the README's "Finding a batch size"); the model, optimizer and random
+        generators are put back after the search.
+
         Errors: with `output_dir` the run owns its process, as the script does: a bad input ends it
         with one `error: ...` line and exit 2 (a NaN loss 3, a full disk 74; see the README's
         table), no traceback. Without it (a notebook) the typed exception (`train.UserError`, ...)
@@ -118,6 +124,8 @@ class Model(nn.Module):
         try:
             run = self._new_run(output_dir=output_dir, log_step_freq=log_step_freq, step_lines=True, **options)
             self._run = run
+            if batch_size is not None:
+                dl_train = _at_found_size(run, dl_train, batch_size, batch_find or {}, output_dir)
             history = run.fit(epochs, dl_train, dl_val, callbacks).frame()
         except RunError as e:
             if output_dir is None:
@@ -155,3 +163,21 @@ class Model(nn.Module):
         from train.engine.history import History
 
         return History(self._state["history"] if self._state else []).frame()
+
+
+def _at_found_size(run, dl, batch_size, settings: dict, output_dir) -> "torch.utils.data.DataLoader":
+    """fit(batch_size="auto"): the search on the run's own model, then `dl` served at the size found
+    (its data set, sampler, collate and workers kept) and the accumulation that keeps a global batch."""
+    from train.base.text import wrapped
+    from train.fronts.batch_auto import loader_at
+
+    if batch_size != "auto":
+        raise UserError(f"fit(batch_size=...) takes 'auto' (give any other size to your DataLoader); got {batch_size!r}")
+    micro, accumulation, line = run.find_batch_size(dl.dataset, dl.collate_fn, settings,
+                                                    run.accelerator.gradient_accumulation_steps)
+    run.accelerator.gradient_accumulation_steps = run.options.gradient_accumulation_steps = accumulation
+    if output_dir is not None:
+        run.plan_notes.insert(0, line)
+    elif run.is_main_process:
+        print(wrapped(f"note: {line}"), flush=True)
+    return loader_at(dl, micro)

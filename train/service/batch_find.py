@@ -123,3 +123,68 @@ def trial(step: Callable[[int], None], size: int, device: torch.device, cpu_limi
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return ok
+
+
+def find_micro_batch(loop, data, collate, settings: dict, accumulation: int) -> tuple[int, int, str]:
+    """The search over batches of `data` (cut by the loader's `collate`) with `loop`'s model, loss and
+    optimizer (their state is changed: the caller builds them afresh or puts them back). `settings`:
+    batch_find's `max`, `global_batch`, `steps`, `memory_fraction`. Returns (micro-batch, gradient
+    accumulation, the plan's line)."""
+    from train.base.errors import ConfigError
+    from train.engine.devices import local_processes
+
+    acc, world = loop.accelerator, loop.accelerator.num_processes
+    whole = settings.get("global_batch")
+    if whole is not None and (whole <= 0 or whole % world):
+        raise ConfigError(f"batch_find.global_batch must be a multiple of the {world} process(es); got {whole}")
+    cap = settings.get("max") or -(-len(data) // world)
+    if whole is not None:
+        cap = min(cap, whole // world)
+    inner = getattr(loop.optimizer, "optimizer", loop.optimizer)  # the torch optimizer: it steps whatever the sync
+
+    def steps(size: int) -> None:
+        batch = next(iter(torch.utils.data.DataLoader(data, batch_size=size, collate_fn=collate)))
+        features, labels = loop.to_device(*loop.split(batch))
+        for _ in range(settings.get("steps", 2)):
+            with acc.no_sync(loop.model):  # no collective that a failed process would leave waiting
+                _, loss = loop.forward(features, labels)
+                loss.backward()
+            inner.step()
+            inner.zero_grad(set_to_none=True)
+
+    limit = None if acc.device.type == "cuda" else \
+        cpu_memory_limit_mb(settings.get("memory_fraction", 0.8), local_processes(acc))
+    found = search(lambda size: trial(steps, size, acc.device, limit), acc, cap)
+    if found.size == 0:
+        raise ConfigError("batch_size: auto: not even a batch of 1 sample trains within memory; use a smaller model, "
+                          "mixed_precision, gradient_checkpointing or strategy=fsdp")
+    found.limit = (f"at most {cap}" + (f" (batch_find.global_batch {whole} over {world} process(es))" if whole else "")
+                   + (f"; on a CPU, a peak over {limit:,.0f} MB counts as out of memory" if limit else ""))
+    micro = found.size
+    if whole is not None:  # the largest micro-batch that divides each process's share of the global batch
+        share = whole // world
+        micro = max(d for d in range(1, found.size + 1) if share % d == 0)
+        accumulation = share // micro
+    line = f"batch_size: auto: {found.words()}: {micro} per process x accumulation {accumulation}"
+    if whole is not None:
+        line += f" keeps the global batch of {whole}"
+    return micro, accumulation, line
+
+
+def find_keeping_state(loop, data, collate, settings: dict, accumulation: int) -> tuple[int, int, str]:
+    """`find_micro_batch` on a run's own model and optimizer (the class front's data), whose weights,
+    optimizer state and random generators are put back afterwards: the run trains as if the search
+    had not happened."""
+    import copy
+
+    from train.data.rng import capture_rng, restore_rng
+
+    model = loop.accelerator.unwrap_model(loop.model, keep_torch_compile=False)
+    inner = getattr(loop.optimizer, "optimizer", loop.optimizer)
+    weights, state, rng = copy.deepcopy(model.state_dict()), copy.deepcopy(inner.state_dict()), capture_rng()
+    try:
+        return find_micro_batch(loop, data, collate, settings, accumulation)
+    finally:
+        model.load_state_dict(weights)
+        inner.load_state_dict(state)
+        restore_rng(rng)

@@ -21,6 +21,7 @@ from train.callbacks.history_csv import HistoryCSV
 from train.callbacks.slow_data import SlowDataWarning
 from train.callbacks.step_log import StepLog
 from train.callbacks.profiler import profilers
+from train.service.batch_find import find_keeping_state
 from train.callbacks.stop_signals import StopSignals
 from train.callbacks.table import EpochTable
 from train.saving.checkpoint import Checkpoint, Resumed
@@ -165,6 +166,9 @@ class Run:
     def split(self, batch):
         return self.loop.split(batch)
 
+    def find_batch_size(self, data, collate, settings: dict, accumulation: int):  # train.service.batch_find
+        return find_keeping_state(self.loop, data, collate, settings, accumulation)
+
     def train_step(self, features, labels):
         """One training step on one batch: (loss, predictions, labels), on the device."""
         self.loop.model.train()
@@ -187,8 +191,7 @@ class Run:
     def uses(self, optimizer) -> bool:
         return self.loop.optimizer is not None and self.loop.optimizer.optimizer is optimizer
 
-    def state(self) -> dict:
-        """The loop's position and history (to continue in another `Run` of the same model)."""
+    def state(self) -> dict:  # the loop's position and history, to continue in another Run of the same model
         return self.loop.state_dict()
 
     def continue_from(self, state: dict) -> None:
