@@ -109,6 +109,13 @@ def test_the_text_example_reaches_its_accuracy_and_its_weights_load_into_the_use
     done = script(tmp_path / "text", *TEXT, f"data.args.tokenizer_dir={tmp_path / 'tokenizers'}")
     history = pd.read_csv(tmp_path / "text" / "history.csv")
     assert history["val_accuracy"].iloc[-1] >= 0.90, done.stdout
+    # throughput in real tokens: the training samples' own lengths (padding left out), every epoch
+    from examples.text.data import load
+
+    train_set = load(tokenizer_dir=str(tmp_path / "tokenizers"))["train"]
+    tokens = sum(len(train_set[i]["input_ids"]) for i in range(len(train_set)))
+    assert (history["tokens_per_s"] * history["epoch_s"]).tolist() == pytest.approx([tokens] * len(history), rel=1e-9)
+    assert (history["max_memory_mb"] > 100).all()  # a process holding torch and transformers
     model = encoder(**load_config(ROOT / "examples" / "text" / "config.yaml").model_args)
     model.load_state_dict(load_file(str(tmp_path / "text" / "model.safetensors")))  # no wrapper prefix
     from transformers import BertForSequenceClassification
