@@ -96,11 +96,8 @@ def test_a_causal_lm_reports_the_token_level_loss_on_two_processes(tmp_path):
     assert row["tokens_per_s"] * row["epoch_s"] == pytest.approx(train_tokens, rel=1e-9)
     assert row["mfu"] == pytest.approx(row["flops_per_s"] / (0.05e12 * 2), rel=1e-12)  # 2 processes' devices
     assert "mfu: the history's flops_per_s over the peak of every process's device: 0.05 TFLOP/s each" in flat(done.stdout)
-    # each process's peak resident set: at least a process that only imported torch and transformers holds
-    imported = subprocess.run([PYTHON, "-c", "import resource, torch, transformers; "
-                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
-                              capture_output=True, text=True, check=True)
-    assert float(imported.stdout) < row["max_memory_mb"] < 8192
+    # each process's peak resident set, in MiB: a process holding torch (hundreds of MB), far below the machine's
+    assert 100 < row["max_memory_mb"] < 8192
 
     preflight = cpu2(*LM, "preflight=true", f"output_dir={tmp_path / 'preflight'}")
     assert preflight.returncode == 0 and "preflight ok" in preflight.stdout, preflight.stdout

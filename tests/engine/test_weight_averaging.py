@@ -83,3 +83,19 @@ def test_two_processes_average_as_by_hand_and_validate_the_averages(tmp_path):
     said = subprocess.run([PYTHON, "-m", "train.predict", str(tmp_path), "--out", str(tmp_path / "p.csv")], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert said.returncode == 0 and "load_model: the averaged weights (ema)" in said.stdout, said.stdout + said.stderr
+
+
+def test_a_checkpoint_without_averages_resumes_with_averages_from_its_weights(tmp_path, capsys):
+    """A run trained without ema, continued with it: the averages start from the resumed weights (said
+    once), then follow the hand computation from there."""
+    model = small_model()
+    model.fit(1, blobs(), output_dir=str(tmp_path), progress=False)
+    model = small_model()
+    model.compile(loss_func=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), lr=0.01),
+                  ema={"decay": 0.7})
+    recorder = RecordSteps()
+    capsys.readouterr()
+    model.fit(2, blobs(), callbacks=[recorder], output_dir=str(tmp_path), progress=False)
+    assert "holds no averaged weights (ema was off): the averages start from its weights" in flat(capsys.readouterr().out)
+    assert len(recorder.steps) == 1 + 16  # the resumed weights, then epoch 2's steps
+    assert close(load_file(str(tmp_path / "model.safetensors")), averaged_by_hand(recorder.steps, 0.7))

@@ -87,3 +87,27 @@ def test_the_class_front_finds_the_size_and_trains_as_a_run_given_it_by_hand(tmp
     assert "largest micro-batch that fits 48 per process" in said and "48 per process x accumulation 4" in said
     by_hand = fitted(48, accumulation=4)
     assert all(torch.equal(auto[k], by_hand[k]) for k in by_hand)
+
+
+def test_an_error_that_is_not_out_of_memory_ends_the_search_with_it():
+    from train.engine.devices import make_accelerator
+    from train.service.batch_find import search
+
+    def broken(size):
+        if size == 4:
+            raise ValueError("a bug in the model at 4 samples")
+        return True
+
+    with pytest.raises(ValueError, match="a bug in the model"):
+        search(broken, make_accelerator(), 100)
+
+
+@pytest.mark.launches
+def test_a_sharded_model_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    from conftest import PYTHON
+
+    done = subprocess.run([PYTHON, str(ROOT / "train" / "main.py"), *COMMON, "batch_size=auto", "strategy=fsdp",
+                           f"output_dir={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == \
+        "error: batch_size: auto does not search sharded models (strategy=fsdp) yet; give batch_size", done.stderr
+    assert not (tmp_path / "out").exists()

@@ -23,7 +23,6 @@ import torch
 from train.base.text import wrapped
 from train.engine.events import Callback
 
-ACTIVITIES = ("cpu", "cuda")
 TOP = 12  # operations in the printed summary: one screen
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from train.config.monitor import MODES as MONITOR_MODES
-from train.config.options import NONFINITE, PRECISIONS, SCHEDULER_INTERVALS, STRATEGIES
+from train.config.options import EMA_VALIDATE, NONFINITE, PRECISIONS, SCHEDULER_INTERVALS, STRATEGIES
 
 
 def key(default: Any = None, help: str = "", choices: tuple = ()):
@@ -103,7 +103,7 @@ class EmaConfig:
     warmup: bool = key(False, "grow the decay as timm's ModelEmaV3 does: min(decay, 1 - (1 + n)^(-2/3)) after n updates")
     validate: str = key("averaged", "averaged: validation (val_*), the best checkpoint, model.safetensors and predict "
                                     "use the averages; both: also raw_val_* columns for the trained weights",
-                        ("averaged", "both"))
+                        EMA_VALIDATE)
 
 
 @dataclass

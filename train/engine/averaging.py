@@ -23,8 +23,9 @@ from typing import Optional
 import torch
 
 from train.base.errors import UserError
+from train.config.options import checked_ema
 
-VALIDATE = ("averaged", "both")
+LOW_PRECISION = (torch.bfloat16, torch.float16)  # weights kept in these are averaged in float32
 
 
 class WeightAverage:
@@ -32,19 +33,18 @@ class WeightAverage:
 
     def __init__(self, model: torch.nn.Module, decay: float, every_n_steps: int = 1, start_step: int = 0,
                  warmup: bool = False, validate: str = "averaged"):
-        if not 0.0 < decay < 1.0:
-            raise UserError(f"ema.decay must be between 0 and 1 (e.g. 0.999); got {decay!r}")
-        if validate not in VALIDATE:
-            raise UserError(f"ema.validate must be one of {', '.join(VALIDATE)}; got {validate!r}")
+        """Settings as `train.config.options.checked_ema` checks them (`weight_average` does)."""
         self.decay, self.every, self.start, self.warmup, self.validate = decay, every_n_steps, start_step, warmup, validate
-        # frozen weights (a pretrained base under adapters) never change: their average is themselves
+        # frozen parameters (a pretrained base under adapters) never change: their average is themselves
         named = [(n, t) for n, t in model.named_parameters() if t.requires_grad] + list(model.named_buffers())
         if any(type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter for _, t in named):
             raise UserError("ema does not average sharded weights yet (strategy=fsdp); use strategy=ddp with ema")
         self.names = [name for name, t in named if t.is_floating_point()]
         self.weights = [t for _, t in named if t.is_floating_point()]
         self.counts = [t for _, t in named if not t.is_floating_point()]  # copied at each update
-        self.averages = [t.detach().clone() for t in self.weights]
+        # bf16/fp16 weights: a step of (1 - decay) x difference would round away in their precision
+        self.averages = [t.detach().clone().float() if t.dtype in LOW_PRECISION else t.detach().clone()
+                         for t in self.weights]
         self.count_copies = [t.detach().clone() for t in self.counts]
         self.updates = 0  # averaging updates since start_step
 
@@ -57,10 +57,11 @@ class WeightAverage:
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         """After optimizer step `step` (counted from 1): follow, update or wait."""
+        weights = [w.float() if w.dtype != a.dtype else w for w, a in zip(self.weights, self.averages)]
         if step < self.start:
-            torch._foreach_copy_(self.averages, self.weights)
+            torch._foreach_copy_(self.averages, weights)
         elif (step - self.start) % self.every == 0:
-            torch._foreach_lerp_(self.averages, self.weights, 1.0 - self.decay_now())
+            torch._foreach_lerp_(self.averages, weights, 1.0 - self.decay_now())
             self.updates += 1
         else:
             return
@@ -83,12 +84,19 @@ class WeightAverage:
             if self.counts:
                 torch._foreach_copy_(self.counts, kept_counts)
 
-    def named_averages(self) -> dict:
-        return dict(zip(self.names, self.averages))
+    @torch.no_grad()
+    def follow_weights(self) -> None:
+        """Start the averages afresh from the model's weights (a checkpoint written without them)."""
+        torch._foreach_copy_(self.averages, [w.float() if w.dtype != a.dtype else w
+                                             for w, a in zip(self.weights, self.averages)])
+        if self.counts:
+            torch._foreach_copy_(self.count_copies, self.counts)
+        self.updates = 0
 
     def state_dict(self) -> dict:
-        return {"updates": self.updates, "weights": {n: a for n, a in zip(self.names, self.averages)},
-                "counts": list(self.count_copies)}
+        """On the CPU: every process can read a checkpoint back wherever it runs, a CPU-only machine too."""
+        return {"updates": self.updates, "weights": {n: a.cpu() for n, a in zip(self.names, self.averages)},
+                "counts": [c.cpu() for c in self.count_copies]}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
@@ -111,6 +119,7 @@ class WeightAverage:
 
 def weight_average(model: torch.nn.Module, ema: Optional[dict]) -> Optional[WeightAverage]:
     """The run's `WeightAverage`, where `ema` (checked settings) asks for one."""
-    if not ema or not ema.get("decay"):
+    ema = checked_ema(ema or {})
+    if not ema["decay"]:
         return None
     return WeightAverage(model, **ema)

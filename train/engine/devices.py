@@ -284,12 +284,12 @@ def accelerator_for(options):
     from accelerate.utils import ProjectConfiguration
 
     o = options
-    if "mlflow" in o.trackers:
+    if "mlflow" in o.trackers:  # before Accelerate is asked for the tracker: it would raise its own error
         import importlib.util
 
-        if importlib.util.find_spec("mlflow") is None:
-            raise ConfigError("tracking.mlflow needs MLflow's client: pip install mlflow-skinny (or the full mlflow "
-                              "for its UI), or set tracking.mlflow=false")
+        if any(importlib.util.find_spec(m) is None for m in ("mlflow", "sqlalchemy", "alembic")):
+            raise ConfigError("tracking.mlflow needs MLflow's client and its SQLite store: pip install -e '.[mlflow]' "
+                              "(mlflow-skinny, sqlalchemy, alembic), or set tracking.mlflow=false")
     set_tf32(o.tf32)
     from pathlib import Path
 

@@ -95,8 +95,8 @@ class Step:
             self.step += 1
             if self.scheduler is not None and self.scheduler_interval == "step" and not dropped:
                 self.scheduler.step()
-            if self.average is not None and not dropped:
-                self.average.after_step(self.step)
+            if self.average is not None and not dropped and not getattr(self.optimizer, "step_was_skipped", False):
+                self.average.after_step(self.step)  # fp16's scaler skips a step with inf gradients: nothing moved
 
     def _graphed_body(self, features, labels) -> torch.Tensor:
         """What `StepGraph` runs and captures: a whole optimizer step and the epoch's sums (the

@@ -54,15 +54,20 @@ class EpochTimer:
     def row(self, accelerator, flops_per_sample: Optional[float], peak_flops: Optional[float] = None) -> dict:
         """The epoch's timing columns; `peak_flops`: one device's (train.engine.peak_flops), for `mfu`."""
         seconds = time.perf_counter() - self.start
-        figures = torch.tensor([seconds, self.data_s, peak_memory_mb(self.device), float(len(self.tokens) > 0)],
-                               dtype=torch.float64, device=accelerator.device)
-        tokens = sum(self.tokens) if self.tokens else 0  # one read of the device, at the epoch's end
-        tokens = torch.as_tensor(tokens, dtype=torch.float64, device=accelerator.device).reshape(1)
+        wide = torch.float32 if accelerator.device.type == "mps" else torch.float64  # MPS has no float64
+        figures = torch.tensor([seconds, self.data_s, peak_memory_mb(self.device), float(len(self.tokens) > 0),
+                                flops_per_sample or 0.0, peak_flops or 0.0], dtype=wide, device=accelerator.device)
+        tokens = torch.tensor([sum(t for t in self.tokens if isinstance(t, int))], dtype=wide, device=accelerator.device)
+        counted = [t for t in self.tokens if not isinstance(t, int)]
+        if counted:  # the masks' sums of every batch, added on the device in one go at the epoch's end
+            tokens += torch.stack(counted).sum().to(wide)
         world = accelerator.num_processes
         if world > 1:  # one collective for every figure: the slowest time, the largest memory, all tokens
             every = accelerator.gather(torch.cat([figures, tokens])).reshape(world, -1)
-            figures, tokens = every[:, :4].max(dim=0).values, every[:, 4:].sum(dim=0)
-        seconds, data_s, memory_mb, has_tokens = figures.tolist()
+            # FLOPs and the device's peak are the main process's, so that every process writes the same row
+            figures = torch.cat([every[:, :4].max(dim=0).values, every[0, 4:6]])
+            tokens = every[:, 6:].sum(dim=0)
+        seconds, data_s, memory_mb, has_tokens, flops_per_sample, peak_flops = figures.tolist()
         # even batches: every process has the same count; a resumed epoch times its own part only
         rate = self.samples * world / seconds if seconds > 0 else float("nan")
         row = dict(epoch_s=seconds, data_s=data_s, compute_s=seconds - data_s, samples_per_s=rate)

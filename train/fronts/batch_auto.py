@@ -32,6 +32,9 @@ def saved_choice(cfg) -> Optional[tuple[int, int]]:
 def resolve_batch_size(cfg, accelerator, options, num_classes: Optional[int]) -> str:
     """Replace `cfg.batch_size: auto` by the size found (and `gradient_accumulation_steps`, with
     `batch_find.global_batch`), on every process alike; returns the plan's line."""
+    from train.service.batch_find import refuse_sharded
+
+    refuse_sharded(options.strategy)
     world = accelerator.num_processes
     saved = saved_choice(cfg)
     if saved is not None:
@@ -69,7 +72,9 @@ def _search(cfg, accelerator, world: int, num_classes: Optional[int]) -> tuple[t
     in_channels = data[0][0].shape[0] if cfg.model in MODELS else None
     model = build_model(cfg, in_channels)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), accelerator.device, False)
-    loop = Loop(model, optimizer, build_loss(cfg.loss, cfg.loss_args), {}, accelerator=accelerator)
+    # the run's averages (ema) take memory beside the model: the probe holds them too
+    loop = Loop(model, optimizer, build_loss(cfg.loss, cfg.loss_args), {}, accelerator=accelerator,
+                ema=dataclasses.asdict(cfg.ema))
     micro, accumulation, line = find_micro_batch(loop, data, loaders.train.collate_fn,
                                                  dataclasses.asdict(cfg.batch_find), cfg.gradient_accumulation_steps)
     del loop, model, optimizer, loaders, data

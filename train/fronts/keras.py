@@ -171,8 +171,11 @@ def _at_found_size(run, dl, batch_size, settings: dict, output_dir) -> "torch.ut
     from train.base.text import wrapped
     from train.fronts.batch_auto import loader_at
 
+    from train.service.batch_find import refuse_sharded
+
     if batch_size != "auto":
         raise UserError(f"fit(batch_size=...) takes 'auto' (give any other size to your DataLoader); got {batch_size!r}")
+    refuse_sharded(run.options.strategy)
     micro, accumulation, line = run.find_batch_size(dl.dataset, dl.collate_fn, settings,
                                                     run.accelerator.gradient_accumulation_steps)
     run.accelerator.gradient_accumulation_steps = run.options.gradient_accumulation_steps = accumulation

@@ -159,10 +159,18 @@ class Checkpoint(Callback):
             acc.load_state(str(path))
         if loop.scheduler is not None and (path / SCHEDULER_FILE).is_file():
             loop.scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=True))
-        parts = torch.load(path / CALLBACKS_FILE, weights_only=True) if (path / CALLBACKS_FILE).is_file() else {}
+        parts = torch.load(path / CALLBACKS_FILE, weights_only=True, map_location="cpu") \
+            if (path / CALLBACKS_FILE).is_file() else {}
         for key, state in parts.items():
             if key in self.parts:
                 self.parts[key].load_state_dict(state)
+        average = self.parts.get("ema")
+        if average is not None and "ema" not in parts:  # written by a run that did not average its weights
+            average.follow_weights()
+            if acc.is_main_process:
+                print(f"note: {path} holds no averaged weights (ema was off): the averages start from its weights",
+                      flush=True)
+        parts.pop("ema", None)  # in the averages now: not kept a second time for the run's whole length
         # load_state just put back this rank's RNG states as they were at the save; starting the
         # epoch's data iterator draws from them, so the loop puts them back once it has started
         loop.load_state_dict({"position": position, "history": history, "unfinished": unfinished},

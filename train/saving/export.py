@@ -151,7 +151,7 @@ def averaged_weights(run_dir, checkpoint: Optional[str] = None) -> dict:
     if checkpoint is None:
         return read_weights(weights_file(run_dir))
     parts = checkpoint_folder(run_dir, checkpoint) / CALLBACKS_FILE
-    saved = torch.load(parts, weights_only=True) if parts.is_file() else {}
+    saved = torch.load(parts, weights_only=True, map_location="cpu") if parts.is_file() else {}
     if "ema" not in saved:
         raise UserError(f"checkpoint {checkpoint} of '{run_dir}' holds no averaged weights; load it with averaged=False")
     return saved["ema"]["weights"]

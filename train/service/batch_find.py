@@ -27,7 +27,9 @@ from typing import Callable, Optional
 
 import torch
 
+from train.base.errors import ConfigError, RunError
 from train.engine.devices import all_ok
+from train.engine.timing import peak_memory_mb
 
 OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator")
 
@@ -68,7 +70,7 @@ def _status_mb(field: str) -> float:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_memory_mb(torch.device("cpu"))  # not Linux: the process's peak so far
 
 
 def _reset_peak() -> None:
@@ -85,7 +87,15 @@ def search(fits_alone: Callable[[int], bool], accelerator, cap: int) -> Found:
     found = Found(0)
 
     def fits(size: int) -> bool:
-        ok = all_ok(accelerator, fits_alone(size))  # every process: the same answer
+        try:
+            alone, error = fits_alone(size), None
+        except BaseException as e:  # noqa: BLE001  (not out of memory: a bug, said on every process)
+            alone, error = False, e
+        if not all_ok(accelerator, error is None):  # no process is left waiting for one that failed
+            if error is not None:
+                raise error
+            raise RunError("another process failed while the batch size was searched; its error says why")
+        ok = all_ok(accelerator, alone)  # every process: the same answer
         found.tried.append((size, ok))
         return ok
 
@@ -125,12 +135,18 @@ def trial(step: Callable[[int], None], size: int, device: torch.device, cpu_limi
     return ok
 
 
+def refuse_sharded(strategy: str) -> None:
+    """A sharded model gathers its parameters in collectives that no_sync does not remove: a process that
+    ran out of memory would leave the others waiting in one."""
+    if strategy == "fsdp":
+        raise ConfigError("batch_size: auto does not search sharded models (strategy=fsdp) yet; give batch_size")
+
+
 def find_micro_batch(loop, data, collate, settings: dict, accumulation: int) -> tuple[int, int, str]:
     """The search over batches of `data` (cut by the loader's `collate`) with `loop`'s model, loss and
     optimizer (their state is changed: the caller builds them afresh or puts them back). `settings`:
     batch_find's `max`, `global_batch`, `steps`, `memory_fraction`. Returns (micro-batch, gradient
     accumulation, the plan's line)."""
-    from train.base.errors import ConfigError
     from train.engine.devices import local_processes
 
     acc, world = loop.accelerator, loop.accelerator.num_processes
@@ -154,10 +170,13 @@ def find_micro_batch(loop, data, collate, settings: dict, accumulation: int) -> 
 
     limit = None if acc.device.type == "cuda" else \
         cpu_memory_limit_mb(settings.get("memory_fraction", 0.8), local_processes(acc))
-    found = search(lambda size: trial(steps, size, acc.device, limit), acc, cap)
+    try:
+        found = search(lambda size: trial(steps, size, acc.device, limit), acc, cap)
+    finally:
+        torch._dynamo.reset()  # a compiled model saw every size: the run compiles afresh, as a run given its size
     if found.size == 0:
         raise ConfigError("batch_size: auto: not even a batch of 1 sample trains within memory; use a smaller model, "
-                          "mixed_precision, gradient_checkpointing or strategy=fsdp")
+                          "mixed_precision or gradient_checkpointing")
     found.limit = (f"at most {cap}" + (f" (batch_find.global_batch {whole} over {world} process(es))" if whole else "")
                    + (f"; on a CPU, a peak over {limit:,.0f} MB counts as out of memory" if limit else ""))
     micro = found.size
