@@ -245,6 +245,11 @@ def rank_processes(below: int, marker: str = "") -> list[int]:
         rank = [e for e in environ if e.startswith(b"RANK=")]
         if "train.plots" in cmdline:  # rank 0's drawing helper inherits its RANK: not a training process
             continue
+        folder = next((e[len(b"TRAIN_SUPERVISOR_DIR="):].decode() for e in environ
+                       if e.startswith(b"TRAIN_SUPERVISOR_DIR=")), None)
+        if folder and rank and Path(folder, f"ready-{int(rank[0][5:])}").exists() \
+                and not Path(folder, "started").exists():
+            continue  # a warm standby's process, waiting for the next restart
         if rank and any(e.startswith(b"LOCAL_RANK=") for e in environ) and marker in cmdline:
             found.append((int(rank[0][5:]), pid))
     return [pid for _, pid in sorted(found)]

@@ -48,17 +48,24 @@ def reference_two(tmp_path_factory):
     return out
 
 
-def test_a_killed_rank_is_restarted_and_the_run_ends_exactly(tmp_path, rng):
-    # 48 optimizer steps an epoch per rank; the kill lands at least 24 steps (over a second) before the
-    # end of epoch 2: with less, a CI machine once delivered it after training had finished
-    longer = ["data.train_size=12288"]
-    reference = cpu2(tmp_path / "reference", *longer)
-    log, _ = reference.communicate(timeout=600)
-    assert reference.returncode == 0, log
+LONGER = ["data.train_size=12288"]  # 48 optimizer steps an epoch per rank
+
+
+@pytest.fixture(scope="module")
+def reference_longer(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted-longer")
+    proc = cpu2(out, *LONGER)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    return out
+
+
+def test_a_killed_rank_is_restarted_and_the_run_ends_exactly(tmp_path, rng, reference_longer):
+    # the kill lands at least 24 steps (over a second) before the end of epoch 2: with less, a CI
+    # machine once delivered it after training had finished
     target, victim = rng.randint(50, 72), rng.randint(0, 1)  # a step of epoch 2, well before its end
     where = f"(SIGKILL to rank {victim} after step {target}; TEST_SEED={TEST_SEED})"
-    tmp_path = tmp_path / "out"
-    proc = cpu2(tmp_path, *longer)
+    proc = cpu2(tmp_path, *LONGER)
     wait_for(lambda: latest_step(tmp_path) >= target and len(ranks(proc)) == 2, proc, f"step {target} {where}")
     os.kill(ranks(proc)[victim], signal.SIGKILL)
     log, _ = proc.communicate(timeout=600)
@@ -67,7 +74,59 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_exactly(tmp_path, rng):
                         r"step-\d{8} \(restart 1 of 3\)", flat(log))
     assert restart and int(restart.group(1)) == victim, f"{where}\n{log}"
     assert "Traceback" not in log, log
-    assert_same_run(tmp_path, tmp_path.parent / "reference", context=where)
+    assert_same_run(tmp_path, reference_longer, context=where)
+    # what it cost: one line, and the figures beside the history; the restart was forked warm
+    cost = re.search(r"supervisor: finished after 1 failure; ([\d.]+) s lost per failure; goodput ([\d.]+)", flat(log))
+    figures = json.loads((tmp_path / "failures.json").read_text())
+    assert cost and figures["failures"] == 1 and figures["restarts"][0]["warm"], f"{where}\n{log}\n{figures}"
+    assert float(cost.group(1)) == round(figures["lost_s_per_failure"], 1) > 0, figures
+    assert 0 < figures["goodput"] < 1 and figures["lost_s"] < figures["wall_s"], figures
+    phases = figures["restarts"][0]
+    assert 0 < phases["processes_started_s"] <= phases["state_loaded_s"] <= phases["first_step_s"], phases
+
+
+def test_three_failures_one_while_a_restart_starts_up_and_the_run_ends_exactly(tmp_path, rng, reference_longer):
+    first, third = rng.randint(10, 30), rng.randint(50, 72)
+    victims = [rng.randint(0, 1) for _ in range(3)]
+    where = f"(SIGKILL to rank {victims[0]} after step {first}, to rank {victims[1]} of the restarted job as it " \
+            f"starts, to rank {victims[2]} after step {third}; TEST_SEED={TEST_SEED})"
+    proc = cpu2(tmp_path, *LONGER)
+    wait_for(lambda: latest_step(tmp_path) >= first and len(ranks(proc)) == 2, proc, f"step {first} {where}")
+    old = ranks(proc)
+    os.kill(old[victims[0]], signal.SIGKILL)
+    wait_for(lambda: len(new := ranks(proc)) == 2 and not set(new) & set(old), proc, f"the restart {where}")
+    os.kill(ranks(proc)[victims[1]], signal.SIGKILL)
+    wait_for(lambda: latest_step(tmp_path) >= third and len(ranks(proc)) == 2, proc, f"step {third} {where}")
+    os.kill(ranks(proc)[victims[2]], signal.SIGKILL)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"{where}\n{log}"
+    assert "(restart 3 of 3)" in flat(log) and "while starting up" in flat(log), f"{where}\n{log}"
+    assert re.search(r"supervisor: finished after 3 failures; [\d.]+ s lost per failure; goodput 0\.\d\d", flat(log)), log
+    assert_same_run(tmp_path, reference_longer, context=where)
+
+
+@pytest.mark.parametrize("stopped", [0, 1])
+def test_a_stopped_rank_is_named_its_stacks_kept_and_the_run_ends_exactly(tmp_path, reference_two, stopped):
+    # no collective timeout shortened: the supervisor sees the stopped process (30 minutes by default)
+    proc = start_process([str(ROOT / "launch" / "cpu2.sh"), *SMOKE, f"output_dir={tmp_path}", *STALL],
+                         dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", STALL_AFTER_S="4"))
+    wait_for(lambda: latest_step(tmp_path) >= 9 and len(ranks(proc)) == 2, proc, "step 9")
+    pids = ranks(proc)
+    os.kill(pids[stopped], signal.SIGSTOP)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    line = re.search(rf"supervisor: rank {stopped} stalled: pid {pids[stopped]} made no progress for (\d+) s at epoch "
+                     rf"\d batch \d+ \(stopped\); the stacks of its processes in (\S+); restarting from step-\d{{8}} "
+                     r"\(restart 1 of 3\)", flat(log))
+    assert line and int(line.group(1)) >= 4, log
+    stacks = Path(line.group(2))
+    assert stacks == tmp_path / "stacks" / "attempt-1.txt", log
+    sections = stacks.read_text().split("== ")[1:]
+    heads = sorted(section.split("\n", 1)[0] for section in sections)
+    assert [h.split(":")[0].split(" (")[0] for h in heads] == ["rank 0", "rank 1"], heads
+    for section in sections:  # each a Python stack of the training step's process, innermost first
+        assert "File " in section and "train/main.py" in section and "in fit" in section, section
+    assert_same_run(tmp_path, reference_two)
 
 
 def test_a_stalled_rank_ends_the_job_within_the_timeout_and_it_recovers(tmp_path, reference_two):

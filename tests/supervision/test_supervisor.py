@@ -80,7 +80,9 @@ def test_a_crash_while_the_restarted_job_starts_up_is_restarted_too(tmp_path, rn
                      r"\(restart 1 of 3\)", lines[0]), f"{where}\n{log}"
     assert re.search(r"exited \(SIGKILL\) while starting up; restarting from step-\d{8} \(restart 2 of 3\)",
                      lines[1]), f"{where}\n{log}"
-    assert lines[2:] == ["supervisor: finished (exit 0)"], f"{where}\n{log}"
+    assert lines[2] == "supervisor: finished (exit 0)", f"{where}\n{log}"
+    assert re.fullmatch(r"supervisor: finished after 2 failures; [\d.]+ s lost per failure; goodput 0\.\d\d",
+                        lines[3]) and len(lines) == 4, f"{where}\n{log}"
     assert_same_run(out, tmp_path / "reference", context=where)
 
 

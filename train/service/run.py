@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
-
 import torch
 
 from train.callbacks.determinism_note import DeterminismNote
@@ -33,6 +32,7 @@ from train.engine.history import check_column, metric_columns
 from train.engine.loop import Loop
 from train.config.comparison import refuse_other_run
 from train.config.options import RunOptions
+from train.callbacks.progress_beat import progress_beats
 from train.supervision.reports import record_exit, record_start
 
 
@@ -250,7 +250,7 @@ class Run:
         self.tracker = TrackerRun()
         service = [progress_for(o.progress, o.log_every_s), *self._watchers(validation, columns),
                    SlowDataWarning(spare_cpus=spare_cpus), HistoryCSV(out / "history.csv"), HistoryPlot(out / "history.png"),
-                   *([Tracking()] if o.trackers else []), stop_signals, *users]
+                   *([Tracking()] if o.trackers else []), stop_signals, *progress_beats(), *users]
         monitor = o.checkpoint_monitor or ("val_loss" if validation else "loss")
         manager = Checkpoint(self.loop, out / "checkpoints", o.checkpoint_every, o.keep_last,
                              check_column(monitor, columns, "checkpoint_monitor"), o.checkpoint_mode,

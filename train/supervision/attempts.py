@@ -20,6 +20,7 @@ class Ending:
     def __init__(self, code, why: str, records: list[dict]):
         self.code, self.why, self.records = code, why, records
         self.failure = None
+        self.stacks = None  # a stalled job's stacks, kept in this file
 
 
 def failures(records: list[dict], exit_codes: dict, returncode):
@@ -52,8 +53,12 @@ def repeated(failure, previous) -> str | None:
     return next((words for signature, words in failure.items() if signature in previous), None)
 
 
-def what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int], returncode=None) -> str:
-    """One phrase: which process failed how, and where the job was."""
+def what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list[int], returncode=None,
+                  stall_words: dict | None = None, first=(), beats: dict | None = None) -> str:
+    """One phrase: which process failed how, and where the job was. `stall_words`: for a stalled
+    rank, what the supervisor saw of it (`pid 1234 made no progress for 12 s at epoch 2 batch 31`);
+    `first`: the pids that died first (the supervisor ended the others); `beats`: rank -> its last
+    beat (time, step, epoch, batch), where the job was when no process said it."""
     if not records:  # it died before it could say anything
         killed = next((code for code in exit_codes.values() if code is not None and code < 0), None)
         if killed is not None:
@@ -65,10 +70,15 @@ def what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list
                    and not str(r.get("reason", "")).startswith("lost contact")), failures[0] if failures else None)
     if failed is None and not any(r.get("code") is None for r in records):  # all finished, the launcher did not
         return "a process failed after training finished (the launcher exited non-zero)"
-    killed = next((r for r in records if exit_codes.get(r["pid"], 0) < 0), None)
-    silent = next((r for r in records if r.get("code") is None and not r.get("ended")), None)
+    killed = next((r for r in records if exit_codes.get(r["pid"], 0) < 0 and (not first or r["pid"] in first)), None)
+    silent = next((r for r in records if r.get("code") is None and not r.get("ended")
+                   and (not first or r["pid"] in first)), None)
     if stalled:
-        culprit = f"rank {stalled[0]} stalled" + (f" (rank {failed['rank']}: {failed['reason']})" if failed else "")
+        words = (stall_words or {}).get(stalled[0])
+        culprit = f"rank {stalled[0]} stalled" + (f": {words}" if words else "") + (
+            f" (rank {failed['rank']}: {failed['reason']})" if failed else "")
+        if words and "at epoch" in words:
+            return culprit
     elif killed:
         who = killed.get("name", f"rank {killed['rank']}")
         culprit = f"{who} exited ({signal.Signals(-exit_codes[killed['pid']]).name})"
@@ -77,6 +87,9 @@ def what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list
     else:
         culprit = f"rank {failed['rank']} failed ({failed.get('reason', 'unknown')})"
     where = next((r for r in records if r.get("epoch")), None)
+    if where is None and beats:
+        _, _, epoch, batch = min(beats.values(), key=lambda b: b[1])
+        where = {"epoch": epoch, "batch": batch}
     return culprit + (f" at epoch {where['epoch']} batch {where['batch']}" if where else " while starting up")
 
 

@@ -11,6 +11,16 @@ A record goes through these states:
 - `ended: true`, `code: null`: it exited by itself before training (a script's own `sys.exit`);
 - nothing more: it died without a word (a signal it could not handle: SIGKILL, the OOM killer).
 
+Beside the record, while it trains, a process writes:
+- `rank-N.beat`: its progress (time, optimizer step, epoch, batch), at most twice a second (`beat`),
+  so the supervisor sees which process stopped making progress, and how much progress a failure
+  cost before a restart regained it;
+- `rank-N.start`, once, with its first beat: what started it (executable, arguments, working
+  folder, environment) and the modules it had loaded, from which the supervisor forks a warm
+  restart (`train.supervision.standby`);
+- `rank-N.stack`: its Python stacks (every thread), written by `faulthandler` when the supervisor
+  sends SIGUSR2 before it ends a stalled job.
+
 Only the standard library is imported: this runs at `import train`.
 """
 
@@ -21,12 +31,19 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 DIR_ENV, RESTART_ENV, MAX_ENV = "TRAIN_SUPERVISOR_DIR", "TRAIN_RESTART", "TRAIN_MAX_RESTARTS"
 _LOST_CONTACT_SIGNS = ("connection reset", "connection refused", "broken pipe", "gloo", "nccl", "timed out")
 
+STACK_SIGNAL = signal.SIGUSR2  # the supervisor asks for a process's stacks with it (faulthandler answers)
+BEAT_EVERY_S = 0.5
+
 _watching = False
+_next_beat = 0.0
+_started_written = False
+_stack_file = None
 
 
 def _path() -> Path | None:
@@ -111,6 +128,7 @@ def watch_process() -> None:
         return  # a helper process of the training process (e.g. the plot helper)
     _watching = True
     _record(host=socket.gethostname(), code=None, phase="start-up")
+    _answer_stack_requests(path.with_suffix(".stack"))
     die_with_parent()
     from train.base.output import outlive_the_reader  # standard library only, like this module
 
@@ -138,6 +156,68 @@ def watch_process() -> None:
     atexit.register(_on_exit)
 
 
+def _answer_stack_requests(path: Path) -> None:
+    """Have `faulthandler` write every thread's Python stack to `path` on STACK_SIGNAL: in C, from
+    the signal handler, so it answers also while the process waits inside a collective or was
+    stopped (the supervisor sends SIGCONT after it)."""
+    global _stack_file
+    import faulthandler
+
+    try:
+        _stack_file = open(path, "w")
+        faulthandler.register(STACK_SIGNAL, file=_stack_file, all_threads=True, chain=False)
+    except (OSError, ValueError, AttributeError):
+        _stack_file = None
+
+
+def reset_after_fork() -> None:
+    """In a process forked from a warm standby (`train.supervision.standby`): watch this process
+    anew, under the environment it was given."""
+    global _watching, _next_beat, _started_written
+    _watching, _next_beat, _started_written = False, 0.0, False
+    watch_process()
+
+
+def beat(step: int, epoch: int, batch: int) -> None:
+    """This process made progress (called after every batch; writes at most every BEAT_EVERY_S).
+    The first beat also writes what started this process (`rank-N.start`)."""
+    global _next_beat, _started_written
+    now = time.monotonic()
+    if now < _next_beat:
+        return
+    _next_beat = now + BEAT_EVERY_S
+    path = _path()
+    if path is None:
+        return
+    try:
+        tmp = path.with_suffix(f".beat.{os.getpid()}.tmp")
+        tmp.write_text(f"{time.time():.3f} {step} {epoch} {batch}")
+        os.replace(tmp, path.with_suffix(".beat"))
+        if not _started_written:
+            _started_written = True
+            _write_start(path.with_suffix(".start"))
+    except OSError:
+        pass
+
+
+def _write_start(path: Path) -> None:
+    """What a warm restart needs to start this process again: the same executable, arguments,
+    working folder and environment; and the loaded modules a standby imports in advance."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"first_beat_at": time.time(), "executable": sys.executable, "argv": sys.argv, "cwd": os.getcwd(),
+                               "env": dict(os.environ), "modules": sorted(m for m in sys.modules if "." not in m)}))
+    os.replace(tmp, path)
+
+
+def read_beat(path: Path) -> tuple[float, int, int, int] | None:
+    """(wall time, step, epoch, batch) of a process's last beat, or None."""
+    try:
+        t, step, epoch, batch = path.read_text().split()
+        return float(t), int(step), int(epoch), int(batch)
+    except (OSError, ValueError):
+        return None
+
+
 def _on_exit() -> None:
     record_ended()
 
@@ -151,7 +231,19 @@ def record_ended(code: int | None = None) -> None:
 
 def record_start(output_dir) -> None:
     """This process started training into `output_dir` (a no-op without a supervisor)."""
-    _record(host=socket.gethostname(), output_dir=str(output_dir), code=None, phase="training")
+    _record(host=socket.gethostname(), output_dir=str(output_dir), code=None, phase="training",
+            training_at=time.time())
+
+
+def record_ready() -> None:
+    """This process has put its state back (a checkpoint loaded, or none to load) and is about to
+    train: the end of a restart's "state loaded" phase."""
+    _record(ready_at=time.time())
+
+
+def supervised() -> bool:
+    """Whether a supervisor watches this process."""
+    return _path() is not None
 
 
 def ended_by(error) -> int:

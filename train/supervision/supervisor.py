@@ -19,9 +19,18 @@ supervisor decides, and says why in one line on stderr whatever it decides:
   times (`restart 1 of 3`); then exit 1. An exception raised by the training code at the same
   epoch and batch as in the attempt before is a bug, not a fault: exit 1, no more restarts.
 
-Once one process has failed, the others get `--grace` seconds to end by themselves (they do, within
-a few seconds, when a peer is gone); then the whole process tree is killed, stopped processes
-included, so a stalled rank cannot hold the job. SIGINT, SIGTERM and SIGUSR1 reaching the
+What a failure costs is kept small (`train.supervision.progress` measures it; at the end of a job
+that survived failures one line says failures, seconds lost per failure and goodput, and
+`failures.json` beside the history holds them with each restart's phases):
+- a process that died without a word (a signal) is seen within 0.1 s; the others, which would only
+  echo it, are ended as soon as the launcher has said how it died. One that raised gets `--grace`
+  seconds to end by itself; then the whole process tree is killed;
+- a process stopped (SIGSTOP) for `--stall-after` s is a stall, seen without waiting for the
+  collective timeout: it is named with where it stopped making progress, and every live process's
+  Python stacks go to `<output_dir>/stacks/attempt-N.txt` (`train.supervision.stalls`);
+- no pause before a restart: the old processes are gone and each attempt has its own port;
+- a restart is warm: the next attempt's processes were started in advance with everything imported
+  (`train.supervision.standby`), on one node; `--cold` restarts with the launcher command. SIGINT, SIGTERM and SIGUSR1 reaching the
 supervisor are passed to the training processes (the launcher runs in a session of its own and
 ignores USR1, so it neither sees a terminal's Ctrl-C nor dies of SLURM's USR1). A stop signal that
 arrives before a process has started training is sent to it again once it has (until then it
@@ -42,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,43 +65,18 @@ from train.base.text import wrapped
 from train.supervision.launcher_filter import LauncherFilter  # noqa: E402
 from train.supervision.attempts import Ending, failures, resumes_from, what_happened, repeated  # noqa: E402,F401
 from train.supervision.reports import DIR_ENV, MAX_ENV, RESTART_ENV, alive, die_with_parent  # noqa: E402
+from train.supervision import progress, stalls
+from train.supervision.processes import children, gone, kill, send, tree
+from train.supervision.standby import Standby, as_launcher, read_exits, read_starts, usable
 
 # a process may take this long to exit after training finished (a tracker's upload); the tests shorten it
 FINISHED_GRACE_S = float(os.environ.get("TRAIN_FINISHED_GRACE_S", 300))
 MEANINGS = DELIBERATE_MEANINGS  # what a deliberate end's exit code means (declared on the error classes)
 
 
-# ------------------------------------------------------------------------ the supervisor's side
-def _children(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return kids
-
-
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(_children(p))
-    return out
-
-
-def _kill(pids) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
 class Supervisor:
-    def __init__(self, command, max_restarts: int, grace: float, filter_launcher: bool, say=None):
+    def __init__(self, command, max_restarts: int, grace: float, filter_launcher: bool, say=None,
+                 stall_after: float = 10.0, warm: bool = True):
         self.command, self.max_restarts, self.grace = command, max_restarts, grace
         self.filter_launcher = filter_launcher
         self.say = say or (lambda text: print(wrapped(f"supervisor: {text}"), file=sys.stderr, flush=True))
@@ -99,6 +84,11 @@ class Supervisor:
         self.stopped_by = 0  # the first stop signal received
         self.told: set[int] = set()  # processes that were sent a stop signal in this attempt
         self.hung: list[int] = []  # ranks ended because they lingered after training finished
+        self.stall_after = stall_after
+        self.attempts: list[progress.Attempt] = []
+        self.starts: dict[int, dict] = {}  # rank -> what started it (`rank-N.start`), for a warm restart
+        self.warm = warm
+        self.standby: Standby | None = None  # ready to fork the next attempt's processes
 
     def _on_signal(self, signum, frame):
         self.signals.append(signum)
@@ -108,17 +98,33 @@ class Supervisor:
         self._on_signal(signal.SIGTERM, frame)
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.standby is not None:
+                self.standby.close()
+
+    def _run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_hangup)
         restart, previous_failure, output_dirs = 0, None, []
+        started, whys, stack_files = time.time(), [], []
         while True:
-            with tempfile.TemporaryDirectory(prefix="train-supervisor-") as folder:
-                ending = self._attempt(Path(folder), restart)
+            self.attempts.append(progress.Attempt(restart))
+            standby = self._ready_standby(restart)
+            folder = standby.folder if standby else Path(tempfile.mkdtemp(prefix="train-supervisor-"))
+            try:
+                ending = self._attempt(folder, restart, output_dirs, standby)
+            finally:
+                standby.close() if standby else shutil.rmtree(folder, ignore_errors=True)
             # an attempt that died starting up never said where it writes: the earlier ones did
             output_dirs = [r["output_dir"] for r in ending.records if r.get("output_dir")] or output_dirs
             if ending.code is not None:
                 self.say(ending.why)
+                if ending.code == 0 and restart:
+                    self.say(progress.report(progress.summary(self.attempts, started, time.time(), whys,
+                                                              stack_files), output_dirs))
                 return ending.code
             same = repeated(ending.failure, previous_failure)
             if same is not None:
@@ -129,46 +135,82 @@ class Supervisor:
                 self.say(f"{ending.why}; no restarts left (max_restarts={self.max_restarts}), giving up")
                 return 1
             restart += 1
-            self.say(f"{ending.why}; restarting{resumes_from(output_dirs)} (restart {restart} of "
+            whys.append(ending.why)
+            stack_files.append(ending.stacks)
+            stacked = f"; the stacks of its processes in {ending.stacks}" if ending.stacks else ""
+            self.say(f"{ending.why}{stacked}; restarting{resumes_from(output_dirs)} (restart {restart} of "
                      f"{self.max_restarts})")
-            time.sleep(2)  # let the other nodes' processes end and free their ports
+            # no pause: this attempt's processes are gone (`_attempt` waited), and the next attempt's
+            # rendezvous is its own (a port per attempt), so other nodes' leftovers cannot meet it
             if self.stopped_by:  # asked to stop while waiting: do not start again
                 self.say(f"stopped by {signal.Signals(self.stopped_by).name} between attempts; exit "
                          f"{128 + self.stopped_by}")
                 return 128 + self.stopped_by
 
-    def _attempt(self, folder: Path, restart: int) -> "Ending":
+    def _attempt(self, folder: Path, restart: int, output_dirs: list[str] = (), warm: Standby | None = None) -> "Ending":
         """Run the command once and say how it ended: with an exit code to stop with, or as a crash
         worth a restart (code None)."""
         env = dict(os.environ, **{DIR_ENV: str(folder), RESTART_ENV: str(restart), MAX_ENV: str(self.max_restarts)})
         pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace") \
             if self.filter_launcher else {}
-        proc = subprocess.Popen(self.command, env=env, start_new_session=True, preexec_fn=_launcher_signals, **pipes)
+        proc = warm.start() if warm else subprocess.Popen(self.command, env=env, start_new_session=True,
+                                                          preexec_fn=as_launcher, **pipes)
         filt = LauncherFilter()
         relays = [filt.relay(proc.stdout, sys.stdout), filt.relay(proc.stderr, sys.stderr)] \
             if self.filter_launcher else []
         failed_at, stalled, self.told, started = None, [], set(), False
-        finished_at, self.hung = None, []
+        finished_at, self.hung, stall_words, stack_file, first = None, [], {}, None, set()
+        stopped_watch = stalls.StoppedWatch(self.stall_after)
+        attempt = self.attempts[-1] if self.attempts else progress.Attempt(restart)
+        attempt.warm = warm is not None
         while proc.poll() is None:
             time.sleep(0.1)
             records = _read(folder)
-            started = started or bool(records) or bool(_children(proc.pid))
+            started = started or bool(records) or bool(children(proc.pid))
+            attempt.look(folder, len(records))
+            self.starts = read_starts(folder, records, self.starts)
+            if self.warm and self.standby is None and failed_at is None and restart < self.max_restarts and \
+                    all(self.starts.get(r["rank"], {}).get("pid") == r["pid"] for r in records) and not usable(self.starts):
+                try:
+                    self.standby = Standby(self.starts, restart + 1, self.max_restarts, pipes)
+                except (OSError, ValueError, KeyError) as e:  # restarts stay cold; the job goes on
+                    self.warm = False
+                    self.say(f"no warm standby for restarts ({e}); a restart starts cold")
+            mine = {rank: start for rank, start in self.starts.items() if any(r["pid"] == start["pid"] for r in records)}
+            attempt.timing(records, mine if len(mine) == len(records) else {})
             self._pass_signals(proc, records)
             if self.stopped_by == signal.SIGUSR1:  # ignored while starting: heard once training has begun
                 for r in records:
                     if r.get("code") is None and r.get("phase") == "training" and r["pid"] not in self.told:
                         self.told.add(r["pid"])
-                        _signal(r["pid"], self.stopped_by)
+                        send(r["pid"], self.stopped_by)
             # a process that has ended, other than by finishing (one that caught an error goes on)
-            failed = any(r.get("code") not in (0, None) or (r.get("code") is None and not r.get("ended"))
-                         for r in records if not alive(r["pid"]))
+            dead = [r for r in records if not alive(r["pid"])]
+            failed = any(r.get("code") not in (0, None) or (r.get("code") is None and not r.get("ended")) for r in dead)
+            stopped = stopped_watch.stalled(records)
+            timed_out = failed and any("timed out" in str(r.get("reason", "")).lower() for r in records)
+            if failed_at is None and (stopped or timed_out):
+                # the stalled: the stopped, or those still alive and silent when another timed out
+                culprits = stopped or [r for r in records if r.get("code") is None and alive(r["pid"])]
+                stalled = [r["rank"] for r in culprits]
+                attempt.failed_at = time.time()
+                stall_words = {r["rank"]: stalls.words(r, attempt.idle(r["rank"], time.time()), r in stopped)
+                               for r in culprits}
+                stack_file = stalls.collect(records, folder, next(iter(output_dirs), None) or next(
+                    (r["output_dir"] for r in records if r.get("output_dir")), None), restart + 1, stall_words)
+                kill(r["pid"] for r in records if alive(r["pid"]))
+                failed = True
             if failed and failed_at is None:
                 failed_at = time.monotonic()
-                # a process that timed out waiting for the others: those still alive and silent stalled
-                if any("timed out" in str(r.get("reason", "")).lower() for r in records):
-                    stalled = [r["rank"] for r in records if r.get("code") is None and alive(r["pid"])]
+                attempt.failed_at = attempt.failed_at or time.time()
+                first = {r["pid"] for r in dead if r.get("code") is None and not r.get("ended")}
+            # one died without a word (a signal): the others' ends would only echo it. They are ended
+            # once the launcher has said how it died (torchrun logs it within its monitor interval)
+            if first and failed_at is not None and any(alive(r["pid"]) for r in records) and (
+                    time.monotonic() - failed_at > 1.5 or first & (set(filt.exit_codes) | set(read_exits(folder)[0]))):
+                kill(r["pid"] for r in records if alive(r["pid"]))
             if failed_at is not None and time.monotonic() - failed_at > self.grace:
-                _kill(set(_tree(proc.pid)) | {r["pid"] for r in records})
+                kill(set(tree(proc.pid)) | {r["pid"] for r in records})
             # every process finished training and one has exited: one that lingers for minutes is hung in
             # its teardown (stopped, a stuck file system) and would hold the job forever
             if finished_at is None and records and all(r.get("code") == 0 for r in records) \
@@ -176,20 +218,30 @@ class Supervisor:
                 finished_at = time.monotonic()
             if finished_at is not None and time.monotonic() - finished_at > FINISHED_GRACE_S:
                 self.hung = self.hung or [r["rank"] for r in records if alive(r["pid"])]
-                _kill(set(_tree(proc.pid)) | {r["pid"] for r in records})
+                kill(set(tree(proc.pid)) | {r["pid"] for r in records})
         for relay in relays:
             relay.join(timeout=10)
         records = _read(folder)
-        _kill(r["pid"] for r in records if alive(r["pid"]) and r["pid"] != os.getpid())  # stopped leftovers
+        attempt.look(folder, len(records))
+        kill(r["pid"] for r in records if alive(r["pid"]) and r["pid"] != os.getpid())  # stopped leftovers
+        gone([r["pid"] for r in records if r["pid"] != os.getpid()])
+        attempt.gone_at = time.time()
         exit_codes = dict(filt.exit_codes) if self.filter_launcher else {}
+        if warm is not None:  # the standby reports its processes' exit codes itself
+            codes, local_ranks = read_exits(folder)
+            exit_codes.update(codes)
+            filt.local_ranks.update(local_ranks)
         for pid, local_rank in filt.local_ranks.items():  # killed before it could say who it was
             if not any(r["pid"] == pid for r in records) and exit_codes.get(pid, 0) < 0:
                 records.append({"rank": local_rank, "name": f"local rank {local_rank}", "pid": pid, "code": None,
                                 "phase": "start-up"})
-        return self._ending(proc.returncode, records, started, exit_codes, stalled, filt, restart)
+        ending = self._ending(proc.returncode, records, started, exit_codes, stalled, filt, restart,
+                              dict(stall_words=stall_words, first=first, beats=attempt.last))
+        ending.stacks = stack_file
+        return ending
 
     def _ending(self, returncode: int, records: list[dict], started: bool, exit_codes: dict, stalled: list,
-                filt: LauncherFilter, restart: int = 0) -> "Ending":
+                filt: LauncherFilter, restart: int = 0, seen: dict | None = None) -> "Ending":
         """The rules, in order: the launcher's success; an end on purpose; a stop signal; a launcher
         that failed before any process started; a script that exited by itself; else a crash."""
         if returncode == 0:
@@ -220,32 +272,28 @@ class Supervisor:
             known = "" if r.get("exit_code") or r["pid"] in exit_codes else " (as the launcher reports it)"
             return Ending(code, f"rank {r['rank']} exited with {code}{known} by itself, not a crash; not restarting",
                           records)
-        ending = Ending(None, what_happened(records, exit_codes, stalled, returncode), records)
+        ending = Ending(None, what_happened(records, exit_codes, stalled, returncode, **(seen or {})), records)
         ending.failure = failures(records, exit_codes, returncode)
         return ending
+
+    def _ready_standby(self, restart: int) -> Standby | None:
+        """The standby for this restart when it is ready (waiting for one still importing: sooner
+        than a cold start), else None (the launcher command starts the attempt)."""
+        standby, self.standby = self.standby, None
+        if restart and standby is not None and standby.ready(wait_s=30):
+            return standby
+        if standby is not None:
+            standby.close()
+        return None
 
     def _pass_signals(self, proc, records) -> None:
         while self.signals:
             signum = self.signals.pop(0)
             # their handlers are in place
             listening = [r["pid"] for r in records if r.get("code") is None and r.get("phase") == "training"]
-            for pid in listening or _children(proc.pid) or [proc.pid]:
-                _signal(pid, signum)
+            for pid in listening or children(proc.pid) or [proc.pid]:
+                send(pid, signum)
             self.told.update(listening)  # the others hear it again once they listen
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except OSError:
-        pass
-
-
-def _launcher_signals() -> None:
-    """In the launcher, before it starts: ignore USR1 (SLURM sends it to every process of a step;
-    the training processes install their own handler) and get SIGTERM should the supervisor die."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    die_with_parent(signal.SIGTERM)
 
 
 def _read(folder: Path) -> list[dict]:
@@ -264,6 +312,11 @@ def main(argv=None) -> int:
                         help="restarts after crashes before giving up (default: $MAX_RESTARTS or 3)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds the other processes get to end after one failed (default 10)")
+    parser.add_argument("--stall-after", type=float, default=float(os.environ.get("STALL_AFTER_S", 10)),
+                        help="seconds a training process may stay stopped (SIGSTOP) before the job counts as "
+                             "stalled, its stacks are kept and it is restarted (default: $STALL_AFTER_S or 10)")
+    parser.add_argument("--cold", action="store_true", default=os.environ.get("WARM_RESTARTS") == "0",
+                        help="restart with the launcher command, without a warm standby (or WARM_RESTARTS=0)")
     parser.add_argument("--filter-launcher", action="store_true",
                         help="hold back the launcher's own traceback and log lines")
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -271,7 +324,8 @@ def main(argv=None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command to supervise")
-    supervisor = Supervisor(command, args.max_restarts, args.grace, args.filter_launcher)
+    supervisor = Supervisor(command, args.max_restarts, args.grace, args.filter_launcher,
+                            stall_after=args.stall_after, warm=not args.cold)
     stop_with_parent(supervisor)
     return supervisor.run()
 
