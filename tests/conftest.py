@@ -247,9 +247,8 @@ def rank_processes(below: int, marker: str = "") -> list[int]:
             continue
         folder = next((e[len(b"TRAIN_SUPERVISOR_DIR="):].decode() for e in environ
                        if e.startswith(b"TRAIN_SUPERVISOR_DIR=")), None)
-        if folder and rank and Path(folder, f"ready-{int(rank[0][5:])}").exists() \
-                and not Path(folder, "started").exists():
-            continue  # a warm standby's process, waiting for the next restart
+        if "warm_start.py" in cmdline and folder and not Path(folder, "started").exists():
+            continue  # a warm standby's process (train.supervision.standby), waiting for the next restart
         if rank and any(e.startswith(b"LOCAL_RANK=") for e in environ) and marker in cmdline:
             found.append((int(rank[0][5:]), pid))
     return [pid for _, pid in sorted(found)]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from train.base.paths import memory_checkpoints
+
 from conftest import (TEST_SEED, MNIST, PYTHON, ROOT, assert_same_run, assert_saved_and_exited_75, flat, kill_group, latest_step,
                       free_ports, rank_processes, read_until, reports_of, start_process, wait_for)
 
@@ -85,12 +87,15 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_exactly(tmp_path, rng, refe
     assert 0 < phases["processes_started_s"] <= phases["state_loaded_s"] <= phases["first_step_s"], phases
 
 
-def test_three_failures_one_while_a_restart_starts_up_and_the_run_ends_exactly(tmp_path, rng, reference_longer):
+@pytest.mark.parametrize("memory", [False, True], ids=["disk", "memory"])
+def test_three_failures_one_while_a_restart_starts_up_and_the_run_ends_exactly(tmp_path, rng, reference_longer, memory):
     first, third = rng.randint(10, 30), rng.randint(50, 72)
     victims = [rng.randint(0, 1) for _ in range(3)]
     where = f"(SIGKILL to rank {victims[0]} after step {first}, to rank {victims[1]} of the restarted job as it " \
             f"starts, to rank {victims[2]} after step {third}; TEST_SEED={TEST_SEED})"
-    proc = cpu2(tmp_path, *LONGER)
+    # with memory checkpoints every step, disk ones every 3 (as the reference): the kills land between
+    extra = ["checkpoint.memory_every_steps=1"] if memory else []
+    proc = cpu2(tmp_path, *LONGER, *extra)
     wait_for(lambda: latest_step(tmp_path) >= first and len(ranks(proc)) == 2, proc, f"step {first} {where}")
     old = ranks(proc)
     os.kill(old[victims[0]], signal.SIGKILL)
@@ -103,6 +108,10 @@ def test_three_failures_one_while_a_restart_starts_up_and_the_run_ends_exactly(t
     assert "(restart 3 of 3)" in flat(log) and "while starting up" in flat(log), f"{where}\n{log}"
     assert re.search(r"supervisor: finished after 3 failures; [\d.]+ s lost per failure; goodput 0\.\d\d", flat(log)), log
     assert_same_run(tmp_path, reference_longer, context=where)
+    if memory:  # resumed from memory at least once, and nothing left there
+        assert re.search(r"restarting from step-\d{8} in memory", flat(log)), f"{where}\n{log}"
+        assert "resuming from the memory checkpoint" in log, f"{where}\n{log}"
+        assert not memory_checkpoints(tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("stopped", [0, 1])
@@ -205,6 +214,31 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_one_line(tmp_path, referenc
     assert again.returncode == 0, again.stderr
     assert f"checkpoint {newest} is damaged (model.safetensors: 100 bytes, expected {size}); resuming from " \
            f"{previous}" in again.stdout
+    assert_same_run(tmp_path, reference_one)
+
+
+def test_a_memory_checkpoint_newer_than_the_disks_is_resumed_from_then_removed(tmp_path, reference_one):
+    # no supervisor: a crashed process leaves its memory checkpoint for the next run in the folder
+    memory = memory_checkpoints(tmp_path / "checkpoints")
+    settings = ["checkpoint.every_steps=5", "checkpoint.memory_every_steps=1"]
+    proc = start_process([PYTHON, str(MAIN), *SMOKE, f"output_dir={tmp_path}", *settings],
+                         dict(os.environ, PYTHONUNBUFFERED="1"))
+    def memory_step():
+        try:
+            return int((memory / "latest").read_text().split("-")[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    wait_for(lambda: latest_step(tmp_path) >= 5 and memory_step() > 5, proc,
+             "a memory checkpoint after step 5")
+    kill_group(proc)
+    disk, newer = latest_step(tmp_path), (memory / "latest").read_text().strip()
+    assert int(newer.split("-")[1]) > disk, (newer, disk)
+    assert [p.name for p in memory.glob("step-*")] == [newer]  # the newest only
+    again = run_main(tmp_path, *settings)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from the memory checkpoint {newer} ({memory}), newer than step-{disk:08d} on disk" in again.stdout
+    assert not memory.exists()  # the run ended: its state is on disk
     assert_same_run(tmp_path, reference_one)
 
 

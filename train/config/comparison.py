@@ -15,7 +15,7 @@ from train.config.schema import Config
 # (the same steps either way: train.saving.reshard). Any other difference means another run (model,
 # data, optimizer, loss, ...).
 RESUMABLE_CHANGES = ("epochs", "output_dir", "resume", "preflight", "progress", "log_step_freq", "log_every_s",
-                     "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps", "callbacks",
+                     "collective_timeout_s", "tracking.", "checkpoint.keep_last", "checkpoint.every_steps", "checkpoint.memory_every_steps", "callbacks",
                      "sweep.", "data.path", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
                      "peft.merged_export", "strategy", "fsdp.", "checkpoint.async_save",
                      "device.", "profile.")

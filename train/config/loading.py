@@ -180,6 +180,7 @@ def validate(cfg: Config) -> None:
         if flat[name] <= 0:
             raise ConfigError(f"config key '{name}' must be > 0, got {flat[name]}")
     for name in ("data.prefetch_factor", "max_grad_norm", "checkpoint.every_steps", "data.num_classes",
+                 "checkpoint.memory_every_steps",
                  "steps_per_epoch"):
         if flat[name] is not None and flat[name] <= 0:
             raise ConfigError(f"config key '{name}' must be > 0 or null, got {flat[name]}")

@@ -44,6 +44,7 @@ class RunOptions:
     checkpoint: bool = option(True, "checkpoint.enabled")  # checkpoints in <output_dir>/checkpoints (to resume)
     checkpoint_every: Optional[int] = option(None, "checkpoint.every_steps")  # also every N optimizer steps
     keep_last: int = option(2, "checkpoint.keep_last")
+    checkpoint_memory_every: Optional[int] = option(None, "checkpoint.memory_every_steps")  # to node memory too
     checkpoint_async: bool = option(False, "checkpoint.async_save")  # written in the background (train.saving.background)
     checkpoint_monitor: Optional[str] = option(None, "checkpoint.monitor")  # picks `best`; None: val_loss, else loss
     checkpoint_mode: str = option("auto", "checkpoint.mode", choices=MODES)  # auto: by the column's name
@@ -97,7 +98,7 @@ class RunOptions:
             check_choice("each of trackers", tracker, TRACKERS)
         for name in ("gradient_accumulation_steps", "keep_last", "log_every_s"):
             _positive(name, getattr(self, name))
-        for name in ("checkpoint_every", "max_grad_norm", "log_step_freq", "collective_timeout_s", "num_classes",
+        for name in ("checkpoint_every", "checkpoint_memory_every", "max_grad_norm", "log_step_freq", "collective_timeout_s", "num_classes",
                      "steps_per_epoch", "peak_tflops"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

@@ -142,6 +142,9 @@ class CheckpointConfig:
     enabled: bool = key(True, "checkpoints in <output_dir>/checkpoints (needed to resume)")
     every_steps: Optional[int] = key(None, "also every N optimizer steps within an epoch; null: epoch ends only")
     keep_last: int = key(2, "how many of the newest to keep (plus the best)")
+    memory_every_steps: Optional[int] = key(None, "also every N optimizer steps to this node's memory (/dev/shm; "
+                                                  "the newest only, removed when the run ends): a restart "
+                                                  "resumes from it when it is newer than the disk's; one node only")
     async_save: bool = key(False, "write checkpoints in the background: training waits only while the state is "
                                   "copied to memory; latest moves once the write is on disk and verified")
     monitor: Optional[str] = key(None, "the history column that picks checkpoints/best; null: val_loss, "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 import zlib
@@ -31,15 +30,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
+from train.base.paths import node_memory
+
 DONE, FAILED = ".done-", ".failed-"  # a process's marker in the checkpoint's .tmp- folder
 
 
 def staging_root() -> Path:
-    """Where checkpoints are staged: `TRAIN_STAGING_DIR` (e.g. a node-local NVMe), else /dev/shm."""
-    if os.environ.get("TRAIN_STAGING_DIR"):
-        return Path(os.environ["TRAIN_STAGING_DIR"])
-    shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    """Where checkpoints are staged: this node's memory (`train.base.paths.node_memory`)."""
+    return node_memory()
+
+
+def checkpoint_size(last_saved: Optional[Path], model) -> int:
+    """Bytes of a checkpoint: the last one saved, or before the first, the weights and two moments of
+    Adam (the whole model's: a sharded model's parts are DTensors of the whole shape)."""
+    if last_saved is not None and last_saved.is_dir():
+        return sum(p.stat().st_size for p in last_saved.rglob("*") if p.is_file())
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def staging_folder(root: Path, name: str) -> Path:

@@ -21,15 +21,18 @@ import torch
 from train.config.monitor import Monitor
 from train.engine.adapters import frozen_fingerprint, is_adapted, trainable_only
 from train.engine.events import Callback
-from train.engine.devices import all_ok, from_main
+from train.engine.devices import all_ok, from_main, local_processes
 from train.base.errors import ConfigError, WriteError
 from train.base.files import free_space
+from train.base.paths import memory_checkpoints
 from train.data.rng import capture_rng
-from train.saving.background import BackgroundWrite, quick_serialization, remove_stale, staging_folder
+from train.saving.background import (BackgroundWrite, checkpoint_size, quick_serialization, remove_stale,
+                                     staging_folder)
+from train.saving.memory import newest
 from train.saving.elastic import Rescaled, keep_global_batch, unfinished_share
 from train.saving.reshard import load_across_layouts, needs_reshard, written_sharded
-from train.saving.storage import (CALLBACKS_FILE, FORMAT, LOOP_FILE, SCHEDULER_FILE, commit, find, fsync_own_files,
-                                  latest, set_aside_newer, why_save_failed)
+from train.saving.storage import (CALLBACKS_FILE, FORMAT, LOOP_FILE, SCHEDULER_FILE, checkpoint_exception, commit,
+                                  find, fsync_own_files, latest, set_aside_newer, why_save_failed)
 
 
 @dataclass
@@ -41,15 +44,6 @@ class Resumed:
     history: list
     parts: dict = field(default_factory=dict)
     rescaled: Optional[Rescaled] = None  # resumed on another process count (train.saving.elastic)
-
-
-def checkpoint_exception() -> type:
-    """What torch's sharded (DCP) save raises when a process's write failed: a `BaseException`, which
-    `except Exception` would let through as a crash to restart instead of a failed save."""
-    import sys
-
-    dcp = sys.modules.get("torch.distributed.checkpoint.api")  # imported by a sharded save, else none raised
-    return dcp.CheckpointException if dcp is not None else Exception
 
 
 def model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
@@ -71,13 +65,17 @@ class Checkpoint(Callback):
 
     def __init__(self, loop, root: str | Path, every_steps: Optional[int] = None, keep_last: int = 2,
                  monitor: Optional[str] = None, mode: str = "auto", parts: Iterable = (), background: bool = False,
-                 timeout_s: float = 600.0):
+                 timeout_s: float = 600.0, memory_every: Optional[int] = None):
         self.loop = loop  # the manager saves the loop's state: it alone reads the loop's insides
         self.background, self.timeout_s = background, timeout_s  # written in the background (train.saving.background)
         self._pending: Optional[BackgroundWrite] = None
         self._said_no_room = False  # the note that memory had no room for a staged checkpoint, said once
         self.root = Path(root)
         self.every_steps = every_steps
+        # memory checkpoints: this node's memory holds the whole state only when every process is on it
+        self.memory_every = memory_every if local_processes(loop.accelerator) == loop.accelerator.num_processes \
+            else None
+        self.memory = memory_checkpoints(self.root) if self.memory_every else None
         self.keep_last = keep_last
         self.monitor = monitor
         self.rule = Monitor(monitor, mode)  # which way `monitor` is better
@@ -114,7 +112,15 @@ class Checkpoint(Callback):
     def find(self, resume: str, say=print) -> Optional[Path]:
         """The checkpoint `resume` names (auto: the newest intact one in this run's folder), checked
         intact and safe by the main process; None to start afresh."""
-        return from_main(self.loop.accelerator, lambda: find(resume, self.root.parent, say))
+        return from_main(self.loop.accelerator, lambda: newest(self.memory, find(resume, self.root.parent, say), resume, say))
+
+    def owns(self, path: Path) -> bool:  # one of this run's checkpoints, on disk or in memory
+        return path.resolve().parent in {self.root.resolve(), *([self.memory.resolve()] if self.memory else [])}
+
+    def drop_memory(self) -> None:
+        """Remove this run's memory checkpoints (the run ended: its state is on disk)."""
+        if self.memory is not None and self.loop.accelerator.is_local_main_process:
+            shutil.rmtree(self.memory, ignore_errors=True)
 
     def set_aside_newer(self, path: Path, say=print) -> None:
         """After resuming from `path`: checkpoints newer than it (another continuation) moved aside
@@ -192,9 +198,12 @@ class Checkpoint(Callback):
     def on_train_batch_end(self, batch):
         loop = self.loop
         # the last batch of an epoch is saved by on_epoch_end, after validation
-        if self.every_steps and loop.stepped and loop.step % self.every_steps == 0 \
-                and not loop.last_round and loop.saves_mid_epoch:
+        if not loop.stepped or loop.last_round or not loop.saves_mid_epoch:
+            return
+        if self.every_steps and loop.step % self.every_steps == 0:
             self.save()
+        elif self.memory_every and loop.step % self.memory_every == 0:
+            self.save(background=False, root=self.memory)
 
     def on_epoch_end(self, epoch, row):
         value = row.get(self.monitor) if self.monitor else None
@@ -208,21 +217,30 @@ class Checkpoint(Callback):
         if not just_saved and self.loop.saves_mid_epoch:  # else the last epoch end stays `latest`
             self.save(background=False)
         self.wait_for_write()  # the process ends next: its checkpoint complete
+        self.drop_memory()  # the state is on disk
 
     def on_train_end(self):
         self.wait_for_write()  # a run's final files are complete when it ends
+        self.drop_memory()
 
     # saving
-    def save(self, best: bool = False, background: Optional[bool] = None) -> Path:
+    def save(self, best: bool = False, background: Optional[bool] = None, root: Optional[Path] = None) -> Path:
         """Write a checkpoint of the loop as it is now (every process calls this at the same
         batch). Returns its path. `background` (default: the manager's setting): return once the
-        state is staged in memory, the write finishing in the background (`train.saving.background`)."""
+        state is staged in memory, the write finishing in the background (`train.saving.background`).
+        `root`: another checkpoints folder (the memory checkpoints': the newest kept alone, written
+        the same way, so a restart verifies and loads it as a disk one)."""
         self.wait_for_write()  # at most one write in flight
         loop, acc = self.loop, self.loop.accelerator
         loop.check_status()  # a non-finite loss raises here: the last good checkpoint stays `latest`
+        in_memory = root is not None
+        if in_memory and not self._room_to_stage(root):
+            self.memory_every = None  # said once: disk checkpoints only from here on
+            return self.root
+        root = root or self.root
         state = loop.state_dict()
         name = f"step-{loop.step:08d}"
-        final, tmp = self.root / name, self.root / f".tmp-{name}"
+        final, tmp = root / name, root / f".tmp-{name}"
         background = self.background if background is None else background
         staged = staging_folder(self.root, name) if background and self._room_to_stage() else None
         error = None
@@ -240,7 +258,7 @@ class Checkpoint(Callback):
             try:
                 with quick_serialization() if staged is not None else contextlib.nullcontext():
                     self._write(staged or tmp, state)
-                if staged is None and not acc.is_main_process:  # on a shared file system, through this node's client
+                if staged is None and not acc.is_main_process and not in_memory:  # through this node's client
                     fsync_own_files(tmp, acc.process_index)
             except (Exception, checkpoint_exception()) as e:  # torch.save, safetensors: a full disk is a RuntimeError
                 error = e
@@ -262,18 +280,22 @@ class Checkpoint(Callback):
             return final
         try:
             if acc.is_main_process:
-                commit(self.root, tmp, final, best, self.keep_last)
+                commit(root, tmp, final, best and not in_memory, 1 if in_memory else self.keep_last)
         except OSError as e:
             error = e
             shutil.rmtree(tmp, ignore_errors=True)
         if not all_ok(acc, error is None):  # nobody reads or moves on before the checkpoint is complete
             raise self._failed("complete", name, why_save_failed(error, tmp))
-        self.last_saved = final
+        if not in_memory:
+            self.last_saved = final
         return final
 
-    def settle(self, timeout_s: float = 30.0) -> None:
+    def settle(self, timeout_s: float = 30.0, ended: bool = True) -> None:
         """On an error's way out: a write in flight gets a bounded time to finish (no collective: the
-        other processes may be gone), and this node's staged copy is removed from memory."""
+        other processes may be gone), and this node's staged copy is removed from memory; so are the
+        memory checkpoints when the run `ended` on purpose (a crash leaves them to its restart)."""
+        if ended:
+            self.drop_memory()
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.thread.join(timeout_s)
@@ -300,18 +322,19 @@ class Checkpoint(Callback):
         return WriteError(f"could not {what} checkpoint {name} {'to' if what == 'save' else 'in'} {self.root}/ "
                           f"({reason}); {free_space(self.root)}; make room and run the same command again to resume")
 
-    def _room_to_stage(self) -> bool:
+    def _room_to_stage(self, memory: Optional[Path] = None) -> bool:
         """Whether every node's memory has room for a staged copy (as big as the last checkpoint, or
         before the first, the weights and two moments of Adam); if not, this save is written directly
-        (a container's /dev/shm is often 64 MB), said once."""
-        acc = self.loop.accelerator
-        last = self.last_saved if self.last_saved is not None and self.last_saved.is_dir() else None
-        if last is not None:
-            size = sum(p.stat().st_size for p in last.rglob("*") if p.is_file())
-        else:  # the whole model's: a sharded model's parts are DTensors of the whole shape
-            size = 3 * sum(p.numel() * p.element_size() for p in self.loop.model.parameters())
+        (a container's /dev/shm is often 64 MB), said once. `memory`: room for a memory checkpoint
+        (two: the newest and the one being written), else none is written from here on."""
+        acc, size = self.loop.accelerator, checkpoint_size(self.last_saved, self.loop.model)
         free = shutil.disk_usage(staging_folder(self.root, "x").parent).free
-        room = all_ok(acc, free > 1.2 * size)
+        room = all_ok(acc, free > (2.2 if memory is not None else 1.2) * size)
+        if not room and memory is not None:
+            if acc.is_main_process:
+                print(f"note: checkpoint.memory_every_steps: {free / 2**20:.0f} MB free in {memory.parent}, less than "
+                      f"two checkpoints ({2 * size / 2**20:.0f} MB): disk checkpoints only", flush=True)
+            return False
         if not room and not self._said_no_room and acc.is_main_process:
             print(f"note: checkpoint.async_save: {free / 2**20:.0f} MB free in {staging_folder(self.root, 'x').parent} "
                   f"on some node, less than a checkpoint ({size / 2**20:.0f} MB): writing checkpoints directly",

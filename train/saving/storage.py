@@ -83,6 +83,15 @@ def write_manifest(folder: Path, checked: Optional[dict] = None) -> None:
     (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
 
 
+def checkpoint_exception() -> type:
+    """What torch's sharded (DCP) save raises when a process's write failed: a `BaseException`, which
+    `except Exception` would let through as a crash to restart instead of a failed save."""
+    import sys
+
+    dcp = sys.modules.get("torch.distributed.checkpoint.api")  # imported by a sharded save, else none raised
+    return dcp.CheckpointException if dcp is not None else Exception
+
+
 def why_save_failed(error: Optional[BaseException], written: Path) -> str:
     """Why a save failed, in a few words. torch.save reports a full disk as a RuntimeError about
     stream positions: when the free space is less than what the save had written, say so."""

@@ -61,6 +61,12 @@ def plan_lines(run, epochs: int, train) -> list[str]:
         every = f"every {o.checkpoint_every} optimizer steps and " if o.checkpoint_every else ""
         lines.append(f"checkpoints: {every}at each epoch end to {run.checkpoint.root}/ (keep {o.keep_last} + "
                      f"best by {run.checkpoint.monitor}); SIGUSR1/SIGTERM save one and exit 75, Ctrl-C exits 130")
+        if o.checkpoint_memory_every:
+            memory = run.checkpoint.memory
+            lines.append(f"checkpoints in memory: every {o.checkpoint_memory_every} optimizer steps to {memory}/ (the "
+                         f"newest only, removed when the run ends)" if memory else
+                         "checkpoints in memory: off (the processes span nodes; a node's memory would hold only its "
+                         "own processes' part): disk checkpoints only")
     from train.saving.export import exported_folders
 
     plain = acc.unwrap_model(run.loop.model, keep_torch_compile=False)

@@ -104,7 +104,7 @@ class Run:
                 if self.config is not None:  # a folder whose run has other settings is refused
                     refuse_other_run(out, self.config)
                 self.resumed = manager.load(path)  # the one moment a run is put back: every part
-                if path.resolve().parent != (out / "checkpoints").resolve():
+                if not manager.owns(path):
                     self.tracker.run_id = None  # another folder's checkpoint: not its W&B run
             if self._finished(epochs, out):
                 record_exit(0, "finished", **self._where())
@@ -131,7 +131,7 @@ class Run:
             raise
         except BaseException as e:
             if self.checkpoint is not None:
-                self.checkpoint.settle()
+                self.checkpoint.settle(ended=False)  # a crash: its memory checkpoint kept for the restart
             contact = lost_contact(e)
             record_exit(1, contact or describe(e), kind="lost contact" if contact else "exception", **self._where())
             if contact:  # not a bug here: one line, and the supervisor (if any) restarts the job
@@ -256,7 +256,7 @@ class Run:
                              check_column(monitor, columns, "checkpoint_monitor"), o.checkpoint_mode,
                              parts=[*service, self.tracker, *filter(None, [self.loop.average])],
                              background=o.checkpoint_async,
-                             timeout_s=o.collective_timeout_s or 600.0)
+                             timeout_s=o.collective_timeout_s or 600.0, memory_every=o.checkpoint_memory_every)
         self.checkpoint = manager if o.checkpoint else None
         return [*service, *([manager] if o.checkpoint else [])], manager
 

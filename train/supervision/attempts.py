@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 from train.base.files import pointer_target
-from train.base.paths import CHECKPOINTS, LATEST
+from train.base.paths import CHECKPOINTS, LATEST, memory_checkpoints
 from train.supervision.reports import is_lost_contact
 
 
@@ -94,9 +94,13 @@ def what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list
 
 
 def resumes_from(output_dirs: list[str]) -> str:
-    """` from step-00000035`: the checkpoint a restart of the job resumes from, or ""."""
+    """` from step-00000035` (or `... in memory`: a memory checkpoint newer than the disk's): the
+    checkpoint a restart of the job resumes from, or ""."""
     for folder in output_dirs:
-        target = pointer_target(Path(folder) / CHECKPOINTS / LATEST)
-        if target is not None:
-            return f" from {target.name}"
+        disk = pointer_target(Path(folder) / CHECKPOINTS / LATEST)
+        memory = pointer_target(memory_checkpoints(Path(folder) / CHECKPOINTS) / LATEST)
+        if memory is not None and (disk is None or memory.name > disk.name):
+            return f" from {memory.name} in memory"
+        if disk is not None:
+            return f" from {disk.name}"
     return ""

@@ -61,6 +61,7 @@ from pathlib import Path
 
 
 from train.base.errors import DELIBERATE_MEANINGS
+from train.base.paths import CHECKPOINTS, memory_checkpoints
 from train.base.text import wrapped
 from train.supervision.launcher_filter import LauncherFilter  # noqa: E402
 from train.supervision.attempts import Ending, failures, resumes_from, what_happened, repeated  # noqa: E402,F401
@@ -121,6 +122,8 @@ class Supervisor:
             # an attempt that died starting up never said where it writes: the earlier ones did
             output_dirs = [r["output_dir"] for r in ending.records if r.get("output_dir")] or output_dirs
             if ending.code is not None:
+                for out in output_dirs:  # the job is over: its memory checkpoints serve nobody
+                    shutil.rmtree(memory_checkpoints(Path(out) / CHECKPOINTS), ignore_errors=True)
                 self.say(ending.why)
                 if ending.code == 0 and restart:
                     self.say(progress.report(progress.summary(self.attempts, started, time.time(), whys,
