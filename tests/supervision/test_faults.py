@@ -41,13 +41,18 @@ def ranks(proc) -> list[int]:
 STALL = ["data.train_size=6144"]  # 24 optimizer steps an epoch per rank: the stall lands well before the end
 
 
-@pytest.fixture(scope="module")
-def reference_two(tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted-two")
-    proc = cpu2(out, *STALL)
+def uninterrupted(tmp_path_factory, name: str, settings: list) -> Path:
+    """The output folder of a run under launch/cpu2.sh with `settings`, nothing done to it."""
+    out = tmp_path_factory.mktemp(name)
+    proc = cpu2(out, *settings)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log
     return out
+
+
+@pytest.fixture(scope="module")
+def reference_two(tmp_path_factory):
+    return uninterrupted(tmp_path_factory, "uninterrupted-two", STALL)
 
 
 LONGER = ["data.train_size=12288"]  # 48 optimizer steps an epoch per rank
@@ -55,11 +60,7 @@ LONGER = ["data.train_size=12288"]  # 48 optimizer steps an epoch per rank
 
 @pytest.fixture(scope="module")
 def reference_longer(tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted-longer")
-    proc = cpu2(out, *LONGER)
-    log, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, log
-    return out
+    return uninterrupted(tmp_path_factory, "uninterrupted-longer", LONGER)
 
 
 def test_a_killed_rank_is_restarted_and_the_run_ends_exactly(tmp_path, rng, reference_longer):
