@@ -196,9 +196,14 @@ def start_process(cmd, env) -> subprocess.Popen:
                             start_new_session=True, preexec_fn=lambda: os.nice(5))
 
 
-def latest_step(out: Path) -> int:
+def latest_step(out: Path, memory: bool = False) -> int:
+    """The newest checkpoint's step of the run in `out`: on disk, or in this node's memory."""
+    folder = out / "checkpoints"
+    if memory:
+        from train.base.paths import memory_checkpoints
+        folder = memory_checkpoints(folder)
     try:
-        return int((out / "checkpoints" / "latest").read_text().strip().split("-")[1])
+        return int((folder / "latest").read_text().strip().split("-")[1])
     except (OSError, IndexError, ValueError):
         return 0
 

@@ -97,12 +97,16 @@ def test_three_failures_one_while_a_restart_starts_up_and_the_run_ends_exactly(t
     # with memory checkpoints every step, disk ones every 3 (as the reference): the kills land between
     extra = ["checkpoint.memory_every_steps=1"] if memory else []
     proc = cpu2(tmp_path, *LONGER, *extra)
-    wait_for(lambda: latest_step(tmp_path) >= first and len(ranks(proc)) == 2, proc, f"step {first} {where}")
+
+    def ahead():  # with memory on, a kill where the memory checkpoint is newer than the disk's
+        return not memory or latest_step(tmp_path, memory=True) > latest_step(tmp_path)
+
+    wait_for(lambda: latest_step(tmp_path) >= first and ahead() and len(ranks(proc)) == 2, proc, f"step {first} {where}")
     old = ranks(proc)
     os.kill(old[victims[0]], signal.SIGKILL)
     wait_for(lambda: len(new := ranks(proc)) == 2 and not set(new) & set(old), proc, f"the restart {where}")
     os.kill(ranks(proc)[victims[1]], signal.SIGKILL)
-    wait_for(lambda: latest_step(tmp_path) >= third and len(ranks(proc)) == 2, proc, f"step {third} {where}")
+    wait_for(lambda: latest_step(tmp_path) >= third and ahead() and len(ranks(proc)) == 2, proc, f"step {third} {where}")
     os.kill(ranks(proc)[victims[2]], signal.SIGKILL)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, f"{where}\n{log}"
@@ -224,13 +228,7 @@ def test_a_memory_checkpoint_newer_than_the_disks_is_resumed_from_then_removed(t
     settings = ["checkpoint.every_steps=5", "checkpoint.memory_every_steps=1"]
     proc = start_process([PYTHON, str(MAIN), *SMOKE, f"output_dir={tmp_path}", *settings],
                          dict(os.environ, PYTHONUNBUFFERED="1"))
-    def memory_step():
-        try:
-            return int((memory / "latest").read_text().split("-")[1])
-        except (OSError, IndexError, ValueError):
-            return 0
-
-    wait_for(lambda: latest_step(tmp_path) >= 5 and memory_step() > 5, proc,
+    wait_for(lambda: latest_step(tmp_path) >= 5 and latest_step(tmp_path, memory=True) > 5, proc,
              "a memory checkpoint after step 5")
     kill_group(proc)
     disk, newer = latest_step(tmp_path), (memory / "latest").read_text().strip()
