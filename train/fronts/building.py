@@ -51,8 +51,6 @@ def build_model(cfg, in_channels: int) -> nn.Module:
 
 def from_pretrained(cls, folder: str, args: dict, name: str) -> nn.Module:
     """`cls.from_pretrained(folder, **args)` from a local folder only (nothing is downloaded)."""
-    from pathlib import Path
-
     check_pretrained(folder, cls, name)
     try:
         return cls.from_pretrained(folder, local_files_only=True, **args)

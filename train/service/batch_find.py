@@ -21,7 +21,6 @@ training function.
 from __future__ import annotations
 
 import gc
-import resource
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 

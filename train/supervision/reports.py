@@ -58,12 +58,18 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def alive(pid: int) -> bool:
+def state(pid: int) -> str:
+    """The kernel's one-letter state of a process (R running, S sleeping, T stopped, Z gone but not
+    yet reaped, ...), or "" when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
+        return ""
+
+
+def alive(pid: int) -> bool:
+    return state(pid) not in ("", "Z")
 
 
 def _record(**fields) -> None:
@@ -168,14 +174,6 @@ def _answer_stack_requests(path: Path) -> None:
         faulthandler.register(STACK_SIGNAL, file=_stack_file, all_threads=True, chain=False)
     except (OSError, ValueError, AttributeError):
         _stack_file = None
-
-
-def reset_after_fork() -> None:
-    """In a process forked from a warm standby (`train.supervision.standby`): watch this process
-    anew, under the environment it was given."""
-    global _watching, _next_beat, _started_written
-    _watching, _next_beat, _started_written = False, 0.0, False
-    watch_process()
 
 
 def beat(step: int, epoch: int, batch: int) -> None:

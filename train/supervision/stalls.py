@@ -14,16 +14,7 @@ import time
 from pathlib import Path
 
 from train.base.files import atomic_write_text
-from train.supervision.reports import STACK_SIGNAL, alive
-
-
-def state(pid: int) -> str:
-    """The kernel's one-letter state of a process (R running, S sleeping, T stopped, ...), or ""."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
+from train.supervision.reports import STACK_SIGNAL, alive, state
 
 
 class StoppedWatch:
