@@ -14,12 +14,13 @@ import threading
 
 def preload(names: list[str]) -> None:
     """Import `names` from a thread of the idle scheduling class (Linux's SCHED_IDLE): the standby
-    starts while the job trains, and where the training keeps every core busy (a CPU job) its
-    imports at normal priority slowed the steps by about as much as a warm restart saves; at idle
-    priority they take only the cycles nobody else wants, and finish at full speed once a failure
-    frees the cores. A thread keeps the class it was created in and an unprivileged process cannot
-    leave it: numpy, whose import starts a BLAS thread pool, is imported first at normal priority,
-    and any thread the other imports started is given back the normal class where permitted."""
+    starts while the job trains, and its imports should take only the cycles the training leaves.
+    Where the training keeps every core busy (2 CPU ranks on 2 cores, `bench/faults.py`) they still
+    slowed the steps about as much at idle priority as at normal; with a spare core they cost the
+    training nothing either way. A thread keeps the class it was created in and an unprivileged
+    process cannot leave it: numpy, whose import starts a BLAS thread pool, is imported first at
+    normal priority, and any thread the other imports started is given back the normal class where
+    permitted."""
     try:
         importlib.import_module("numpy")
     except Exception:
