@@ -238,23 +238,25 @@ def descendants(pid: int) -> list[int]:
 
 
 def rank_processes(below: int, marker: str = "") -> list[int]:
-    """The training processes (torchrun's workers: they have LOCAL_RANK in their environment)
-    below `below` whose command line contains `marker`, in rank order."""
+    """The training processes (torchrun's workers: they have LOCAL_RANK in their environment; or
+    forked by the supervisor's warm template, named `train-rank-N`: their /proc environment is the
+    template's) below `below` whose command line contains `marker`, in rank order."""
     found = []
     for pid in descendants(below):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
         rank = [e for e in environ if e.startswith(b"RANK=")]
         if "train.plots" in cmdline:  # rank 0's drawing helper inherits its RANK: not a training process
             continue
-        folder = next((e[len(b"TRAIN_SUPERVISOR_DIR="):].decode() for e in environ
-                       if e.startswith(b"TRAIN_SUPERVISOR_DIR=")), None)
-        if "warm_start.py" in cmdline and folder and not Path(folder, "started").exists():
-            continue  # a warm standby's process (train.supervision.standby), waiting for the next restart
-        if rank and any(e.startswith(b"LOCAL_RANK=") for e in environ) and marker in cmdline:
+        if marker not in cmdline:
+            continue
+        if name.startswith("train-rank-"):
+            found.append((int(name[len("train-rank-"):]), pid))
+        elif rank and any(e.startswith(b"LOCAL_RANK=") for e in environ):
             found.append((int(rank[0][5:]), pid))
     return [pid for _, pid in sorted(found)]
 
@@ -302,13 +304,18 @@ def assert_same_history(out: Path, reference: Path, epochs: int = 2, context: st
 
 
 def reports_of(pids: list[int]) -> Path:
-    """The supervisor's report folder of these training processes (from their environment): each
-    writes `rank-N.json` there, how it lives and how it ended (`train.supervision.reports`)."""
+    """The supervisor's report folder of these training processes: each writes `rank-N.json` there,
+    how it lives and how it ended (`train.supervision.reports`), and keeps its `rank-N.stack` open
+    (a process forked by the warm template has the template's /proc environment, not its own)."""
     for pid in pids:
-        for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-            if entry.startswith(b"TRAIN_SUPERVISOR_DIR="):
-                return Path(entry.split(b"=", 1)[1].decode())
-    raise AssertionError(f"no TRAIN_SUPERVISOR_DIR in the environment of {pids}")
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = Path(os.readlink(fd))
+            except OSError:
+                continue
+            if target.name.startswith("rank-") and target.suffix == ".stack":
+                return target.parent
+    raise AssertionError(f"no supervisor's report folder open in {pids}")
 
 
 def assert_saved_and_exited_75(folder: Path, ranks: int, out: Path, before: int) -> None:

@@ -18,7 +18,7 @@ import pytest
 from train.base.paths import memory_checkpoints
 
 from conftest import (TEST_SEED, MNIST, PYTHON, ROOT, assert_same_run, assert_saved_and_exited_75, flat, kill_group, latest_step,
-                      free_ports, rank_processes, read_until, reports_of, start_process, wait_for)
+                      descendants, free_ports, rank_processes, read_until, reports_of, start_process, wait_for)
 
 pytestmark = pytest.mark.slow  # real processes, full runs: `make test-fast` leaves these out
 
@@ -336,15 +336,30 @@ def test_a_stop_signal_during_start_up_is_not_lost(tmp_path):
     assert "supervisor: exit 75 (preempted; a checkpoint was saved)" in flat(out)
 
 
-def test_a_killed_supervisor_leaves_no_training_behind(tmp_path):
+@pytest.mark.parametrize("restarted", [False, True], ids=["launched", "forked"])
+def test_a_killed_supervisor_leaves_no_training_behind(tmp_path, restarted):
+    # launched: the first attempt's processes, under accelerate launch; forked: a warm restart's,
+    # from the supervisor's template (they get SIGTERM when the template dies with the supervisor)
     proc = cpu2(tmp_path, "epochs=20")
-    wait_for(lambda: latest_step(tmp_path) >= 3 and len(ranks(proc)) == 2, proc, "training to start")
-    left = ranks(proc)
-    reports, before = reports_of(left), latest_step(tmp_path)
+
+    def template():  # the warm template: forks of it (training processes) have its command line, not its name
+        return [pid for pid in descendants(proc.pid) if "template.py" in Path(f"/proc/{pid}/cmdline").read_text()
+                and not Path(f"/proc/{pid}/comm").read_text().startswith("train-rank-")]
+
+    wait_for(lambda: latest_step(tmp_path) >= 3 and len(ranks(proc)) == 2 and template(), proc, "training to start")
+    if restarted:
+        old, killed_at = ranks(proc), latest_step(tmp_path)
+        os.kill(old[1], signal.SIGKILL)
+        wait_for(lambda: len(new := ranks(proc)) == 2 and not set(new) & set(old) and
+                 latest_step(tmp_path) > killed_at, proc, "the warm restart to train")
+        assert all(Path(f"/proc/{pid}/comm").read_text().startswith("train-rank-") for pid in ranks(proc))
+    left = ranks(proc) + template()
+    assert len(left) == 3, f"not two training processes and a warm template: {left}"
+    reports, before = reports_of(left[:2]), latest_step(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)  # the supervisor itself: its launcher gets SIGTERM from the kernel
     proc.communicate(timeout=60)
     deadline = time.monotonic() + 60
     while any(Path(f"/proc/{pid}").exists() for pid in left) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in left), "training processes left running"
+    assert not any(Path(f"/proc/{pid}").exists() for pid in left), "training processes or the template left running"
     assert_saved_and_exited_75(reports, 2, tmp_path, before)  # they saved on their way out (SIGTERM: preempted)

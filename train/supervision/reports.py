@@ -44,6 +44,7 @@ _watching = False
 _next_beat = 0.0
 _started_written = False
 _stack_file = None
+_started_env: dict = {}  # the environment as the process was started (before the run sets its own)
 
 
 def _path() -> Path | None:
@@ -121,7 +122,7 @@ def watch_process() -> None:
     this process should its launcher die (the launcher gets SIGTERM when the supervisor dies; a
     single-process launcher does not pass it on). Loader workers and helpers leave the record to
     the process that started them."""
-    global _watching
+    global _watching, _started_env
     path = _path()
     if _watching or path is None:
         return
@@ -133,6 +134,7 @@ def watch_process() -> None:
     if old.get("pid") not in (None, os.getpid()) and alive(old["pid"]):
         return  # a helper process of the training process (e.g. the plot helper)
     _watching = True
+    _started_env = dict(os.environ)
     _record(host=socket.gethostname(), code=None, phase="start-up")
     _answer_stack_requests(path.with_suffix(".stack"))
     die_with_parent()
@@ -200,10 +202,12 @@ def beat(step: int, epoch: int, batch: int) -> None:
 
 def _write_start(path: Path) -> None:
     """What a warm restart needs to start this process again: the same executable, arguments,
-    working folder and environment; and the loaded modules a standby imports in advance."""
+    working folder and environment (as it was when `train` was imported: the run sets a few variables
+    of its own on some ranks, e.g. quieter libraries off the main process); and the loaded modules a
+    warm template imports in advance."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"first_beat_at": time.time(), "executable": sys.executable, "argv": sys.argv, "cwd": os.getcwd(),
-                               "env": dict(os.environ), "modules": sorted(m for m in sys.modules if "." not in m)}))
+                               "env": _started_env or dict(os.environ), "modules": sorted(m for m in sys.modules if "." not in m)}))
     os.replace(tmp, path)
 
 

@@ -1,29 +1,28 @@
-"""Warm restarts: the next attempt's training processes started in advance, while the job trains,
-each waiting with torch, accelerate and the project imported, so that a restart pays the state's
-load and a step, not an interpreter and `import torch` (about 6 s a process, measured: torch,
+"""Warm restarts: each restart's training processes forked from a template that has imported
+torch, accelerate and the project once for the whole job, so that a restart pays the state's load
+and a step, not an interpreter and `import torch` (about 6 s a process, measured: torch,
 torch._dynamo, accelerate, the process group).
 
 How it goes (one node; a job across nodes restarts with its launcher, as before):
 1. Once every training process of an attempt has made its first step, each has written what
    started it (`rank-N.start`: executable, arguments, working folder, environment, loaded modules).
-2. The supervisor then starts a standby launcher (`python -m train.supervision.standby`, standard
-   library only) with the next attempt's processes: each one's environment as it was, with the
-   next attempt's supervisor folder and restart number and a fresh port for its rendezvous (a new
-   store: re-initialising gloo on an old one hangs, pytorch 55967). It starts each process as
-   `python -u train/supervision/warm_start.py SCRIPT ARGS...`, which imports the libraries the
-   processes had loaded (torch, accelerate, the project, ...; not the user's own modules, whose
-   import-time code runs where it always ran), says it is ready and waits.
-3. On a restart the supervisor says "go": each process runs its script as `python -u SCRIPT ARGS`
-   would. The standby launcher is now the attempt's launcher: it waits for its processes, passes
-   stop signals on, writes their exit codes for the supervisor (`exits.json`) and exits 0 when all
-   finished, else 1. The supervisor makes a new standby once the restarted processes train.
+2. The first time, the supervisor starts the job's template (`train.supervision.template`) with
+   the processes' common environment: it imports the libraries they had loaded (not the user's
+   own modules) and waits. Its imports cost a few seconds of CPU once per job, not per process and
+   restart: on a machine whose cores all train, CPU taken from the training.
+3. For each restart to come the supervisor starts a standby launcher (`python -m
+   train.supervision.standby`, standard library only) holding the next attempt's processes: each
+   one's environment as it was, with the next attempt's supervisor folder and restart number and a
+   fresh port for its rendezvous (a new store: re-initialising gloo on an old one hangs, pytorch
+   55967).
+4. On a restart the supervisor says "go": the launcher hands the processes and its own output
+   streams to the template, which forks them. The launcher is now the attempt's launcher: it
+   passes stop signals on, writes the exit codes the template reports (`exits.json`) for the
+   supervisor, and exits 0 when all finished, else 1. The supervisor then readies the next standby.
 
-No process is forked: each is a fresh interpreter started in advance, so nothing of a parent's
-threads or CUDA state is inherited, and its command line and environment are a training
-process's own. A standby that is not ready or has lost a process, or none at all (a first attempt
-that failed before its first step, several nodes, another executable), leaves the restart to the
-launcher command. The standby's processes use memory and, while they import, CPU beside the
-training: a few seconds of CPU per process, once per attempt.
+A standby whose template is not ready, or none at all (a first attempt that failed before its
+first step, several nodes, processes started differently or whose environments differ beyond
+their ranks), leaves the restart to the launcher command.
 """
 
 from __future__ import annotations
@@ -39,10 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from train.supervision.processes import children
 from train.supervision.reports import DIR_ENV, MAX_ENV, RESTART_ENV, alive, die_with_parent
 
-# what a standby process imports of the modules the training processes had loaded: libraries whose
+# what the template imports of the modules the training processes had loaded: libraries whose
 # import runs no user code (the project included); `torch._dynamo` is pulled in by the first
 # optimizer step, 1.6-1.9 s of a cold start
 PRELOAD = ("torch", "accelerate", "numpy", "safetensors", "yaml", "train", "transformers", "peft",
@@ -51,7 +49,9 @@ EXTRA = ("torch._dynamo", "train.fronts.script", "train.service.run")
 # torchrun's own: its agent's store (gone with it: TORCHELASTIC_USE_AGENT_STORE would have the
 # processes wait for it), its error file, its run id
 DROP_ENV = "TORCHELASTIC_"
-WARM_START = Path(__file__).with_name("warm_start.py")
+# what may differ between the processes' environments: who each one is
+RANK_KEYS = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK")
+TEMPLATE = Path(__file__).with_name("template.py")
 
 
 def read_starts(folder: Path, records: list[dict], known: dict) -> dict:
@@ -74,56 +74,96 @@ def usable(starts: dict) -> str:
     envs = [s["env"] for s in starts.values()]
     if any(e.get("WORLD_SIZE", "1") != e.get("LOCAL_WORLD_SIZE", e.get("WORLD_SIZE", "1")) for e in envs):
         return "the job spans nodes"
+    if len({(s["executable"], tuple(s["argv"]), s["cwd"]) for s in starts.values()}) > 1:
+        return "the processes were started with different commands"
+    if any(common(envs) | {k for k in e if k in RANK_KEYS or k.startswith(DROP_ENV)} != set(e) for e in envs):
+        return "the processes' environments differ beyond their ranks"
     if not all(os.access(s["executable"], os.X_OK) for s in starts.values()):
         return "the processes' executable is gone"
     return ""
 
 
-class Standby:
-    """The supervisor's handle on the next attempt's processes, started in advance."""
+def common(envs: list[dict]) -> set:
+    """The variables every environment holds with the same value."""
+    return {k for k, v in envs[0].items() if all(e.get(k) == v for e in envs[1:])}
 
-    def __init__(self, starts: dict, restart: int, max_restarts: int, pipes: dict):
+
+class Template:
+    """The supervisor's handle on the job's template process (`train.supervision.template`):
+    started once, with the processes' common environment, less what names a rank, torchrun's
+    variables and the supervisor's (its imports must not record it as a training process)."""
+
+    def __init__(self, starts: dict):
+        start = starts[min(starts)]
+        envs = [s["env"] for s in starts.values()]
+        env = {k: envs[0][k] for k in common(envs)
+               if k not in RANK_KEYS and not k.startswith(DROP_ENV) and k not in (DIR_ENV, RESTART_ENV, MAX_ENV)}
+        modules = sorted({m for s in starts.values() for m in s["modules"] if m.split(".")[0] in PRELOAD} | set(EXTRA))
+        self.folder = Path(tempfile.mkdtemp(prefix="train-template-"))
+        self.socket = self.folder / "socket"
+        self.proc = subprocess.Popen([start["executable"], "-u", str(TEMPLATE), *start["argv"]], env=env,
+                                     cwd=start["cwd"], stdin=subprocess.PIPE, text=True, start_new_session=True,
+                                     preexec_fn=as_launcher)
+        self.proc.stdin.write(json.dumps({"modules": modules, "socket": str(self.socket)}) + "\n")
+        self.proc.stdin.close()
+
+    def ready(self) -> bool:
+        return (self.folder / "ready").exists() and self.proc.poll() is None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        """End it (at the job's end: nothing it forked still runs) and remove its folder."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Standby:
+    """The supervisor's handle on the next attempt: its launcher, started in advance, holding the
+    processes the template forks on "go"."""
+
+    def __init__(self, starts: dict, restart: int, max_restarts: int, pipes: dict, template: Template):
+        self.template = template
         self.folder = Path(tempfile.mkdtemp(prefix="train-supervisor-"))  # the next attempt's
         port = str(free_port())
-        modules = sorted({m for s in starts.values() for m in s["modules"] if m.split(".")[0] in PRELOAD} | set(EXTRA))
         ranks = []
         for rank, start in sorted(starts.items()):
             env = {k: v for k, v in start["env"].items() if not k.startswith(DROP_ENV)}
             env.update({DIR_ENV: str(self.folder), RESTART_ENV: str(restart), MAX_ENV: str(max_restarts)})
             if "MASTER_PORT" in env:
                 env["MASTER_PORT"] = port
-            ranks.append({"rank": rank, "env": env, "cwd": start["cwd"],
-                          "command": [start["executable"], "-u", str(WARM_START), *start["argv"]]})
+            ranks.append({"rank": rank, "local_rank": int(env.get("LOCAL_RANK", rank)), "env": env,
+                          "cwd": start["cwd"], "argv": start["argv"]})
         env = {k: v for k, v in os.environ.items() if k not in (DIR_ENV, RESTART_ENV, MAX_ENV)}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(WARM_START.parents[2]), env.get("PYTHONPATH")]))
-        self.ranks = [r["rank"] for r in ranks]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TEMPLATE.parents[2]), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen([sys.executable, "-m", "train.supervision.standby"], env=env,
                                      stdin=subprocess.PIPE, start_new_session=True, preexec_fn=as_launcher,
                                      **{**pipes, "text": True, "errors": "replace"})
-        self.proc.stdin.write(json.dumps({"ranks": ranks, "modules": modules,
+        self.proc.stdin.write(json.dumps({"ranks": ranks, "socket": str(template.socket),
                                           "exits": str(self.folder / "exits.json")}) + "\n")
         self.proc.stdin.flush()
 
     def ready(self, wait_s: float) -> bool:
-        """Whether every process has imported what it needs (waiting at most `wait_s`), all alive."""
+        """Whether the template has imported what it needs (waiting at most `wait_s`), all alive."""
         deadline = time.monotonic() + wait_s
-        while not self._ready() and self.proc.poll() is None and time.monotonic() < deadline:
+        while not self.template.ready() and self.template.alive() and time.monotonic() < deadline:
             time.sleep(0.02)
-        return self._ready() and self.proc.poll() is None and \
-            sum(alive(pid) for pid in children(self.proc.pid)) == len(self.ranks)
-
-    def _ready(self) -> bool:
-        return all((self.folder / f"ready-{rank}").exists() for rank in self.ranks)
+        return self.template.ready() and self.proc.poll() is None
 
     def start(self):
-        """Let the processes run their script; returns the launcher process of the attempt."""
-        (self.folder / "started").touch()  # from now on they are the job's processes (tests tell them apart)
+        """Have the template fork the processes; returns the launcher process of the attempt."""
         self.proc.stdin.write("go\n")
         self.proc.stdin.close()
         return self.proc
 
     def close(self) -> None:
-        """End it if it still runs, and remove its folder."""
+        """End it if it still runs (its processes with it), and remove its folder."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -162,32 +202,34 @@ def as_launcher() -> None:
 # ------------------------------------------------------------------- the standby launcher's side
 def main() -> int:
     order = json.loads(sys.stdin.readline())
-    procs = {}
-    for rank in order["ranks"]:
-        proc = subprocess.Popen(rank["command"], env=rank["env"], cwd=rank["cwd"], stdin=subprocess.PIPE, text=True)
-        proc.stdin.write(json.dumps(order["modules"]) + "\n")
-        proc.stdin.flush()
-        procs[proc] = int(rank["env"].get("LOCAL_RANK", rank["rank"]))
+    pids: dict[int, int] = {}  # the attempt's processes: pid -> local rank
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # passed on, as the launcher does
-        signal.signal(signum, lambda s, f: [p.send_signal(signal.SIGTERM if s == signal.SIGHUP else s)
-                                            for p in procs if p.poll() is None])
-    go = sys.stdin.readline()
-    for proc in procs:
-        try:
-            proc.stdin.write(go)  # "" (the supervisor is done with it): the processes end quietly
-            proc.stdin.close()
-        except OSError:
-            pass
+        signal.signal(signum, lambda s, f: [os.kill(pid, signal.SIGTERM if s == signal.SIGHUP else s)
+                                            for pid in pids if alive(pid)])
+    if sys.stdin.readline().strip() != "go":
+        return 0  # the supervisor did not need it
+    template = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        template.connect(order["socket"])
+        socket.send_fds(template, [json.dumps({"ranks": order["ranks"]}).encode()], [1, 2])
+        forked = template.recv(1 << 16)
+    except OSError:
+        forked = b""
+    if not forked:  # the template is gone: no process started (the supervisor restarts cold)
+        return 1
+    pids.update({int(pid): rank for pid, rank in json.loads(forked)["pids"].items()})
     exits = {}
-    while len(exits) < len(procs):
-        for proc, local_rank in procs.items():
-            if proc.pid not in exits and proc.poll() is not None:
-                exits[proc.pid] = {"code": proc.returncode, "local_rank": local_rank}
-                if go:
-                    tmp = order["exits"] + ".tmp"
-                    Path(tmp).write_text(json.dumps(exits))
-                    os.replace(tmp, order["exits"])
-        time.sleep(0.05)
+    while len(exits) < len(pids):
+        message = template.recv(1 << 16)
+        if not message:  # the template is gone: so are the processes it forked
+            exits.update({pid: {"code": -signal.SIGKILL, "local_rank": rank} for pid, rank in pids.items()
+                          if pid not in exits})
+        else:
+            ended = json.loads(message)
+            exits[ended["pid"]] = {"code": ended["code"], "local_rank": pids[ended["pid"]]}
+        tmp = order["exits"] + ".tmp"
+        Path(tmp).write_text(json.dumps(exits))
+        os.replace(tmp, order["exits"])
     return 0 if all(e["code"] == 0 for e in exits.values()) else 1
 
 

@@ -29,8 +29,9 @@ that survived failures one line says failures, seconds lost per failure and good
   collective timeout: it is named with where it stopped making progress, and every live process's
   Python stacks go to `<output_dir>/stacks/attempt-N.txt` (`train.supervision.stalls`);
 - no pause before a restart: the old processes are gone and each attempt has its own port;
-- a restart is warm: the next attempt's processes were started in advance with everything imported
-  (`train.supervision.standby`), on one node; `--cold` restarts with the launcher command. SIGINT, SIGTERM and SIGUSR1 reaching the
+- a restart is warm: its processes are forked from a template that imported torch, accelerate and
+  the project once for the job (`train.supervision.standby`), on one node; `--cold` restarts with
+  the launcher command. SIGINT, SIGTERM and SIGUSR1 reaching the
 supervisor are passed to the training processes (the launcher runs in a session of its own and
 ignores USR1, so it neither sees a terminal's Ctrl-C nor dies of SLURM's USR1). A stop signal that
 arrives before a process has started training is sent to it again once it has (until then it
@@ -68,7 +69,7 @@ from train.supervision.attempts import Ending, failures, resumes_from, what_happ
 from train.supervision.reports import DIR_ENV, MAX_ENV, RESTART_ENV, alive, die_with_parent  # noqa: E402
 from train.supervision import progress, stalls
 from train.supervision.processes import children, gone, kill, send, tree
-from train.supervision.standby import Standby, as_launcher, read_exits, read_starts, usable
+from train.supervision.standby import Standby, Template, as_launcher, read_exits, read_starts, usable
 
 # a process may take this long to exit after training finished (a tracker's upload); the tests shorten it
 FINISHED_GRACE_S = float(os.environ.get("TRAIN_FINISHED_GRACE_S", 300))
@@ -90,6 +91,7 @@ class Supervisor:
         self.starts: dict[int, dict] = {}  # rank -> what started it (`rank-N.start`), for a warm restart
         self.warm = warm
         self.standby: Standby | None = None  # ready to fork the next attempt's processes
+        self.template: Template | None = None  # forks them: the job's libraries imported once
 
     def _on_signal(self, signum, frame):
         self.signals.append(signum)
@@ -104,6 +106,8 @@ class Supervisor:
         finally:
             if self.standby is not None:
                 self.standby.close()
+            if self.template is not None:
+                self.template.close()
 
     def _run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
@@ -175,7 +179,10 @@ class Supervisor:
             if self.warm and self.standby is None and failed_at is None and restart < self.max_restarts and \
                     all(self.starts.get(r["rank"], {}).get("pid") == r["pid"] for r in records) and not usable(self.starts):
                 try:
-                    self.standby = Standby(self.starts, restart + 1, self.max_restarts, pipes)
+                    if self.template is None or not self.template.alive():
+                        self.template and self.template.close()
+                        self.template = Template(self.starts)
+                    self.standby = Standby(self.starts, restart + 1, self.max_restarts, pipes, self.template)
                 except (OSError, ValueError, KeyError) as e:  # restarts stay cold; the job goes on
                     self.warm = False
                     self.say(f"no warm standby for restarts ({e}); a restart starts cold")
