@@ -1,8 +1,8 @@
 """What a failure costs, side by side in one run: the tutorial CNN on 2 CPU ranks under
 `launch/cpu2.sh` (the supervisor), N epochs of MNIST samples, a disk checkpoint every 8 optimizer
 steps; uninterrupted, and with a random rank SIGKILLed about every `--every` seconds, before (cold
-restarts: every process started afresh, disk checkpoints only) and after (warm restarts from the
-supervisor's standby, and a memory checkpoint every optimizer step). Each interrupted run must end
+restarts: every process started afresh, disk checkpoints only) and after (warm restarts forked from
+the supervisor's template, and a memory checkpoint every optimizer step). Each interrupted run must end
 bit-identical to the uninterrupted one (weights and history).
 
     python bench/faults.py [--samples 16384] [--epochs 4] [--every 20] [--rounds 3] [--seed 0] [--json FILE]
