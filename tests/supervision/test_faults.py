@@ -162,25 +162,54 @@ def test_a_stalled_rank_ends_the_job_within_the_timeout_and_it_recovers(tmp_path
     assert_same_run(tmp_path, reference_two)
 
 
-def test_two_nodes_over_loopback_restart_together(tmp_path, rng):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MAIN_PORT=str(free_ports()))
+def two_nodes(out, port: int, *extra, staging=("", "")):
+    """launch/multinode.sh twice over loopback (one gloo process a node), each "node" with its own
+    memory for memory checkpoints (`staging`: its TRAIN_STAGING_DIR), output merged."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MAIN_PORT=str(port))
+    return [start_process([str(ROOT / "launch" / "multinode.sh"), str(rank), "2", "127.0.0.1", *SMOKE, *LONGER,
+                           f"output_dir={out}", *extra], dict(env, TRAIN_STAGING_DIR=str(staging[rank])))
+            for rank in (0, 1)]
 
-    def nodes(out):
-        return [start_process([str(ROOT / "launch" / "multinode.sh"), str(rank), "2", "127.0.0.1", *SMOKE,
-                               "data.train_size=12288", f"output_dir={out}"], env) for rank in (0, 1)]
 
-    reference = nodes(tmp_path / "reference")
-    logs = [p.communicate(timeout=600)[0] for p in reference]
-    assert [p.returncode for p in reference] == [0, 0], logs
+@pytest.fixture(scope="module")
+def reference_nodes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted-nodes")
+    procs = two_nodes(out, free_ports())
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    return out
+
+
+def memory_step(out: Path, staging: Path) -> int:
+    """The newest memory checkpoint's step of the run in `out` on the node whose memory is `staging`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRAIN_STAGING_DIR", str(staging))
+        return latest_step(out, memory=True)
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["disk", "memory"])
+def test_two_nodes_over_loopback_restart_together(tmp_path, rng, reference_nodes, memory):
     target = rng.randint(50, 72)  # a step of epoch 2 (48 an epoch), well before its end
-    out = tmp_path / "out"
-    procs = nodes(out)
-    wait_for(lambda: latest_step(out) >= target and ranks(procs[1]), procs[0], f"step {target} (TEST_SEED={TEST_SEED})")
+    where = f"(kill after step {target}; TEST_SEED={TEST_SEED})"
+    out, staging = tmp_path / "out", [tmp_path / "node-0-memory", tmp_path / "node-1-memory"]
+    # with memory checkpoints every step (disk ones every 3, as the reference), each node its own copy:
+    # the kill lands where both nodes' memory checkpoints are newer than the disk's
+    procs = two_nodes(out, free_ports(), *(["checkpoint.memory_every_steps=1"] if memory else []), staging=staging)
+
+    def ahead():
+        return not memory or all(memory_step(out, node) > latest_step(out) for node in staging)
+
+    wait_for(lambda: latest_step(out) >= target and ahead() and ranks(procs[1]), procs[0], f"step {target} {where}")
     os.kill(ranks(procs[1])[0], signal.SIGKILL)  # the rank of node 1
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     assert all("(restart 1 of 3)" in flat(log) for log in logs), logs
-    assert_same_run(out, tmp_path / "reference", context=f"(kill after step {target}; TEST_SEED={TEST_SEED})")
+    assert_same_run(out, reference_nodes, context=where)
+    if memory:  # both nodes resumed from their own memory; the restart lines said what they had
+        assert all(re.search(r"restarting from step-\d{8} in memory if every node holds it, else step-\d{8}", flat(log))
+                   for log in logs), logs
+        assert "resuming from the memory checkpoint" in flat(logs[0]), f"{where}\n{logs[0]}"
+        assert not any(memory_checkpoints(out / "checkpoints").name in os.listdir(node) for node in staging if node.exists())
 
 
 def killed_midway(out, target, *extra):

@@ -227,6 +227,15 @@ def from_main(accelerator: Accelerator, fn):
     return result
 
 
+def gather_objects(accelerator: Accelerator, obj) -> list:
+    """Every process's `obj` (picklable), in process order, on every process."""
+    if accelerator.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
 def gather_rows(accelerator: Accelerator, tensors, pads) -> list:
     """Every process's rows of each of `tensors`, in process order (the same result on every
     process). The processes' tensors may differ in every dimension (rows, a sequence's length):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from train.base.paths import node_memory
+from train.engine.devices import all_ok
 
 DONE, FAILED = ".done-", ".failed-"  # a process's marker in the checkpoint's .tmp- folder
 
@@ -52,6 +53,27 @@ def staging_folder(root: Path, name: str) -> Path:
     """This node's memory folder for the checkpoint `name` of the checkpoints folder `root`."""
     tag = zlib.crc32(str(Path(root).resolve()).encode())
     return staging_root() / f"train-staged-{tag:08x}-{name}"
+
+
+def room_to_stage(acc, root: Path, size: int, memory: Optional[Path], said: bool) -> bool:
+    """Whether every node's memory has room for a staged copy of the checkpoints folder `root`'s
+    next checkpoint (`size`: as big as the last, or before the first, the weights and two moments of
+    Adam); if not, that save is written directly (a container's /dev/shm is often 64 MB), said
+    unless `said`. `memory`: room for a memory checkpoint (two: the newest and the one being
+    written), else none is written from here on (said)."""
+    folder = staging_folder(root, "x").parent
+    try:  # TRAIN_STAGING_DIR may name a folder yet to be made
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+    except OSError:  # not writable: no room
+        free = 0
+    room = all_ok(acc, free > (2.2 if memory is not None else 1.2) * size)
+    if not room and acc.is_main_process and (memory is not None or not said):
+        print(f"note: checkpoint.memory_every_steps: {free / 2**20:.0f} MB free in {memory.parent}, less than two "
+              f"checkpoints ({2 * size / 2**20:.0f} MB): disk checkpoints only" if memory is not None else
+              f"note: checkpoint.async_save: {free / 2**20:.0f} MB free in {folder} on some node, less than a "
+              f"checkpoint ({size / 2**20:.0f} MB): writing checkpoints directly", flush=True)
+    return room
 
 
 @contextmanager

@@ -27,9 +27,10 @@ from train.base.files import free_space
 from train.base.paths import memory_checkpoints
 from train.data.rng import capture_rng
 from train.saving.background import (BackgroundWrite, checkpoint_size, quick_serialization, remove_stale,
-                                     staging_folder)
-from train.saving.memory import newest
+                                     room_to_stage, staging_folder)
+from train.saving.memory import newest, newest_on_every_node
 from train.saving.elastic import Rescaled, keep_global_batch, unfinished_share
+from train.distributed.strategy import is_sharded
 from train.saving.reshard import load_across_layouts, needs_reshard, written_sharded
 from train.saving.storage import (CALLBACKS_FILE, FORMAT, LOOP_FILE, SCHEDULER_FILE, checkpoint_exception, commit,
                                   find, fsync_own_files, latest, set_aside_newer, why_save_failed)
@@ -72,9 +73,10 @@ class Checkpoint(Callback):
         self._said_no_room = False  # the note that memory had no room for a staged checkpoint, said once
         self.root = Path(root)
         self.every_steps = every_steps
-        # memory checkpoints: this node's memory holds the whole state only when every process is on it
-        self.memory_every = memory_every if local_processes(loop.accelerator) == loop.accelerator.num_processes \
-            else None
+        # memory checkpoints: each node's holds what its processes need (`train.saving.memory`); a
+        # sharded state's parts are spread over the nodes: disk only
+        self.across_nodes = local_processes(loop.accelerator) < loop.accelerator.num_processes
+        self.memory_every = None if self.across_nodes and is_sharded(loop.accelerator) else memory_every
         self.memory = memory_checkpoints(self.root) if self.memory_every else None
         self.keep_last = keep_last
         self.monitor = monitor
@@ -111,8 +113,13 @@ class Checkpoint(Callback):
     # finding and loading: once, before training
     def find(self, resume: str, say=print) -> Optional[Path]:
         """The checkpoint `resume` names (auto: the newest intact one in this run's folder), checked
-        intact and safe by the main process; None to start afresh."""
-        return from_main(self.loop.accelerator, lambda: newest(self.memory, find(resume, self.root.parent, say), resume, say))
+        intact and safe by the main process; None to start afresh. A newer memory checkpoint instead
+        (resume=auto; across nodes when every node holds it: `memory.newest_on_every_node`)."""
+        acc = self.loop.accelerator
+        if not self.across_nodes:
+            return from_main(acc, lambda: newest(self.memory, find(resume, self.root.parent, say), resume, say))
+        return newest_on_every_node(acc, self.memory, from_main(acc, lambda: find(resume, self.root.parent, say)),
+                                    resume, say)
 
     def owns(self, path: Path) -> bool:  # one of this run's checkpoints, on disk or in memory
         return path.resolve().parent in {self.root.resolve(), *([self.memory.resolve()] if self.memory else [])}
@@ -244,8 +251,9 @@ class Checkpoint(Callback):
         background = self.background if background is None else background
         staged = staging_folder(self.root, name) if background and self._room_to_stage() else None
         error = None
+        writer = acc.is_local_main_process if in_memory else acc.is_main_process  # each node its memory's copy
         try:
-            if acc.is_main_process:
+            if writer:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
             if staged is not None and acc.is_local_main_process:
@@ -257,14 +265,14 @@ class Checkpoint(Callback):
         if made:
             try:
                 with quick_serialization() if staged is not None else contextlib.nullcontext():
-                    self._write(staged or tmp, state)
+                    self._write(staged or tmp, state, on_each_node=in_memory)
                 if staged is None and not acc.is_main_process and not in_memory:  # through this node's client
                     fsync_own_files(tmp, acc.process_index)
             except (Exception, checkpoint_exception()) as e:  # torch.save, safetensors: a full disk is a RuntimeError
                 error = e
         if not all_ok(acc, error is None):  # every process learns that one of them failed
             reason = why_save_failed(error, staged or tmp)
-            for folder in (tmp if acc.is_main_process else None, staged):
+            for folder in (tmp if writer else None, staged):
                 if folder is not None:
                     shutil.rmtree(folder, ignore_errors=True)
             if staged is not None and made:  # the staging in memory failed, not the checkpoints folder
@@ -279,7 +287,7 @@ class Checkpoint(Callback):
             self.last_saved = final
             return final
         try:
-            if acc.is_main_process:
+            if writer:
                 commit(root, tmp, final, best and not in_memory, 1 if in_memory else self.keep_last)
         except OSError as e:
             error = e
@@ -323,33 +331,25 @@ class Checkpoint(Callback):
                           f"({reason}); {free_space(self.root)}; make room and run the same command again to resume")
 
     def _room_to_stage(self, memory: Optional[Path] = None) -> bool:
-        """Whether every node's memory has room for a staged copy (as big as the last checkpoint, or
-        before the first, the weights and two moments of Adam); if not, this save is written directly
-        (a container's /dev/shm is often 64 MB), said once. `memory`: room for a memory checkpoint
-        (two: the newest and the one being written), else none is written from here on."""
-        acc, size = self.loop.accelerator, checkpoint_size(self.last_saved, self.loop.model)
-        free = shutil.disk_usage(staging_folder(self.root, "x").parent).free
-        room = all_ok(acc, free > (2.2 if memory is not None else 1.2) * size)
-        if not room and memory is not None:
-            if acc.is_main_process:
-                print(f"note: checkpoint.memory_every_steps: {free / 2**20:.0f} MB free in {memory.parent}, less than "
-                      f"two checkpoints ({2 * size / 2**20:.0f} MB): disk checkpoints only", flush=True)
-            return False
-        if not room and not self._said_no_room and acc.is_main_process:
-            print(f"note: checkpoint.async_save: {free / 2**20:.0f} MB free in {staging_folder(self.root, 'x').parent} "
-                  f"on some node, less than a checkpoint ({size / 2**20:.0f} MB): writing checkpoints directly",
-                  flush=True)
-        if not room:
-            self._said_no_room = True
+        """`background.room_to_stage` for this run's next checkpoint; the note that there was none, once."""
+        size = checkpoint_size(self.last_saved, self.loop.model)
+        room = room_to_stage(self.loop.accelerator, self.root, size, memory, said=self._said_no_room)
+        self._said_no_room = self._said_no_room or (not room and memory is None)
         return room
 
-    def _write(self, tmp: Path, state: dict) -> None:
-        """Every process writes its files into `tmp`."""
+    def _write(self, tmp: Path, state: dict, on_each_node: bool = False) -> None:
+        """Every process writes its files into `tmp`; `on_each_node`: the shared ones by each node's
+        first process (a memory checkpoint: `tmp` is in each node's own memory), else by process 0."""
         loop, acc = self.loop, self.loop.accelerator
-        acc.save_state(str(tmp))  # every rank: its RNG file, and its shards when the state is sharded
+        config = acc.project_configuration
+        config.save_on_each_node, before = on_each_node, config.save_on_each_node
+        try:
+            acc.save_state(str(tmp))  # every rank: its RNG file, and its shards when the state is sharded
+        finally:
+            config.save_on_each_node = before
         if state["unfinished"] is not None:  # this rank's share of the unfinished epoch
             torch.save(state["unfinished"], tmp / f"rank-{acc.process_index}.pt")
-        if acc.is_main_process:
+        if acc.is_local_main_process if on_each_node else acc.is_main_process:
             model = acc.unwrap_model(loop.model, keep_torch_compile=False)
             meta = {"format": FORMAT, "position": state["position"], "history": state["history"],
                     "model_shapes": model_shapes(model), "compiled": is_compiled(acc, loop.model),

@@ -63,10 +63,11 @@ def plan_lines(run, epochs: int, train) -> list[str]:
                      f"best by {run.checkpoint.monitor}); SIGUSR1/SIGTERM save one and exit 75, Ctrl-C exits 130")
         if o.checkpoint_memory_every:
             memory = run.checkpoint.memory
-            lines.append(f"checkpoints in memory: every {o.checkpoint_memory_every} optimizer steps to {memory}/ (the "
-                         f"newest only, removed when the run ends)" if memory else
-                         "checkpoints in memory: off (the processes span nodes; a node's memory would hold only its "
-                         "own processes' part): disk checkpoints only")
+            nodes = " on each node, each node's copy for its own processes" if run.checkpoint.across_nodes else ""
+            lines.append(f"checkpoints in memory: every {o.checkpoint_memory_every} optimizer steps to {memory}/{nodes} "
+                         f"(the newest only, removed when the run ends)" if memory else
+                         "checkpoints in memory: off (the state is sharded across nodes: a node's memory would hold "
+                         "only its own processes' shards): disk checkpoints only")
     from train.saving.export import exported_folders
 
     plain = acc.unwrap_model(run.loop.model, keep_torch_compile=False)

@@ -93,13 +93,15 @@ def what_happened(records: list[dict], exit_codes: dict[int, int], stalled: list
     return culprit + (f" at epoch {where['epoch']} batch {where['batch']}" if where else " while starting up")
 
 
-def resumes_from(output_dirs: list[str]) -> str:
-    """` from step-00000035` (or `... in memory`: a memory checkpoint newer than the disk's): the
-    checkpoint a restart of the job resumes from, or ""."""
+def resumes_from(output_dirs: list[str], across_nodes: bool = False) -> str:
+    """` from step-00000035` (or `... in memory`: a memory checkpoint newer than the disk's; across
+    nodes, if every node's memory holds it): the checkpoint a restart of the job resumes from, or ""."""
     for folder in output_dirs:
         disk = pointer_target(Path(folder) / CHECKPOINTS / LATEST)
         memory = pointer_target(memory_checkpoints(Path(folder) / CHECKPOINTS) / LATEST)
         if memory is not None and (disk is None or memory.name > disk.name):
+            if across_nodes:
+                return f" from {memory.name} in memory if every node holds it, else {disk.name if disk else 'the start'}"
             return f" from {memory.name} in memory"
         if disk is not None:
             return f" from {disk.name}"

@@ -72,7 +72,7 @@ def usable(starts: dict) -> str:
     if not starts:
         return "no process made its first step"
     envs = [s["env"] for s in starts.values()]
-    if any(e.get("WORLD_SIZE", "1") != e.get("LOCAL_WORLD_SIZE", e.get("WORLD_SIZE", "1")) for e in envs):
+    if spans_nodes(starts):
         return "the job spans nodes"
     if len({(s["executable"], tuple(s["argv"]), s["cwd"]) for s in starts.values()}) > 1:
         return "the processes were started with different commands"
@@ -81,6 +81,12 @@ def usable(starts: dict) -> str:
     if not all(os.access(s["executable"], os.X_OK) for s in starts.values()):
         return "the processes' executable is gone"
     return ""
+
+
+def spans_nodes(starts: dict) -> bool:
+    """Whether the processes that wrote these start records are part of a job across nodes."""
+    return any(s["env"].get("WORLD_SIZE", "1") != s["env"].get("LOCAL_WORLD_SIZE", s["env"].get("WORLD_SIZE", "1"))
+               for s in starts.values())
 
 
 def common(envs: list[dict]) -> set:

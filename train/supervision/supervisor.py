@@ -69,7 +69,7 @@ from train.supervision.attempts import Ending, failures, resumes_from, what_happ
 from train.supervision.reports import DIR_ENV, MAX_ENV, RESTART_ENV, alive, die_with_parent  # noqa: E402
 from train.supervision import progress, stalls
 from train.supervision.processes import children, gone, kill, send, tree
-from train.supervision.standby import Standby, Template, as_launcher, read_exits, read_starts, usable
+from train.supervision.standby import Standby, Template, as_launcher, read_exits, read_starts, spans_nodes, usable
 
 # a process may take this long to exit after training finished (a tracker's upload); the tests shorten it
 FINISHED_GRACE_S = float(os.environ.get("TRAIN_FINISHED_GRACE_S", 300))
@@ -145,7 +145,7 @@ class Supervisor:
             whys.append(ending.why)
             stack_files.append(ending.stacks)
             stacked = f"; the stacks of its processes in {ending.stacks}" if ending.stacks else ""
-            self.say(f"{ending.why}{stacked}; restarting{resumes_from(output_dirs)} (restart {restart} of "
+            self.say(f"{ending.why}{stacked}; restarting{resumes_from(output_dirs, spans_nodes(self.starts))} (restart {restart} of "
                      f"{self.max_restarts})")
             # no pause: this attempt's processes are gone (`_attempt` waited), and the next attempt's
             # rendezvous is its own (a port per attempt), so other nodes' leftovers cannot meet it
