@@ -244,21 +244,26 @@ def rank_processes(below: int, marker: str = "") -> list[int]:
     found = []
     for pid in descendants(below):
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            cmdline = Path(f"/proc/{pid}/cmdline").read_text()
-            name = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
+            rank = training_rank(pid, marker)
+        except (OSError, IndexError):  # ended meanwhile
             continue
-        rank = [e for e in environ if e.startswith(b"RANK=")]
-        if "train.plots" in cmdline:  # rank 0's drawing helper inherits its RANK: not a training process
-            continue
-        if marker not in cmdline:
-            continue
-        if name.startswith("train-rank-"):
-            found.append((int(name[len("train-rank-"):]), pid))
-        elif rank and any(e.startswith(b"LOCAL_RANK=") for e in environ):
-            found.append((int(rank[0][5:]), pid))
+        if rank is not None:
+            found.append((rank, pid))
     return [pid for _, pid in sorted(found)]
+
+
+def training_rank(pid: int, marker: str) -> int | None:
+    cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+    if "train.plots" in cmdline or marker not in cmdline:  # rank 0's drawing helper inherits its RANK
+        return None
+    name = Path(f"/proc/{pid}/comm").read_text().strip()
+    if name.startswith("train-rank-"):
+        parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        forked_by_a_rank = Path(f"/proc/{parent}/comm").read_text().strip() == name  # a loader worker
+        return None if forked_by_a_rank else int(name[len("train-rank-"):])
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    rank = [e for e in environ if e.startswith(b"RANK=")]
+    return int(rank[0][5:]) if rank and any(e.startswith(b"LOCAL_RANK=") for e in environ) else None
 
 
 def kill_group(proc: subprocess.Popen) -> str:

@@ -27,6 +27,20 @@ SMOKE = ["epochs=2", "data.train_size=2048", "data.val_size=1001", f"data.path={
          "checkpoint.every_steps=3", "progress=false"]
 
 
+def templates(proc) -> list[int]:
+    """The supervisor's warm template below `proc` (its forks, the training processes, have its
+    command line but not its name)."""
+    found = []
+    for pid in descendants(proc.pid):
+        try:
+            if "template.py" in Path(f"/proc/{pid}/cmdline").read_text() and \
+                    not Path(f"/proc/{pid}/comm").read_text().startswith("train-rank-"):
+                found.append(pid)
+        except OSError:  # ended meanwhile
+            pass
+    return found
+
+
 def cpu2(out, *extra, timeout=600):
     """launch/cpu2.sh (two gloo ranks under the supervisor), output merged."""
     return start_process([str(ROOT / "launch" / "cpu2.sh"), *SMOKE, f"output_dir={out}", *extra],
@@ -86,6 +100,25 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_exactly(tmp_path, rng, refe
     assert 0 < figures["goodput"] < 1 and figures["lost_s"] < figures["wall_s"], figures
     phases = figures["restarts"][0]
     assert 0 < phases["processes_started_s"] <= phases["state_loaded_s"] <= phases["first_step_s"], phases
+
+
+def test_a_template_that_cannot_fork_leaves_the_restart_to_the_launcher(tmp_path, rng, reference_longer):
+    target, victim = rng.randint(50, 72), rng.randint(0, 1)
+    where = f"(SIGKILL to rank {victim} after step {target}, the template stopped; TEST_SEED={TEST_SEED})"
+    (tmp_path / "tmp").mkdir()  # where the supervisor makes the template's folder (its `ready` file)
+    proc = start_process([str(ROOT / "launch" / "cpu2.sh"), *SMOKE, *LONGER, f"output_dir={tmp_path / 'out'}"],
+                         dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path / "tmp")))
+    out = tmp_path / "out"
+    wait_for(lambda: latest_step(out) >= target and len(ranks(proc)) == 2 and templates(proc) and
+             list((tmp_path / "tmp").glob("train-template-*/ready")), proc, f"step {target} {where}")
+    os.kill(templates(proc)[0], signal.SIGSTOP)  # alive and ready, but it never answers
+    os.kill(ranks(proc)[victim], signal.SIGKILL)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"{where}\n{log}"
+    assert "supervisor: the warm template could not fork the processes (timed out); starting them with the " \
+           "launcher command" in flat(log), f"{where}\n{log}"
+    assert not json.loads((out / "failures.json").read_text())["restarts"][0]["warm"]
+    assert_same_run(out, reference_longer, context=where)
 
 
 @pytest.mark.parametrize("memory", [False, True], ids=["disk", "memory"])
@@ -371,9 +404,8 @@ def test_a_killed_supervisor_leaves_no_training_behind(tmp_path, restarted):
     # from the supervisor's template (they get SIGTERM when the template dies with the supervisor)
     proc = cpu2(tmp_path, "epochs=20")
 
-    def template():  # the warm template: forks of it (training processes) have its command line, not its name
-        return [pid for pid in descendants(proc.pid) if "template.py" in Path(f"/proc/{pid}/cmdline").read_text()
-                and not Path(f"/proc/{pid}/comm").read_text().startswith("train-rank-")]
+    def template():
+        return templates(proc)
 
     wait_for(lambda: latest_step(tmp_path) >= 3 and len(ranks(proc)) == 2 and template(), proc, "training to start")
     if restarted:

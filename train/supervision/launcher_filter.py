@@ -43,6 +43,7 @@ class LauncherFilter:
                             out.flush()
                         except (OSError, ValueError):
                             pass
+            stream.close()  # at its end: the relay owns the pipe
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()

@@ -119,9 +119,10 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
 def watch_process() -> None:
     """Record that this process lives (at `import train`, under a supervisor only), record an
     uncaught exception or a plain exit as this process's end, and have the kernel send SIGTERM to
-    this process should its launcher die (the launcher gets SIGTERM when the supervisor dies; a
-    single-process launcher does not pass it on). Loader workers and helpers leave the record to
-    the process that started them."""
+    this process should its parent die (its launcher, which gets SIGTERM when the supervisor dies:
+    a single-process launcher does not pass it on; or the warm template it was forked from, killed
+    when the supervisor dies). Loader workers and helpers leave the record to the process that
+    started them."""
     global _watching, _started_env
     path = _path()
     if _watching or path is None:

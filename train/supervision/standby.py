@@ -52,6 +52,10 @@ DROP_ENV = "TORCHELASTIC_"
 # what may differ between the processes' environments: who each one is
 RANK_KEYS = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK")
 TEMPLATE = Path(__file__).with_name("template.py")
+FORKED = "forked.json"  # in a standby's folder: the pids of the processes forked for it
+NOT_FORKED = "not-forked"  # in a standby's folder: why the template did not fork its processes
+HANDOFF_TIMEOUT_S = 10.0  # the template's answer, or the attempt starts cold
+UNSAFE_TO_FORK = 3  # the template's exit code when its imports left it unsafe to fork (it says why)
 
 
 def read_starts(folder: Path, records: list[dict], known: dict) -> dict:
@@ -109,7 +113,7 @@ class Template:
         self.socket = self.folder / "socket"
         self.proc = subprocess.Popen([start["executable"], "-u", str(TEMPLATE), *start["argv"]], env=env,
                                      cwd=start["cwd"], stdin=subprocess.PIPE, text=True, start_new_session=True,
-                                     preexec_fn=as_launcher)
+                                     preexec_fn=as_template)
         self.proc.stdin.write(json.dumps({"modules": modules, "socket": str(self.socket)}) + "\n")
         self.proc.stdin.close()
 
@@ -120,12 +124,9 @@ class Template:
         return self.proc.poll() is None
 
     def close(self) -> None:
-        """End it (at the job's end: nothing it forked still runs) and remove its folder."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
+        """End it (at the job's end, or when it could not fork: a process it forked that still runs
+        gets SIGTERM, its parent-death signal) and remove its folder."""
+        self.proc.kill()
         self.proc.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -169,19 +170,78 @@ class Standby:
         return self.proc
 
     def close(self) -> None:
-        """End it if it still runs (its processes with it), and remove its folder."""
+        """End the launcher if it still runs (the template then kills the processes it forked for
+        it: the attempt is over), and remove its folder."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:
                 pass
         self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                stream and stream.close()
-            except OSError:
-                pass
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        # its output pipes are left to the supervisor's relay threads: closing one that a relay still
+        # reads (a writer left somewhere) would wait for that read forever
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class WarmRestarts:
+    """The supervisor's warm restarts: the job's template, and the next restart's standby."""
+
+    def __init__(self, on: bool, say):
+        self.on, self.say = on, say
+        self.template: Template | None = None  # forks the processes: the job's libraries imported once
+        self.standby: Standby | None = None  # the next restart's launcher
+
+    def wanted(self) -> bool:
+        return self.on and self.standby is None
+
+    def prepare(self, starts: dict, restart: int, max_restarts: int, pipes: dict) -> None:
+        """Restart `restart`'s standby, and the template if there is none (or it died)."""
+        if self.template is not None and self.template.proc.poll() == UNSAFE_TO_FORK:
+            self.on = False  # it said why: restarts start cold
+            return
+        try:
+            if self.template is None or not self.template.alive():
+                self.template and self.template.close()
+                self.template = Template(starts)
+            self.standby = Standby(starts, restart, max_restarts, pipes, self.template)
+        except (OSError, ValueError, KeyError) as e:  # restarts stay cold; the job goes on
+            self.on = False
+            self.say(f"no warm standby for restarts ({e}); a restart starts cold")
+
+    def take(self, restart: int) -> Standby | None:
+        """The standby for this restart when it is ready (waiting for a template still importing:
+        sooner than a cold start), else None (the launcher command starts the attempt)."""
+        standby, self.standby = self.standby, None
+        if restart and standby is not None and standby.ready(wait_s=30):
+            return standby
+        if standby is not None:
+            standby.close()
+        return None
+
+    def finish(self, standby: Standby) -> bool:
+        """Close the attempt's standby; whether the template forked its processes (if not: said, and
+        the template ended first, with anything it holds of the launcher's; a new one serves the
+        next restart)."""
+        try:
+            why = (standby.folder / NOT_FORKED).read_text()
+        except OSError:
+            why = ""
+        if why:
+            self.say(f"{why}; starting them with the launcher command")
+            if self.template is not None:
+                self.template.close()
+                self.template = None
+        standby.close()
+        return not why
+
+    def close(self) -> None:
+        for part in (self.standby, self.template):
+            if part is not None:
+                part.close()
 
 
 def read_exits(folder: Path) -> tuple[dict, dict]:
@@ -193,10 +253,25 @@ def read_exits(folder: Path) -> tuple[dict, dict]:
     return ({int(pid): e["code"] for pid, e in exits.items()}, {int(pid): e["local_rank"] for pid, e in exits.items()})
 
 
+def read_forked(folder: Path) -> set[int]:
+    """The pids of the processes the template forked for this attempt (they may have no record yet)."""
+    try:
+        return set(json.loads((folder / FORKED).read_text()))
+    except (OSError, ValueError):
+        return set()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
+
+
+def as_template() -> None:
+    """As the template: USR1 ignored (its forks inherit that, as a launcher's processes do); killed
+    if the supervisor dies (its forks then get SIGTERM: they save and end)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)
 
 
 def as_launcher() -> None:
@@ -209,25 +284,50 @@ def as_launcher() -> None:
 def main() -> int:
     order = json.loads(sys.stdin.readline())
     pids: dict[int, int] = {}  # the attempt's processes: pid -> local rank
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # passed on, as the launcher does
-        signal.signal(signum, lambda s, f: [os.kill(pid, signal.SIGTERM if s == signal.SIGHUP else s)
-                                            for pid in pids if alive(pid)])
+    exits: dict[int, dict] = {}
+    pending: list[int] = []  # stop signals that came before the processes did
+
+    def pass_on(signum, frame):  # as the launcher does (SIGHUP as SIGTERM)
+        signum = signal.SIGTERM if signum == signal.SIGHUP else signum
+        if not pids:
+            pending.append(signum)
+        for pid in pids:
+            if pid not in exits:
+                try:
+                    os.kill(pid, signum)
+                except OSError:  # ended meanwhile
+                    pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, pass_on)
     if sys.stdin.readline().strip() != "go":
         return 0  # the supervisor did not need it
+    folder = Path(order["exits"]).parent
     template = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
+        (folder / "order.json").write_text(json.dumps({"ranks": order["ranks"]}))
+        template.settimeout(HANDOFF_TIMEOUT_S)  # it serves one attempt at a time: the last one's must be gone
         template.connect(order["socket"])
-        socket.send_fds(template, [json.dumps({"ranks": order["ranks"]}).encode()], [1, 2])
+        if template.recv(64) != b"listening":  # its streams are not left in a queue the template never reads
+            raise OSError("it did not answer")
+        socket.send_fds(template, [json.dumps({"order": str(folder / "order.json")}).encode()], [1, 2])
         forked = template.recv(1 << 16)
-    except OSError:
-        forked = b""
-    if not forked:  # the template is gone: no process started (the supervisor restarts cold)
+        template.settimeout(None)
+        if not forked:
+            raise OSError("it forked none")
+    except OSError as e:  # the supervisor starts the attempt with the launcher command instead
+        (folder / NOT_FORKED).write_text(f"the warm template could not fork the processes ({e or 'timed out'})")
         return 1
     pids.update({int(pid): rank for pid, rank in json.loads(forked)["pids"].items()})
-    exits = {}
+    (folder / "forked.tmp").write_text(json.dumps(list(pids)))
+    os.replace(folder / "forked.tmp", folder / FORKED)
+    for signum in pending:
+        pass_on(signum, None)
     while len(exits) < len(pids):
         message = template.recv(1 << 16)
-        if not message:  # the template is gone: so are the processes it forked
+        if not message:  # the template is gone (killed): its processes end with it (parent-death SIGTERM)
+            while any(alive(pid) for pid in pids if pid not in exits):
+                time.sleep(0.05)
             exits.update({pid: {"code": -signal.SIGKILL, "local_rank": rank} for pid, rank in pids.items()
                           if pid not in exits})
         else:

@@ -36,7 +36,8 @@ supervisor are passed to the training processes (the launcher runs in a session 
 ignores USR1, so it neither sees a terminal's Ctrl-C nor dies of SLURM's USR1). A stop signal that
 arrives before a process has started training is sent to it again once it has (until then it
 may ignore USR1); no restart follows a stop signal. SIGHUP counts as SIGTERM. Should the
-supervisor itself die, the launcher gets SIGTERM (the kernel's parent-death signal).
+supervisor itself die, the launcher gets SIGTERM (the kernel's parent-death signal), and the warm
+template SIGKILL, whose forked processes then get SIGTERM.
 
 torchrun's own restarts (`--max_restarts`) were tried first: after a rank was killed the restarted
 ranks never reconnected (gloo's connectFullMesh refused) and they cannot tell a deliberate exit from
@@ -69,7 +70,7 @@ from train.supervision.attempts import Ending, failures, resumes_from, what_happ
 from train.supervision.reports import DIR_ENV, MAX_ENV, RESTART_ENV, alive, die_with_parent  # noqa: E402
 from train.supervision import progress, stalls
 from train.supervision.processes import children, gone, kill, send, tree
-from train.supervision.standby import Standby, Template, as_launcher, read_exits, read_starts, spans_nodes, usable
+from train.supervision.standby import Standby, WarmRestarts, as_launcher, read_exits, read_forked, read_starts, spans_nodes, usable
 
 # a process may take this long to exit after training finished (a tracker's upload); the tests shorten it
 FINISHED_GRACE_S = float(os.environ.get("TRAIN_FINISHED_GRACE_S", 300))
@@ -89,9 +90,7 @@ class Supervisor:
         self.stall_after = stall_after
         self.attempts: list[progress.Attempt] = []
         self.starts: dict[int, dict] = {}  # rank -> what started it (`rank-N.start`), for a warm restart
-        self.warm = warm
-        self.standby: Standby | None = None  # ready to fork the next attempt's processes
-        self.template: Template | None = None  # forks them: the job's libraries imported once
+        self.warm = WarmRestarts(warm, self.say)  # the job's template and the next restart's standby
 
     def _on_signal(self, signum, frame):
         self.signals.append(signum)
@@ -104,10 +103,7 @@ class Supervisor:
         try:
             return self._run()
         finally:
-            if self.standby is not None:
-                self.standby.close()
-            if self.template is not None:
-                self.template.close()
+            self.warm.close()
 
     def _run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
@@ -117,12 +113,14 @@ class Supervisor:
         started, whys, stack_files = time.time(), [], []
         while True:
             self.attempts.append(progress.Attempt(restart))
-            standby = self._ready_standby(restart)
-            folder = standby.folder if standby else Path(tempfile.mkdtemp(prefix="train-supervisor-"))
-            try:
-                ending = self._attempt(folder, restart, output_dirs, standby)
-            finally:
-                standby.close() if standby else shutil.rmtree(folder, ignore_errors=True)
+            standby = self.warm.take(restart)
+            ending = self._warm_attempt(standby, restart, output_dirs) if standby else None
+            if ending is None:
+                folder = Path(tempfile.mkdtemp(prefix="train-supervisor-"))
+                try:
+                    ending = self._attempt(folder, restart, output_dirs)
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
             # an attempt that died starting up never said where it writes: the earlier ones did
             output_dirs = [r["output_dir"] for r in ending.records if r.get("output_dir")] or output_dirs
             if ending.code is not None:
@@ -176,16 +174,9 @@ class Supervisor:
             started = started or bool(records) or bool(children(proc.pid))
             attempt.look(folder, len(records))
             self.starts = read_starts(folder, records, self.starts)
-            if self.warm and self.standby is None and failed_at is None and restart < self.max_restarts and \
+            if self.warm.wanted() and failed_at is None and restart < self.max_restarts and records and \
                     all(self.starts.get(r["rank"], {}).get("pid") == r["pid"] for r in records) and not usable(self.starts):
-                try:
-                    if self.template is None or not self.template.alive():
-                        self.template and self.template.close()
-                        self.template = Template(self.starts)
-                    self.standby = Standby(self.starts, restart + 1, self.max_restarts, pipes, self.template)
-                except (OSError, ValueError, KeyError) as e:  # restarts stay cold; the job goes on
-                    self.warm = False
-                    self.say(f"no warm standby for restarts ({e}); a restart starts cold")
+                self.warm.prepare(self.starts, restart + 1, self.max_restarts, pipes)
             mine = {rank: start for rank, start in self.starts.items() if any(r["pid"] == start["pid"] for r in records)}
             attempt.timing(records, mine if len(mine) == len(records) else {})
             self._pass_signals(proc, records)
@@ -197,6 +188,11 @@ class Supervisor:
             # a process that has ended, other than by finishing (one that caught an error goes on)
             dead = [r for r in records if not alive(r["pid"])]
             failed = any(r.get("code") not in (0, None) or (r.get("code") is None and not r.get("ended")) for r in dead)
+            # forked by the template and ended before its record (killed as it started): its launcher says so
+            unrecorded = {pid for pid, code in read_exits(folder)[0].items() if code != 0 and
+                          not any(r["pid"] == pid for r in records)} if warm is not None else set()
+            everyone = {r["pid"] for r in records} | (read_forked(folder) if warm is not None else set())
+            failed = failed or bool(unrecorded)
             stopped = stopped_watch.stalled(records)
             timed_out = failed and any("timed out" in str(r.get("reason", "")).lower() for r in records)
             if failed_at is None and (stopped or timed_out):
@@ -213,14 +209,14 @@ class Supervisor:
             if failed and failed_at is None:
                 failed_at = time.monotonic()
                 attempt.failed_at = attempt.failed_at or time.time()
-                first = {r["pid"] for r in dead if r.get("code") is None and not r.get("ended")}
+                first = {r["pid"] for r in dead if r.get("code") is None and not r.get("ended")} | unrecorded
             # one died without a word (a signal): the others' ends would only echo it. They are ended
             # once the launcher has said how it died (torchrun logs it within its monitor interval)
-            if first and failed_at is not None and any(alive(r["pid"]) for r in records) and (
+            if first and failed_at is not None and any(alive(pid) for pid in everyone) and (
                     time.monotonic() - failed_at > 1.5 or first & (set(filt.exit_codes) | set(read_exits(folder)[0]))):
-                kill(r["pid"] for r in records if alive(r["pid"]))
+                kill(pid for pid in everyone if alive(pid))
             if failed_at is not None and time.monotonic() - failed_at > self.grace:
-                kill(set(tree(proc.pid)) | {r["pid"] for r in records})
+                kill(set(tree(proc.pid)) | everyone)
             # every process finished training and one has exited: one that lingers for minutes is hung in
             # its teardown (stopped, a stuck file system) and would hold the job forever
             if finished_at is None and records and all(r.get("code") == 0 for r in records) \
@@ -228,13 +224,14 @@ class Supervisor:
                 finished_at = time.monotonic()
             if finished_at is not None and time.monotonic() - finished_at > FINISHED_GRACE_S:
                 self.hung = self.hung or [r["rank"] for r in records if alive(r["pid"])]
-                kill(set(tree(proc.pid)) | {r["pid"] for r in records})
+                kill(set(tree(proc.pid)) | everyone)
         for relay in relays:
             relay.join(timeout=10)
         records = _read(folder)
         attempt.look(folder, len(records))
-        kill(r["pid"] for r in records if alive(r["pid"]) and r["pid"] != os.getpid())  # stopped leftovers
-        gone([r["pid"] for r in records if r["pid"] != os.getpid()])
+        everyone = {r["pid"] for r in records} | (read_forked(folder) if warm is not None else set())
+        kill(pid for pid in everyone if alive(pid) and pid != os.getpid())  # stopped leftovers
+        gone([pid for pid in everyone if pid != os.getpid()])
         attempt.gone_at = time.time()
         exit_codes = dict(filt.exit_codes) if self.filter_launcher else {}
         if warm is not None:  # the standby reports its processes' exit codes itself
@@ -286,15 +283,14 @@ class Supervisor:
         ending.failure = failures(records, exit_codes, returncode)
         return ending
 
-    def _ready_standby(self, restart: int) -> Standby | None:
-        """The standby for this restart when it is ready (waiting for one still importing: sooner
-        than a cold start), else None (the launcher command starts the attempt)."""
-        standby, self.standby = self.standby, None
-        if restart and standby is not None and standby.ready(wait_s=30):
-            return standby
-        if standby is not None:
-            standby.close()
-        return None
+    def _warm_attempt(self, standby: Standby, restart: int, output_dirs: list[str]) -> "Ending | None":
+        """The attempt with its processes forked by the template; None when it could not fork them
+        (said: the launcher command then starts them)."""
+        try:
+            ending = self._attempt(standby.folder, restart, output_dirs, standby)
+        finally:
+            forked = self.warm.finish(standby)
+        return ending if forked else None
 
     def _pass_signals(self, proc, records) -> None:
         while self.signals:
