@@ -55,13 +55,13 @@ def staging_folder(root: Path, name: str) -> Path:
     return staging_root() / f"train-staged-{tag:08x}-{name}"
 
 
-def room_to_stage(acc, root: Path, size: int, memory: Optional[Path], said: bool) -> bool:
-    """Whether every node's memory has room for a staged copy of the checkpoints folder `root`'s
-    next checkpoint (`size`: as big as the last, or before the first, the weights and two moments of
-    Adam); if not, that save is written directly (a container's /dev/shm is often 64 MB), said
-    unless `said`. `memory`: room for a memory checkpoint (two: the newest and the one being
-    written), else none is written from here on (said)."""
-    folder = staging_folder(root, "x").parent
+def room_to_stage(acc, size: int, memory: Optional[Path], said: bool) -> bool:
+    """Whether every node's memory has room for a staged copy of the next checkpoint (`size`: as big
+    as the last, or before the first, the weights and two moments of Adam); if not, that save is
+    written directly (a container's /dev/shm is often 64 MB), said unless `said`. `memory`: room for
+    a memory checkpoint (two: the newest and the one being written), else none is written from here
+    on (said)."""
+    folder = staging_root()
     try:  # TRAIN_STAGING_DIR may name a folder yet to be made
         folder.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(folder).free

@@ -333,7 +333,7 @@ class Checkpoint(Callback):
     def _room_to_stage(self, memory: Optional[Path] = None) -> bool:
         """`background.room_to_stage` for this run's next checkpoint; the note that there was none, once."""
         size = checkpoint_size(self.last_saved, self.loop.model)
-        room = room_to_stage(self.loop.accelerator, self.root, size, memory, said=self._said_no_room)
+        room = room_to_stage(self.loop.accelerator, size, memory, said=self._said_no_room)
         self._said_no_room = self._said_no_room or (not room and memory is None)
         return room
 

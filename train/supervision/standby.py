@@ -80,7 +80,7 @@ def usable(starts: dict) -> str:
         return "the job spans nodes"
     if len({(s["executable"], tuple(s["argv"]), s["cwd"]) for s in starts.values()}) > 1:
         return "the processes were started with different commands"
-    if any(common(envs) | {k for k in e if k in RANK_KEYS or k.startswith(DROP_ENV)} != set(e) for e in envs):
+    if any(common(envs) | {k for k in e if per_process(k)} != set(e) for e in envs):
         return "the processes' environments differ beyond their ranks"
     if not all(os.access(s["executable"], os.X_OK) for s in starts.values()):
         return "the processes' executable is gone"
@@ -91,6 +91,11 @@ def spans_nodes(starts: dict) -> bool:
     """Whether the processes that wrote these start records are part of a job across nodes."""
     return any(s["env"].get("WORLD_SIZE", "1") != s["env"].get("LOCAL_WORLD_SIZE", s["env"].get("WORLD_SIZE", "1"))
                for s in starts.values())
+
+
+def per_process(key: str) -> bool:
+    """Whether an environment variable names its process (its rank, torchrun's per-worker ones)."""
+    return key in RANK_KEYS or key.startswith(DROP_ENV)
 
 
 def common(envs: list[dict]) -> set:
@@ -106,8 +111,7 @@ class Template:
     def __init__(self, starts: dict):
         start = starts[min(starts)]
         envs = [s["env"] for s in starts.values()]
-        env = {k: envs[0][k] for k in common(envs)
-               if k not in RANK_KEYS and not k.startswith(DROP_ENV) and k not in (DIR_ENV, RESTART_ENV, MAX_ENV)}
+        env = {k: envs[0][k] for k in common(envs) if not per_process(k) and k not in (DIR_ENV, RESTART_ENV, MAX_ENV)}
         modules = sorted({m for s in starts.values() for m in s["modules"] if m.split(".")[0] in PRELOAD} | set(EXTRA))
         self.folder = Path(tempfile.mkdtemp(prefix="train-template-"))
         self.socket = self.folder / "socket"

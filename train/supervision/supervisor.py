@@ -189,9 +189,9 @@ class Supervisor:
             dead = [r for r in records if not alive(r["pid"])]
             failed = any(r.get("code") not in (0, None) or (r.get("code") is None and not r.get("ended")) for r in dead)
             # forked by the template and ended before its record (killed as it started): its launcher says so
-            unrecorded = {pid for pid, code in read_exits(folder)[0].items() if code != 0 and
-                          not any(r["pid"] == pid for r in records)} if warm is not None else set()
-            everyone = {r["pid"] for r in records} | (read_forked(folder) if warm is not None else set())
+            codes = read_exits(folder)[0] if warm is not None else {}
+            unrecorded = {pid for pid, code in codes.items() if code != 0 and not any(r["pid"] == pid for r in records)}
+            everyone = processes(folder, records, warm)
             failed = failed or bool(unrecorded)
             stopped = stopped_watch.stalled(records)
             timed_out = failed and any("timed out" in str(r.get("reason", "")).lower() for r in records)
@@ -213,7 +213,7 @@ class Supervisor:
             # one died without a word (a signal): the others' ends would only echo it. They are ended
             # once the launcher has said how it died (torchrun logs it within its monitor interval)
             if first and failed_at is not None and any(alive(pid) for pid in everyone) and (
-                    time.monotonic() - failed_at > 1.5 or first & (set(filt.exit_codes) | set(read_exits(folder)[0]))):
+                    time.monotonic() - failed_at > 1.5 or first & (set(filt.exit_codes) | set(codes))):
                 kill(pid for pid in everyone if alive(pid))
             if failed_at is not None and time.monotonic() - failed_at > self.grace:
                 kill(set(tree(proc.pid)) | everyone)
@@ -229,7 +229,7 @@ class Supervisor:
             relay.join(timeout=10)
         records = _read(folder)
         attempt.look(folder, len(records))
-        everyone = {r["pid"] for r in records} | (read_forked(folder) if warm is not None else set())
+        everyone = processes(folder, records, warm)
         kill(pid for pid in everyone if alive(pid) and pid != os.getpid())  # stopped leftovers
         gone([pid for pid in everyone if pid != os.getpid()])
         attempt.gone_at = time.time()
@@ -300,6 +300,12 @@ class Supervisor:
             for pid in listening or children(proc.pid) or [proc.pid]:
                 send(pid, signum)
             self.told.update(listening)  # the others hear it again once they listen
+
+
+def processes(folder: Path, records: list[dict], warm: Standby | None) -> set[int]:
+    """The attempt's training processes: those that wrote a record, and those the template forked
+    (one killed as it started may have none)."""
+    return {r["pid"] for r in records} | (read_forked(folder) if warm is not None else set())
 
 
 def _read(folder: Path) -> list[dict]:
