@@ -28,17 +28,24 @@ SMOKE = ["epochs=2", "data.train_size=2048", "data.val_size=1001", f"data.path={
 
 
 def templates(proc) -> list[int]:
-    """The supervisor's warm template below `proc` (its forks, the training processes, have its
-    command line but not its name)."""
+    """The supervisor's warm template below `proc` (its forks, the training processes and rank 0's
+    drawing helper, have its command line but not its name)."""
     found = []
     for pid in descendants(proc.pid):
         try:
             if "template.py" in Path(f"/proc/{pid}/cmdline").read_text() and \
-                    not Path(f"/proc/{pid}/comm").read_text().startswith("train-rank-"):
+                    not Path(f"/proc/{pid}/comm").read_text().startswith(("train-rank-", "train-plots")):
                 found.append(pid)
         except OSError:  # ended meanwhile
             pass
     return found
+
+
+def named(pid: int, name: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == name
+    except OSError:  # ended meanwhile
+        return False
 
 
 def cpu2(out, *extra, timeout=600):
@@ -416,6 +423,10 @@ def test_a_killed_supervisor_leaves_no_training_behind(tmp_path, restarted):
         assert all(Path(f"/proc/{pid}/comm").read_text().startswith("train-rank-") for pid in ranks(proc))
     left = ranks(proc) + template()
     assert len(left) == 3, f"not two training processes and a warm template: {left}"
+    if restarted:  # rank 0's drawing helper, forked from it (matplotlib imported by the template): it goes too
+        drawing = [pid for pid in descendants(proc.pid) if named(pid, "train-plots")]
+        assert len(drawing) == 1, f"rank 0's drawing helper was not forked: {drawing}"
+        left += drawing
     reports, before = reports_of(left[:2]), latest_step(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)  # the supervisor itself: its launcher gets SIGTERM from the kernel
     proc.communicate(timeout=60)

@@ -2,7 +2,8 @@
 
 Drawing happens in a helper process (`python -m train.plots`, started by `start_helper` as early
 as the front can: the script does it before importing torch): it imports matplotlib on another
-core while the run starts and trains, and a drawing never holds up a step.
+core while the run starts and trains, and a drawing never holds up a step. A training process
+forked from the supervisor's warm template forks it instead, matplotlib imported already.
 The run sends it the history after an epoch (at most every `every_s` seconds) and at the end, then
 waits for the last drawing. Should the helper be unable to start, the run draws in-process. This
 module imports no torch, so the helper starts in a fraction of a second.
@@ -111,12 +112,13 @@ def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], s
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def serve() -> None:
-    """The helper: one JSON request per line on stdin ({"rows": [...], "path": ...}), drawn in
-    order, each answered by one line on stdout ({"drawn": path} or {"failed": reason}) once the file
-    is in place; ends at {"quit": true} or at end of input. (The run sends the quit rather than
-    relying on end of input: loader workers forked from the run inherit the pipe and would keep it
-    open.) A terminal's Ctrl-C is the run's to handle, not the helper's: it is ignored here."""
+def serve(requests=None, answers=None) -> None:
+    """The helper: one JSON request per line on `requests` (stdin) ({"rows": [...], "path": ...}),
+    drawn in order, each answered by one line on `answers` (stdout) ({"drawn": path} or {"failed":
+    reason}) once the file is in place; ends at {"quit": true} or at end of input. (The run sends
+    the quit rather than relying on end of input: loader workers forked from the run inherit the
+    pipe and would keep it open.) A terminal's Ctrl-C is the run's to handle, not the helper's: it
+    is ignored here."""
     import io
     import signal
 
@@ -132,9 +134,9 @@ def serve() -> None:
     ax.legend()
     warm.tight_layout()
     warm.savefig(io.BytesIO(), format="png")
-    answers = sys.stdout
+    answers = answers or sys.stdout
     sys.stdout = sys.stderr  # nothing but the answers on the pipe
-    for line in sys.stdin:
+    for line in requests or sys.stdin:
         request = json.loads(line)
         if request.get("quit"):
             return
@@ -208,23 +210,43 @@ class Helper:
 _helper: Helper | None = None
 
 
-def start_helper() -> Helper | None:
+def start_helper(fork: bool = False) -> Helper | None:
     """This process's drawing helper (started once, on the main process only; a new one should
-    the last have ended), or None when none can start (the run then draws in-process)."""
+    the last have ended), or None when none can start (the run then draws in-process). `fork`:
+    this process may fork it now (the script's first act, before any tensor operation)."""
     global _helper
     if _helper is not None and not _helper.alive():
         _helper = None
     if _helper is None and os.environ.get("RANK", "0") == "0":
         try:
-            process = subprocess.Popen([sys.executable, "-m", "train.plots"], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, start_new_session=True,  # out of the terminal's Ctrl-C
-                                       env={k: v for k, v in os.environ.items() if k != "TRAIN_SUPERVISOR_DIR"},
-                                       cwd=ROOT)
+            process = (fork and _forked()) or subprocess.Popen(
+                [sys.executable, "-m", "train.plots"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                start_new_session=True,  # out of the terminal's Ctrl-C
+                env={k: v for k, v in os.environ.items() if k != "TRAIN_SUPERVISOR_DIR"}, cwd=ROOT)
         except OSError:
             return None
         _helper = Helper(process)
         atexit.register(stop_helper)
     return _helper
+
+
+# what a process forked from the supervisor's warm template holds already (it imported them)
+DRAWING_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
+
+
+def _forked():
+    """The helper forked from this process when matplotlib is imported already and forking is
+    safe (a training process forked from the warm template, which imported it): a restart's helper
+    then starts in a millisecond instead of importing matplotlib again, on cores the restarting
+    processes need. Else None (the helper is a fresh `python -m train.plots`)."""
+    from train.base.forked import fork_helper, unsafe_to_fork
+
+    if not all(name in sys.modules for name in DRAWING_MODULES) or unsafe_to_fork():
+        return None
+    try:
+        return fork_helper(serve, "train-plots")
+    except OSError:
+        return None
 
 
 def stop_helper() -> None:

@@ -114,7 +114,9 @@ def main(argv=None) -> int:
         raise
     from train.callbacks.plots import start_helper
 
-    start_helper()  # history.png's drawing process imports matplotlib while this one imports torch
+    # history.png's drawing process imports matplotlib while this one imports torch (forked, with
+    # both imported, in a process forked from the supervisor's warm template)
+    start_helper(fork=True)
     try:
         train_from(load_config(args.config, args.overrides))
     except RunError as e:

@@ -45,7 +45,10 @@ from train.supervision.reports import DIR_ENV, MAX_ENV, RESTART_ENV, alive, die_
 # optimizer step, 1.6-1.9 s of a cold start
 PRELOAD = ("torch", "accelerate", "numpy", "safetensors", "yaml", "train", "transformers", "peft",
            "torchvision", "pandas", "tqdm", "PIL")
-EXTRA = ("torch._dynamo", "train.fronts.script", "train.service.run")
+EXTRA = ("torch._dynamo", "train.fronts.script", "train.service.run",
+         # for rank 0's drawing helper, which a fork of the template forks rather than starting a
+         # fresh interpreter that imports them (train.callbacks.plots.DRAWING_MODULES)
+         "matplotlib.figure", "matplotlib.backends.backend_agg")
 # torchrun's own: its agent's store (gone with it: TORCHELASTIC_USE_AGENT_STORE would have the
 # processes wait for it), its error file, its run id
 DROP_ENV = "TORCHELASTIC_"

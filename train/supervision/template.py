@@ -44,21 +44,6 @@ def preload(names: list[str]) -> None:
             pass
 
 
-def unsafe_to_fork() -> str:
-    """Why forking this process now could hang or break its forks ("" when it is safe): a Python
-    thread a library started at import (its locks would be copied mid-use), or CUDA initialised (a
-    fork cannot use it). Native thread pools started at import (numpy's BLAS) end themselves at
-    a fork (their own fork handlers)."""
-    import threading
-
-    if threading.active_count() > 1:
-        return f"an import started {threading.active_count() - 1} thread(s)"
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        return "an import initialised CUDA"
-    return ""
-
-
 def serve(listener: socket.socket) -> dict:
     """Fork each attempt's processes as asked, forever; returns only in a forked process, with what
     it is to become."""
@@ -184,9 +169,11 @@ if __name__ == "__main__":
     listener.bind(setup["socket"])
     listener.listen(4)
     preload(setup["modules"])
+    from train.base.forked import unsafe_to_fork
+
     unsafe = unsafe_to_fork()
     if unsafe:
-        print(f"supervisor: no warm restarts: {unsafe} in the template; a restart starts cold", file=sys.stderr,
+        print(f"supervisor: no warm restarts: {unsafe} by an import in the template; a restart starts cold", file=sys.stderr,
               flush=True)
         sys.exit(3)  # train.supervision.standby.UNSAFE_TO_FORK
     open(os.path.join(os.path.dirname(setup["socket"]), "ready"), "w").close()
