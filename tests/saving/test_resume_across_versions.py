@@ -31,6 +31,7 @@ command, and reads `run.json` never (only reloading a finished run for predict d
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import MNIST, ROOT, assert_same_run, flat, latest_step, run_one
@@ -52,7 +53,29 @@ def test_a_run_folder_of_the_flat_layout_resumes_exactly(tmp_path):
     resumed = run_one(ROOT / "train" / "main.py", *RUN, f"output_dir={out}", timeout=600)  # today's code
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in flat(resumed.stdout) and WHERE in flat(resumed.stdout), resumed.stdout
+    # the epoch the old code finished is carried over as it wrote it, and the run ends after epoch 2
+    resumed_rows, written = first_epoch(out), first_epoch(FIXTURE)
+    assert resumed_rows == written and epochs(out) == [1, 2], (resumed_rows, written)
     reference = tmp_path / "reference"  # today's code, never interrupted
     done = run_one(ROOT / "train" / "main.py", *RUN, f"output_dir={reference}", timeout=600)
     assert done.returncode == 0, done.stderr
+    if first_epoch(reference) != written:
+        # The CPU's kernels (oneDNN picks them by instruction set: AVX2, AVX-512) round differently from
+        # the machine that wrote the fixture. Its first epoch already differs here, so no run on this
+        # machine can match the fixture's first 43 steps bit for bit, and bit-identity across machines
+        # is not promised. Everything above still held.
+        pytest.skip(f"this CPU computes the first epoch differently from the machine that wrote the fixture "
+                    f"(loss {first_epoch(reference)['loss']!r} against {written['loss']!r})")
     assert_same_run(out, reference, context=f"(a run of {BEFORE} resumed by today's code)")
+
+
+def first_epoch(folder: Path) -> dict:
+    """The history's first row, timing aside."""
+    from train.engine.history import TIMING_COLUMNS
+
+    frame = pd.read_csv(folder / "history.csv")
+    return frame.drop(columns=[c for c in TIMING_COLUMNS if c in frame]).iloc[0].to_dict()
+
+
+def epochs(folder: Path) -> list[int]:
+    return pd.read_csv(folder / "history.csv")["epoch"].tolist()

@@ -11,11 +11,16 @@ checks `unsafe_to_fork()`. Standard library only."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from typing import Callable, TextIO
+
+# set by the supervisor's warm template in each process it forks (train.supervision.template): a
+# process that has imported what its helpers need and run no tensor operation yet
+from_template = False
 
 
 def unsafe_to_fork() -> str:
@@ -58,8 +63,12 @@ class Forked:
     def kill(self) -> None:
         if self.poll() is None:
             try:
-                os.kill(self.pid, 9)
+                os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
+                pass
+            try:  # reaped now: nobody else would (subprocess reaps only its own)
+                self.wait(timeout=1)
+            except subprocess.TimeoutExpired:
                 pass
 
 
@@ -88,15 +97,27 @@ def fork_helper(serve: Callable[[TextIO, TextIO], None], name: str) -> Forked:
             _name(name)
             os.dup2(requests_r, 0)
             os.dup2(answers_w, 1)
-            for fd in map(int, os.listdir("/proc/self/fd")):
+            import faulthandler
+            import gc
+
+            gc.freeze()  # this process's file objects are not the helper's to finalise (their numbers are reused)
+            faulthandler.disable()
+            for signum in range(1, signal.NSIG):  # a stack dump on a signal would write to a closed descriptor
+                try:
+                    faulthandler.unregister(signum)
+                except (ValueError, RuntimeError, OSError):
+                    pass
+            try:
+                fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+            except OSError:  # no /proc
+                fds = range(3, os.sysconf("SC_OPEN_MAX"))
+            for fd in fds:
                 if fd > 2:
                     try:
                         os.close(fd)
-                    except OSError:  # the listing's own
+                    except OSError:  # the listing's own, or none
                         pass
-            import faulthandler
-
-            faulthandler.disable()
+            sys.stdout = sys.stderr = open(2, "w", buffering=1, closefd=False)
             serve(open(0, closefd=False), open(1, "w", closefd=False))
             code = 0
         except BaseException:  # noqa: BLE001 - said on its stderr; this process's handlers must not run here

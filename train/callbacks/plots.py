@@ -239,12 +239,13 @@ def _forked():
     safe (a training process forked from the warm template, which imported it): a restart's helper
     then starts in a millisecond instead of importing matplotlib again, on cores the restarting
     processes need. Else None (the helper is a fresh `python -m train.plots`)."""
-    from train.base.forked import fork_helper, unsafe_to_fork
+    from train.base import forked
 
-    if not all(name in sys.modules for name in DRAWING_MODULES) or unsafe_to_fork():
+    if not forked.from_template or not all(name in sys.modules for name in DRAWING_MODULES) or \
+            forked.unsafe_to_fork():
         return None
     try:
-        return fork_helper(serve, "train-plots")
+        return forked.fork_helper(serve, "train-plots")
     except OSError:
         return None
 
@@ -269,7 +270,7 @@ class HistoryPlot(Callback):
     the end, where it waits for the drawing (main process only)."""
 
     def __init__(self, path: str | Path, every_s: float = 10.0):
-        self.path, self.every_s = Path(path), every_s
+        self.path, self.every_s = Path(path).absolute(), every_s  # the helper may work in another folder
         self.sent_at, self.sent_epochs = None, 0
         self.helper = None
 

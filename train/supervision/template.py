@@ -149,6 +149,9 @@ def become(order: dict) -> None:
         pass
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
+    from train.base import forked
+
+    forked.from_template = True  # it may fork its helpers (history.png's) rather than start fresh interpreters
     from train.supervision.reports import watch_process
 
     watch_process()  # under a supervisor: records this process
