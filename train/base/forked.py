@@ -94,7 +94,7 @@ def fork_helper(serve: Callable[[TextIO, TextIO], None], name: str) -> Forked:
         code = 1
         try:
             os.setsid()
-            _name(name)
+            name_this_process(name)
             os.dup2(requests_r, 0)
             os.dup2(answers_w, 1)
             import faulthandler
@@ -131,7 +131,8 @@ def fork_helper(serve: Callable[[TextIO, TextIO], None], name: str) -> Forked:
     return Forked(pid, os.fdopen(requests_w, "wb"), os.fdopen(answers_r, "rb"))
 
 
-def _name(name: str) -> None:
+def name_this_process(name: str) -> None:
+    """`name` (15 characters at most) in /proc/PID/comm, as `ps -e` and `top` show it."""
     try:
         import ctypes
 

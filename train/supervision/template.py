@@ -140,17 +140,11 @@ def become(order: dict) -> None:
     os.environ.clear()
     os.environ.update(order["env"])
     os.chdir(order["cwd"])
-    name = f"train-rank-{order['rank']}"[:15].encode()
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
-    if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed()
     from train.base import forked
 
+    forked.name_this_process(f"train-rank-{order['rank']}")
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
     forked.from_template = True  # it may fork its helpers (history.png's) rather than start fresh interpreters
     from train.supervision.reports import watch_process
 
