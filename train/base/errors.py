@@ -13,6 +13,7 @@ class RunError(Exception):
     # or the processes agreed on it through a collective): then only the main process reports it.
     same_on_every_process = False
     label = "error"  # the word before the message
+    said = False  # its line was already said (`report` says it once)
 
 
 class UserError(RunError):
@@ -89,6 +90,8 @@ def report(error: RunError) -> None:
     import os
     import sys
 
+    if error.said:
+        return
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0 or not error.same_on_every_process:
         who = f"[rank {rank}] " if rank else ""

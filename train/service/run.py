@@ -27,7 +27,8 @@ from train.saving.checkpoint import Checkpoint, Resumed
 from train.data.loaders import spare_cpus
 from train.engine.devices import accelerator_for, from_main, local_processes  # noqa: F401 (accelerator_for: re-exported)
 from train.base.text import wrapped
-from train.base.errors import NonFiniteLoss, Preempted, RunError, UserError, WriteError, describe, first_line
+from train.base.errors import Preempted, RunError, UserError
+from train.service import endings
 from train.engine.history import check_column, metric_columns
 from train.engine.loop import Loop
 from train.config.comparison import refuse_other_run
@@ -107,7 +108,7 @@ class Run:
                 if not manager.owns(path):
                     self.tracker.run_id = None  # another folder's checkpoint: not its W&B run
             if self._finished(epochs, out):
-                record_exit(0, "finished", **self._where())
+                record_exit(0, "finished", **endings.where(self))
                 return loop.history
             if path is not None:  # newer checkpoints of another continuation: out of rotation's way, said
                 manager.set_aside_newer(path, say=lambda line: print(line, flush=True))
@@ -115,30 +116,17 @@ class Run:
             self._announce(epochs, train)
             history = loop.fit(epochs, train, val, everyone, o.log_step_freq)
             self._write_weights(Path(o.output_dir))
-            record_exit(0, "finished", **self._where())
+            record_exit(0, "finished", **endings.where(self))
             return history
         except Preempted as e:  # Interrupted too: a checkpoint was saved; end the process quietly
-            if self.is_main_process and e.label == "preempted":
-                self._say_stderr(wrapped(f"preempted: {e}; {self._where_to_resume(preempted=True)}"))
-            record_exit(e.exit_code, str(e), final=True, **self._where())
-            raise SystemExit(e.exit_code) from None
+            raise endings.preempted(self, e) from None
         except RunError as e:
-            if self.checkpoint is not None:  # a write in flight: finished if it can be, before naming `latest`
-                self.checkpoint.settle()
-                if isinstance(e, (NonFiniteLoss, WriteError)):
-                    e.args = (f"{e}; {self._where_to_resume(preempted=False)}",)
-            record_exit(e.exit_code, str(e), final=True, **self._where())
+            endings.on_purpose(self, e)
             raise
         except BaseException as e:
-            if self.checkpoint is not None:
-                self.checkpoint.settle(ended=False)  # a crash: its memory checkpoint kept for the restart
-            contact = lost_contact(e)
-            record_exit(1, contact or describe(e), kind="lost contact" if contact else "exception", **self._where())
-            if contact:  # not a bug here: one line, and the supervisor (if any) restarts the job
-                where = self._where()
-                self._say_stderr(f"[rank {self.accelerator.process_index}] error: {contact} at epoch "
-                                 f"{where['epoch']} batch {where['batch']}")
-                raise SystemExit(1) from None
+            contact = endings.crashed(self, e)
+            if contact is not None:
+                raise contact from None
             raise
         finally:
             if stop_signals is not None:
@@ -205,7 +193,7 @@ class Run:
 
         for warning in check_data(self.loop, train, self.name, self.options.num_classes):
             if self.is_main_process:
-                self._say_stderr(f"warning: {warning}")
+                endings.say(f"warning: {warning}")
 
     def _lock_folder(self, out: Path) -> None:
         """Take the output folder's lock (the main process; the others wait for it)."""
@@ -308,25 +296,6 @@ class Run:
             line = f"wrote {self.options.output_dir}/: {files}" + (", checkpoints/" if self.checkpoint else "")
             print(wrapped(line), flush=True)
 
-    def _where(self) -> dict:
-        loop = self.loop
-        return {"epoch": loop.epoch, "batch": loop.batch, "step": loop.step, "output_dir": self.options.output_dir}
-
-    def _where_to_resume(self, preempted: bool) -> str:
-        if self.checkpoint is None:
-            return "no checkpoint (checkpoints are off)"
-        latest = self.checkpoint.latest()
-        if latest is None:
-            return "no checkpoint was saved yet"
-        if preempted:
-            return f"checkpoint {latest} saved; run the same command again to resume"
-        return f"the last good checkpoint is {latest} (latest)"
-
-    def _say_stderr(self, text: str) -> None:
-        import sys
-
-        print(text, file=sys.stderr, flush=True)
-
     def _finish_trackers(self) -> None:
         for tracker in getattr(self.accelerator, "trackers", []):
             try:
@@ -349,12 +318,3 @@ class Run:
         """Release the prepared objects and the process group."""
         self.loop.close()
 
-
-def lost_contact(error: BaseException) -> Optional[str]:
-    """A collective that failed because another process died or stalled, in words (else None)."""
-    from train.supervision.reports import lost_contact as is_lost
-
-    if is_lost(error):
-        detail = first_line(error).split(". ")[0]  # gloo's advice off
-        return f"lost contact with another process ({detail})"
-    return None
