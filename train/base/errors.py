@@ -13,7 +13,7 @@ class RunError(Exception):
     # or the processes agreed on it through a collective): then only the main process reports it.
     same_on_every_process = False
     label = "error"  # the word before the message
-    said = False  # its line was already said (`report` says it once)
+    said = False  # `report` has said its line (it says it once)
 
 
 class UserError(RunError):
@@ -86,7 +86,7 @@ DELIBERATE_MEANINGS = {**{code: m for code, m in EXIT_MEANINGS.items() if code n
 
 def report(error: RunError) -> None:
     """The error's one line on stderr (`error: ...`), from the main process (or from each process,
-    for an error only some processes met)."""
+    for an error only some processes met); once: a second call says nothing."""
     import os
     import sys
 
@@ -96,6 +96,7 @@ def report(error: RunError) -> None:
     if rank == 0 or not error.same_on_every_process:
         who = f"[rank {rank}] " if rank else ""
         print(f"{who}{error.label}: {error}", file=sys.stderr, flush=True)
+    error.said = True
 
 
 def first_line(error: BaseException) -> str:

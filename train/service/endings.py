@@ -59,7 +59,6 @@ def on_purpose(run, error: RunError) -> None:
     record_exit(error.exit_code, str(error), final=True, **where(run))
     if run.options.output_dir is not None and error.same_on_every_process:
         report(error)
-        error.said = True
         leave_together(run)
 
 

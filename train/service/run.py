@@ -317,4 +317,3 @@ class Run:
     def close(self) -> None:
         """Release the prepared objects and the process group."""
         self.loop.close()
-
